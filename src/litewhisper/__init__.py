@@ -1,0 +1,42 @@
+"""litewhisper: compress Whisper's encoder with LiteASR and export lite-whisper checkpoints.
+
+Public API (imported lazily, so `import litewhisper` stays fast):
+    load_model, transcribe, calibrate, plan_ranks, compress, save_checkpoint, evaluate, ...
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+__version__ = "0.1.0"
+logging.getLogger("litewhisper").addHandler(logging.NullHandler())
+
+# public name -> module that defines it
+_EXPORTS = {
+    "LiteWhisperError": "errors",
+    "load_model": "models",
+    "WhisperBundle": "models",
+    "load_audio": "audio",
+    "transcribe": "transcribe",
+    "Transcription": "transcribe",
+    "Segment": "transcribe",
+    "calibrate": "calibrate",
+    "ActivationStats": "calibrate",
+    "CalibrationConfig": "calibrate",
+    "plan_ranks": "plan",
+    "RankPolicy": "plan",
+    "RankPlan": "plan",
+    "compress": "compress",
+    "save_checkpoint": "checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'litewhisper' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
