@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from litewhisper.allocate import (BudgetError, LayerSpectrum, allocate_for_size, allocate_ranks, layer_options,
+                                  linear_budget)
+from litewhisper.errors import LiteWhisperError
+
+
+def _spectrum(name: str, d: int, decay: float, d_in: int | None = None) -> LayerSpectrum:
+    return LayerSpectrum(name, d_in or d, d, torch.tensor([decay ** i for i in range(d)], dtype=torch.float64))
+
+
+def test_options_step_and_dense_fallback():
+    opts = layer_options(_spectrum("a", 128, 0.9), multiple_of=16)
+    ranks = [o.rank for o in opts]
+    assert ranks == [16, 32, 48, None]  # rank 64 would cost 64·256 + 128 ≥ 128·128 + 128
+    assert opts[-1].params == 128 * 128 + 128 and opts[-1].lost == 0.0
+    assert all(a.params < b.params and a.lost >= b.lost for a, b in zip(opts, opts[1:]))
+
+
+def test_budget_and_step_respected():
+    spectra = [_spectrum(f"l{i}", 96, 0.8 + 0.04 * i) for i in range(5)]
+    dense = sum(s.dense_params for s in spectra)
+    for frac in (0.35, 0.5, 0.7, 0.9, 1.0):
+        alloc = allocate_ranks(spectra, int(frac * dense), multiple_of=16)
+        assert alloc.params <= alloc.budget
+        assert all(r is None or r % 16 == 0 for r in alloc.ranks.values())
+        total = sum(s.dense_params if alloc.ranks[s.name] is None else s.lowrank_params(alloc.ranks[s.name])
+                    for s in spectra)
+        assert total == alloc.params
+    assert all(r is None for r in allocate_ranks(spectra, dense).ranks.values())
+
+
+def test_picks_higher_variance_layer():
+    # layer "flat" spreads its variance over all directions, "peaked" has nearly everything in a few;
+    # with room for one upgrade the flat layer must get it
+    flat = LayerSpectrum("flat", 128, 128, torch.ones(128, dtype=torch.float64))
+    peaked = _spectrum("peaked", 128, 0.5)
+    smallest = flat.lowrank_params(16) + peaked.lowrank_params(16)
+    alloc = allocate_ranks([flat, peaked], smallest + 16 * 256)
+    assert alloc.ranks == {"flat": 32, "peaked": 16}
+    assert alloc.lost["flat"] == pytest.approx(1 - 32 / 128)
+
+
+def test_weight_shifts_allocation():
+    a, b = _spectrum("a", 128, 0.95), _spectrum("b", 128, 0.95)
+    b = LayerSpectrum("b", 128, 128, b.eigenvalues, weight=10.0)
+    alloc = allocate_ranks([a, b], a.lowrank_params(16) + b.lowrank_params(16) + 16 * 256)
+    assert alloc.ranks == {"a": 16, "b": 32}
+
+
+def test_target_size_accounts_for_fixed_params():
+    spectra = [_spectrum(f"l{i}", 64, 0.7) for i in range(3)]
+    fixed = 10_000
+    encoder = fixed + sum(s.dense_params for s in spectra)
+    assert linear_budget(spectra, encoder, 1.0) == encoder - fixed
+    alloc = allocate_for_size(spectra, encoder, 0.8)
+    assert fixed + alloc.params <= 0.8 * encoder
+
+
+def test_errors():
+    spectra = [_spectrum("a", 64, 0.7)]
+    with pytest.raises(BudgetError, match="larger target"):
+        allocate_ranks(spectra, 100)
+    with pytest.raises(LiteWhisperError, match="fraction"):
+        linear_budget(spectra, 10**6, 1.5)
+    with pytest.raises(LiteWhisperError, match="eigenvalues"):
+        LayerSpectrum("x", 4, 4, torch.ones(3))
