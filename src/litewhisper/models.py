@@ -1,0 +1,186 @@
+"""One resolver for every model source: `load_model(source, device=..., dtype=...) -> WhisperBundle`.
+
+Sources, in the order they are tried:
+  1. a built-in name (`tiny.en`, `base`): converted once into the cache, then loaded from there;
+  2. a local directory: lite-whisper checkpoint (config.json model_type "lite-whisper"), CTranslate2 /
+     faster-whisper (model.bin, converted in memory), or Hugging Face Whisper (from_pretrained);
+  3. a Hugging Face hub id (`openai/whisper-large-v3-turbo`), when the network allows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .builtin import BUILTIN_MODELS, builtin_model_dir, is_builtin
+from .errors import LiteWhisperError, ModelSourceError
+
+logger = logging.getLogger("litewhisper")
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class WhisperBundle:
+    """A loaded Whisper model with its processor. `path` is the local directory it came from (None for hub ids)."""
+
+    model: Any  # WhisperForConditionalGeneration (or the lite-whisper subclass)
+    processor: Any  # WhisperProcessor
+    name: str
+    path: Path | None
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.model.get_encoder()
+
+    @property
+    def is_multilingual(self) -> bool:
+        flag = getattr(self.model.generation_config, "is_multilingual", None)
+        return bool(flag) if flag is not None else self.model.config.vocab_size >= 51865
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def _check_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise LiteWhisperError(f"device {device!r} is not a torch device; use 'cpu' or 'cuda'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LiteWhisperError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> WhisperBundle:
+    """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc)."""
+    dev = _check_device(device)
+    if is_builtin(source):
+        path = builtin_model_dir(str(source))
+        model, processor = _load_hf_dir(path, dtype)
+        return _bundle(model, processor, str(source), path, dev)
+    path = Path(source).expanduser()
+    if path.exists():
+        model, processor = _load_local(path, dev, dtype)
+        return _bundle(model, processor, path.name, path, dev)
+    if _HUB_ID.match(str(source)) and not str(source).startswith((".", "~")):
+        model, processor = _load_hub(str(source), dtype)
+        return _bundle(model, processor, str(source), None, dev)
+    raise ModelSourceError(
+        f"model source {str(source)!r} not found: expected a built-in name ({', '.join(BUILTIN_MODELS)}), an "
+        "existing local Whisper directory (Hugging Face, CTranslate2 / faster-whisper, or lite-whisper), or a "
+        "Hugging Face hub id like openai/whisper-large-v3-turbo")
+
+
+def _bundle(model, processor, name: str, path: Path | None, device: torch.device) -> WhisperBundle:
+    _ensure_generation_config(model, processor)
+    return WhisperBundle(model=model.to(device).eval(), processor=processor, name=name, path=path)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
+    """(model, processor) from a local directory of any supported layout."""
+    if not path.is_dir():
+        raise ModelSourceError(f"{path} is a file; expected a model directory (the folder that contains "
+                               "config.json and the weights)")
+    config = _read_config(path)
+    if config.get("model_type") == "lite-whisper":
+        from .checkpoint import load_lite_whisper_model
+
+        model = load_lite_whisper_model(path, device=device, dtype=dtype)
+        return model, _load_processor(path, model.config)
+    if (path / "model.bin").is_file():
+        from .ct2 import load_ct2_directory
+
+        model, processor = load_ct2_directory(path, dtype=dtype)
+        return model, processor
+    if any((path / f).is_file() for f in HF_WEIGHT_FILES) and config:
+        return _load_hf_dir(path, dtype)
+    present = sorted(p.name for p in path.iterdir())[:10]
+    raise ModelSourceError(
+        f"{path} holds no model files (found: {present or 'nothing'}); expected a Hugging Face Whisper directory "
+        "(config.json + model.safetensors), a CTranslate2 / faster-whisper directory (model.bin + config.json + "
+        "tokenizer.json) or a lite-whisper checkpoint")
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype):
+    from transformers import WhisperForConditionalGeneration
+
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise ModelSourceError(f"cannot load the Hugging Face Whisper model in {path}: {e}. Expected the output "
+                               "of WhisperForConditionalGeneration.save_pretrained (shapes must match config.json)"
+                               ) from e
+    return model, _load_processor(path, model.config)
+
+
+def _load_processor(path: Path, config):
+    """The processor saved in `path`, else one built from its tokenizer.json."""
+    from transformers import WhisperProcessor
+
+    from .processor import build_processor
+
+    has_features = any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json"))
+    if has_features and (path / "tokenizer.json").is_file():
+        try:
+            return WhisperProcessor.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            logger.warning("processor files in %s unreadable (%s); rebuilding from tokenizer.json", path, e)
+    return build_processor(path, num_mel_bins=config.num_mel_bins, vocab_size=config.vocab_size)
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    hint = (f"pass a local directory instead (e.g. one saved with save_pretrained, or a CTranslate2 "
+            f"model), or a built-in name ({', '.join(BUILTIN_MODELS)})")
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(repo_id, dtype=dtype,
+                                                                local_files_only=_hub_offline())
+        processor = WhisperProcessor.from_pretrained(repo_id, local_files_only=_hub_offline())
+    except Exception as e:  # hub errors come in many types (OSError, HTTP, connection, timeout)
+        state = "offline (HF_HUB_OFFLINE is set)" if _hub_offline() else "unreachable or has no such model"
+        raise ModelSourceError(f"cannot load {repo_id!r} from the Hugging Face hub: the hub is {state} "
+                               f"({type(e).__name__}: {str(e)[:200]}); {hint}") from e
+    return model, processor
+
+
+def _ensure_generation_config(model, processor) -> None:
+    """Give models without a Whisper generation config (e.g. bare HF dirs) one built from the tokenizer."""
+    from .processor import build_generation_config
+
+    gen = model.generation_config
+    if getattr(gen, "no_timestamps_token_id", None) is None:
+        model.generation_config = build_generation_config(
+            processor.tokenizer, vocab_size=model.config.vocab_size,
+            suppress_tokens=getattr(gen, "suppress_tokens", None) or None,
+            begin_suppress_tokens=getattr(gen, "begin_suppress_tokens", None) or None,
+            alignment_heads=getattr(gen, "alignment_heads", None), max_length=model.config.max_target_positions)
