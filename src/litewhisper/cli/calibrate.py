@@ -1,0 +1,68 @@
+"""`litewhisper calibrate MODEL --calibration DIR|MANIFEST -o STATS.safetensors`: encoder output statistics."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("litewhisper")
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
+
+
+def add_calibration_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--calibration", metavar="DIR|MANIFEST", required=required,
+                   help="calibration speech: a folder of audio files or a JSONL manifest (transcripts not needed)")
+    p.add_argument("--split", help="only manifest rows of this split (e.g. calib)")
+    p.add_argument("--max-clips", type=int, help="use at most this many clips (default all)")
+    p.add_argument("--windows", choices=("clip", "pack"), default="clip",
+                   help="one clip per 30-s window (clip, as the paper) or clips packed end to end (pack)")
+    p.add_argument("--frames", choices=("all", "audio"), default="all",
+                   help="count every encoder position (all) or only positions that carry audio (audio)")
+    p.add_argument("--batch-size", type=int, default=4, help="30-s windows encoded together (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="collect encoder activation statistics for compression",
+        description="Run calibration speech through the encoder and save each linear layer's output statistics "
+                    "(count, sum, Gram matrix; float64) for `litewhisper plan` and `litewhisper compress --stats`.")
+    add_model_args(p)
+    add_calibration_args(p, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="STATS.safetensors")
+    p.set_defaults(func=run)
+
+
+def calibration_config(args):
+    from ..calibrate import CalibrationConfig
+    return CalibrationConfig(windowing=args.windows, frames=args.frames, max_clips=args.max_clips,
+                             batch_size=args.batch_size, device=args.device)
+
+
+def load_bundle(args):
+    import torch
+    from ..models import load_model
+    return load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def run(args) -> int:
+    from ..calibrate import calibrate
+    from ..datasets import discover_audio
+
+    config = calibration_config(args)
+    items = discover_audio(args.calibration, split=args.split)
+    bundle = load_bundle(args)
+    start = time.perf_counter()
+    stats = calibrate(bundle, items, config, progress=not args.quiet)
+    stats.save(args.output)
+    print(f"wrote {args.output}: {len(stats.layers)} layers, {stats.clips} clips, {stats.frames} frames "
+          f"({time.perf_counter() - start:.1f}s)")
+    return 0
