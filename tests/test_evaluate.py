@@ -1,0 +1,111 @@
+"""evaluate: JSONL written per clip, resume after interruption, token-limit count, JSON schema, real tiny.en."""
+import json
+
+import pytest
+
+import litewhisper.evaluate as ev
+from helpers import require_shared_data, shared_manifest, tiny_whisper
+from litewhisper.cli import main
+from litewhisper.datasets import read_manifest
+from litewhisper.errors import LiteWhisperError
+from litewhisper.flops import encoder_params
+from litewhisper.evaluate import EvalConfig, HypothesisLog, Hypothesis, evaluate, read_hypotheses
+
+
+@pytest.fixture(scope="module")
+def random_bundle():
+    """Tiny random Whisper with the real tiny.en tokenizer: never emits end-of-text within a few tokens."""
+    from litewhisper.builtin import builtin_source
+    from litewhisper.models import WhisperBundle
+    from litewhisper.processor import build_generation_config, build_processor
+
+    model = tiny_whisper()
+    _, meta = builtin_source("tiny.en")
+    processor = build_processor(meta, vocab_size=model.config.vocab_size)
+    model.generation_config = build_generation_config(processor.tokenizer, vocab_size=model.config.vocab_size)
+    return WhisperBundle(model=model, processor=processor, name="random", path=None)
+
+
+@pytest.fixture(scope="module")
+def short_clips(tmp_path_factory):
+    """A manifest of 6 short real English dev clips from two domains (paths point into ../shared/data)."""
+    data = require_shared_data()
+    rows = [r for r in shared_manifest("dev", "en") if r["duration_s"] < 4][:6]
+    path = tmp_path_factory.mktemp("m") / "manifest.jsonl"
+    path.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
+    return path
+
+
+def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clips, tmp_path):
+    config = EvalConfig(max_new_tokens=4, batch_size=4, progress=False)
+    report = evaluate([random_bundle, random_bundle], short_clips, config, hypotheses=tmp_path / "h.jsonl")
+    out = report.to_dict()
+    assert set(out) == {"normalizer", "data", "results"} and out["normalizer"] == "english"
+    assert len(out["results"]) == 2
+    r = out["results"][0]
+    for key in ("model", "wer", "n_utterances", "n_ref_words", "encoder_params", "domains", "macro_wer",
+                "n_hit_token_limit"):
+        assert key in r
+    assert r["n_utterances"] == 6 and r["n_hit_token_limit"] == 6  # random model: no end-of-text in 4 tokens
+    assert r["encoder_params"] == encoder_params(random_bundle.model) > 0
+    assert sum(d["n"] for d in r["domains"].values()) == 6
+    assert r["wer"] >= 50  # garbage hypotheses
+    records = read_hypotheses(tmp_path / "h.jsonl")
+    assert len(records) == 6 and all(h.n_tokens <= 4 and h.hit_token_limit for h in records)
+    ev.write_json(report, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+
+
+def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_path, monkeypatch):
+    items = read_manifest(short_clips)
+    hyp_path = tmp_path / "h.jsonl"
+    done = [Hypothesis("m", it.id, it.text, it.text, it.domain, it.lang, 3, False) for it in items[:2]]
+    # two complete records, then a line cut mid-write by the interruption
+    hyp_path.write_text(done[0].to_json() + "\n" + done[1].to_json() + "\n" + done[1].to_json()[:25])
+    decoded = []
+
+    def fake_decode(bundle, batch, config, name):
+        for it in batch:
+            decoded.append(it.id)
+            yield Hypothesis(name, it.id, "wrong words", it.text, it.domain, it.lang, 2, False)
+
+    monkeypatch.setattr(ev, "decode", fake_decode)
+    monkeypatch.setattr(ev, "encoder_param_count", lambda model: 1)
+    fake_bundle = type("B", (), {"is_multilingual": False, "model": None, "name": "m"})()
+    with pytest.raises(LiteWhisperError, match="--resume"):
+        HypothesisLog(hyp_path, resume=False)
+    log_file = HypothesisLog(hyp_path, resume=True)
+    result = ev.evaluate_model(fake_bundle, items, EvalConfig(progress=False), name="m", log_file=log_file)
+    assert decoded == [it.id for it in items[2:]]
+    records = read_hypotheses(hyp_path)
+    assert [h.id for h in records] == [it.id for it in items]  # partial line dropped, no duplicates
+    assert result.score.n_utterances == 6
+    n_words = [len(ev.normalize(it.text, "english").split()) for it in items]
+    # first two perfect; each wrong one: 2 hypothesis words against n reference words -> max(n, 2) errors
+    errors = sum(max(n, 2) for n in n_words[2:])
+    assert result.score.wer == pytest.approx(100 * errors / sum(n_words))
+
+
+def test_english_only_model_refuses_other_languages(random_bundle):
+    items = [it for it in read_manifest(require_shared_data() / "manifest.jsonl", split="dev") if it.lang == "de"]
+    with pytest.raises(LiteWhisperError, match="English-only"):
+        ev.evaluate_model(random_bundle, items, EvalConfig(progress=False), name="random")
+
+
+@pytest.mark.real
+def test_real_tiny_en_cli_on_five_clips(tmp_path, capsys):
+    data = require_shared_data()
+    rows = [r for r in shared_manifest("dev", "en") if r["path"] == "misc/jfk.flac"]
+    rows += [r for r in shared_manifest("dev", "en") if r["domain"] == "audiobook-nonfiction-single-speaker"][:4]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
+    rc = main(["evaluate", "tiny.en", "--data", str(manifest), "--json", str(tmp_path / "r.json"),
+               "--hypotheses", str(tmp_path / "h.jsonl"), "--no-progress"])
+    assert rc == 0
+    out = json.loads((tmp_path / "r.json").read_text())
+    r = out["results"][0]
+    assert r["model"] == "tiny.en" and r["n_utterances"] == 5 and r["n_hit_token_limit"] == 0
+    assert r["wer"] < 15 and out["normalizer"] == "english"
+    jfk = [h for h in read_hypotheses(tmp_path / "h.jsonl") if h.id == rows[0].get("utt_id", rows[0]["path"])]
+    assert ev.normalize(jfk[0].hypothesis, "english") == ev.normalize(rows[0]["text"], "english")
+    assert "tiny.en" in capsys.readouterr().out
