@@ -1,0 +1,110 @@
+"""`litewhisper transcribe MODEL AUDIO...`: transcripts to standard output or one file per input."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import LiteWhisperError
+
+log = logging.getLogger("litewhisper")
+
+FORMAT_CHOICES = ("txt", "json", "srt", "vtt")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "transcribe", help="transcribe audio files, folders or manifests",
+        description="Transcribe speech with a Whisper model (built-in name, CTranslate2 / Hugging Face "
+                    "directory or hub id). Bad files are reported and skipped; the exit code is 1 if any failed.")
+    p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
+    p.add_argument("audio", metavar="AUDIO", nargs="+",
+                   help="audio files, folders of audio (searched recursively) or JSONL manifests")
+    p.add_argument("--language", help="language code (e.g. en, de); default: detected per file")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="txt", help="output format (default txt)")
+    p.add_argument("--output-dir", type=Path,
+                   help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout")
+    p.add_argument("--split", help="only manifest rows of this split (e.g. dev)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[Path, str]]:
+    """(audio path, output name without suffix) for every input; folders and manifests are expanded.
+
+    A path that is neither a folder nor a manifest is kept as a file even if missing, so that it is
+    reported and skipped with the others. Raises LiteWhisperError if two inputs would share an output name.
+    """
+    from ..datasets import discover_audio
+
+    inputs: list[tuple[Path, str]] = []
+    for source in map(Path, sources):
+        if source.is_dir() or (source.is_file() and source.suffix in (".jsonl", ".json")):
+            base = source if source.is_dir() else source.parent
+            for item in discover_audio(source, split=split):
+                rel = Path(os.path.relpath(item.path, base))
+                inputs.append((item.path, (rel if ".." not in rel.parts else Path(item.path.name)).with_suffix("")
+                               .as_posix()))
+        else:
+            inputs.append((source, source.stem))
+    seen: dict[str, Path] = {}
+    for path, name in inputs:
+        if name in seen and seen[name] != path:
+            raise LiteWhisperError(
+                f"inputs {seen[name]} and {path} would both be written as {name}.*: pass their folder instead "
+                "(sub-folders are kept) or transcribe them in separate runs")
+        seen[name] = path
+    return inputs
+
+
+def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
+    from ..formats import render, to_json
+
+    if fmt == "txt":
+        return f"{name}: {result.text}" if several else result.text
+    if fmt == "json":
+        return to_json(result, indent=None).rstrip("\n")  # one object per line (JSON Lines)
+    doc = render(result, fmt).rstrip("\n")
+    return f"==> {name} <==\n{doc}\n" if several else doc
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..formats import write_transcription
+    from ..models import load_model
+    from ..transcribe import TranscriptionFailure, transcribe_iter
+
+    inputs = collect_inputs(args.audio, split=args.split)
+    bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    stream = transcribe_iter(bundle, [path for path, _ in inputs], language=args.language, task=args.task,
+                             batch_size=args.batch_size, return_segments=True,
+                             progress=not args.quiet)
+    failed, pending, next_index = 0, {}, 0
+    for index, result in stream:
+        path, name = inputs[index]
+        if isinstance(result, TranscriptionFailure):
+            failed += 1
+            print(f"skipped {path}: {result.error}", file=sys.stderr)
+        elif args.output_dir is not None:
+            write_transcription(result, args.output_dir / f"{name}.{args.format}", args.format)
+        pending[index] = result
+        while next_index in pending:  # stdout keeps input order
+            done = pending.pop(next_index)
+            if args.output_dir is None and not isinstance(done, TranscriptionFailure):
+                print(_stdout_text(done, args.format, str(inputs[next_index][0]), len(inputs) > 1), flush=True)
+            next_index += 1
+    if failed:
+        print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
+              file=sys.stderr)
+        return 1
+    if args.output_dir is not None:
+        log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
+    return 0
