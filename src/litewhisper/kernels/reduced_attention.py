@@ -157,14 +157,6 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wv: to
     """Why the kernel cannot run these operands (None when it can); the caller falls back to PyTorch."""
     if triton is None:
         return "triton is not installed"
-    if q.device.type == "cpu" and not _interpret():
-        return "CPU tensors need TRITON_INTERPRET=1 (the Triton kernel runs on CUDA)"
-    if q.device.type == "cpu" and not _interpreter_ready():
-        return "TRITON_INTERPRET=1 was set after triton was imported; set it before importing transformers/triton"
-    if q.device.type == "cuda" and _interpret():
-        return "TRITON_INTERPRET=1 is set; unset it to run the kernel on the GPU"
-    if q.device.type not in ("cuda", "cpu"):
-        return f"device {q.device.type!r} is not supported by the Triton kernel"
     if attention_mask is not None:
         return "an explicit attention_mask is not supported by the Triton kernel"
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, wv)):
@@ -174,10 +166,19 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wv: to
             return f"{name} has dtype {t.dtype}; the kernel takes float16/bfloat16 (fp32 uses PyTorch)"
         if t.dtype != q.dtype:
             return f"mixed dtypes ({name}: {t.dtype}, q: {q.dtype})"
-    dims = {"q/k rank": q.shape[-1], "v rank": v.shape[-1], "head size": wv.shape[-1] if wv is not None else v.shape[-1]}
+    head = wv.shape[-1] if wv is not None else v.shape[-1]
+    dims = {"q/k rank": q.shape[-1], "v rank": v.shape[-1], "head size": head}
     for name, d in dims.items():
         if d % 16 or not 16 <= d <= MAX_DIM:
             return f"{name} {d} is not a multiple of 16 in [16, {MAX_DIM}]"
+    if q.device.type == "cpu" and not _interpret():
+        return "CPU tensors need TRITON_INTERPRET=1 (the Triton kernel runs on CUDA)"
+    if q.device.type == "cpu" and not _interpreter_ready():
+        return "TRITON_INTERPRET=1 was set after triton was imported; set it before importing transformers/triton"
+    if q.device.type == "cuda" and _interpret():
+        return "TRITON_INTERPRET=1 is set; unset it to run the kernel on the GPU"
+    if q.device.type not in ("cuda", "cpu"):
+        return f"device {q.device.type!r} is not supported by the Triton kernel"
     return None
 
 
