@@ -29,6 +29,7 @@ _EXPORTS = {
     "RankPlan": "plan",
     "compress": "compress",
     "save_checkpoint": "checkpoint",
+    "builtin_calibration_audio": "synth",
 }
 
 
