@@ -12,3 +12,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def tiny_model():
     """A tiny random WhisperForConditionalGeneration (d_model 32, 2 layers, 4 heads)."""
     return tiny_whisper()
+
+
+@pytest.fixture(scope="session")
+def litewhisper_cache(tmp_path_factory):
+    """A fresh LITEWHISPER_CACHE for the whole session, so tests never depend on (or write) ~/.cache state."""
+    path = tmp_path_factory.mktemp("litewhisper_cache")
+    old = os.environ.get("LITEWHISPER_CACHE")
+    os.environ["LITEWHISPER_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LITEWHISPER_CACHE", None)
+    else:
+        os.environ["LITEWHISPER_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def real_tiny_en(litewhisper_cache):
+    """The real built-in tiny.en (float32, cpu) as a WhisperBundle, converted once into the session cache."""
+    from litewhisper.models import load_model
+
+    return load_model("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def real_base(litewhisper_cache):
+    """The real built-in multilingual base (float32, cpu) as a WhisperBundle, converted once per session."""
+    from litewhisper.models import load_model
+
+    return load_model("base")

@@ -209,8 +209,21 @@ def whisper_state_dict(ct2: CT2Model) -> dict[str, torch.Tensor]:
             out[f"{prefix}.{_LEAF[leaf]}"] = tensor
     if "proj_out.bias" in out:
         raise ModelSourceError("this Whisper model.bin has an output-projection bias, which Whisper does not have")
-    out.setdefault("proj_out.weight", out.get("model.decoder.embed_tokens.weight"))
-    return out
+    return _unshare(out)
+
+
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Clone tensors that CTranslate2 aliased (e.g. all-zero biases), so that no two parameters share memory;
+    only the output projection stays tied to the token embedding."""
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        if key == "proj_out.weight":
+            continue
+        if tensor.numel() and tensor.data_ptr() in seen:
+            state[key] = tensor.clone()
+        seen.add(tensor.data_ptr())
+    state.setdefault("proj_out.weight", state.get("model.decoder.embed_tokens.weight"))
+    return state
 
 
 def _check_float(name: str, tensor: torch.Tensor) -> None:

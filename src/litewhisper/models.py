@@ -126,12 +126,16 @@ def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
 def _load_hf_dir(path: Path, dtype: torch.dtype):
     from transformers import WhisperForConditionalGeneration
 
+    expected = ("expected the output of WhisperForConditionalGeneration.save_pretrained, with weights whose "
+                "shapes match config.json; re-save the model or pass the right directory")
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        model, info = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ModelSourceError(f"cannot load the Hugging Face Whisper model in {path}: {e}. Expected the output "
-                               "of WhisperForConditionalGeneration.save_pretrained (shapes must match config.json)"
-                               ) from e
+        raise ModelSourceError(f"cannot load the Hugging Face Whisper model in {path}: {str(e)[:300]}; "
+                               f"{expected}") from e
+    if info.get("missing_keys"):  # transformers would silently leave them randomly initialised
+        missing = sorted(info["missing_keys"])
+        raise ModelSourceError(f"{path} lacks {len(missing)} weights (e.g. {missing[:3]}); {expected}")
     return model, _load_processor(path, model.config)
 
 

