@@ -128,6 +128,15 @@ def test_module_triton_backend_matches(interp, name):
     assert r["err"] <= 3 * r["err_torch_lowp"] + 1e-3 * r["scale"], r
 
 
+@pytest.mark.parametrize("dtype,dims,key_bias", [(torch.float16, (48, 32, 64), True),
+                                                 (torch.bfloat16, (96, 112, 128), False)])
+def test_kernel_compiles_for_h100_without_a_gpu(dtype, dims, key_bias):
+    from litewhisper.kernels.reduced_attention import compile_for_target
+    compiled = compile_for_target(dtype, *dims, key_bias=key_bias, capability=90)
+    assert "wgmma" in compiled.asm["ptx"]                                # Hopper tensor-core MMA
+    assert len(compiled.asm["cubin"]) > 0 and compiled.metadata.shared <= 228 * 1024
+
+
 # ---- fallbacks (in-process, no interpreter): never a wrong result, always a logged reason -------------------
 
 def _ops(dtype=torch.float16, dqk=32, dv=32, dh=64):

@@ -230,3 +230,26 @@ def reduced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bia
         **({} if _interpret() else {"num_warps": 4 if block_m <= 64 else 8, "num_stages": 2}),
     )
     return out
+
+
+def compile_for_target(dtype: torch.dtype, d_qk: int, d_v: int, d_h: int, key_bias: bool = True,
+                       v_proj: bool = True, v_bias: bool = True, capability: int = 90, block_m: int = 64,
+                       block_n: int = 64, num_warps: int = 4):
+    """Ahead-of-time compile the kernel for an NVIDIA target (PTX + cubin with Triton's bundled ptxas).
+
+    Needs no GPU: checks that a configuration type-checks and lowers for, e.g., H100 (capability 90).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+    ty = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    sig = {n: f"*{ty}" for n in ("Q", "K", "V", "WV", "BV", "O")} | {"KB": "*fp32"}
+    names = ("stride_qb stride_qh stride_ql stride_kb stride_kh stride_kl stride_vb stride_vh stride_vl stride_kbb "
+             "stride_kbh stride_wh stride_wr stride_bh stride_ob stride_ol stride_oh L H").split()
+    sig |= {n: "i32" for n in names} | {"qk_scale": "fp32"}
+    p2 = triton.next_power_of_2
+    const = dict(DQK=d_qk, DV=d_v, DH=d_h, DQK_P=p2(d_qk), DV_P=p2(d_v), DH_P=p2(d_h), HAS_KB=key_bias,
+                 HAS_WV=v_proj, HAS_BV=v_bias, DOT_F32=False, BLOCK_M=block_m, BLOCK_N=block_n)
+    sig |= {n: "constexpr" for n in const}
+    src = triton.compiler.ASTSource(fn=JITFunction(_reduced_attention_fwd), signature=sig, constexprs=const)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": num_warps, "num_stages": 2})
