@@ -135,14 +135,13 @@ def select_clips(data: str | os.PathLike | Sequence[AudioItem], config: EvalConf
 
 # ----------------------------------------------------------------------------------------------- decoding
 
-def _short_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int
-                ) -> list[tuple[str, int, bool]]:
-    """Greedy decoding of clips <= 30 s -> (text, n_text_tokens, hit_token_limit) per clip."""
-    from .audio import load_audio
+def generate_short(bundle, arrays: list, language: str | None, max_new_tokens: int
+                   ) -> list[tuple[str, int, bool]]:
+    """Greedy decoding of 16 kHz arrays <= 30 s -> (text, n_text_tokens, hit_token_limit) per clip."""
     from .transcribe import _features
 
-    feats = _features(bundle.processor, [load_audio(it.path) for it in items], long_form=False)
-    features = feats["input_features"].to(bundle.device, bundle.dtype)  # (batch, n_mels, 3000)
+    features = _features(bundle.processor, arrays, long_form=False)["input_features"]
+    features = features.to(bundle.device, bundle.dtype)  # (batch, n_mels, 3000)
     kwargs: dict[str, Any] = {"language": language, "task": "transcribe"} if bundle.is_multilingual else {}
     with torch.inference_mode():
         out = bundle.model.generate(features, max_new_tokens=max_new_tokens, max_length=None, num_beams=1,
@@ -156,6 +155,13 @@ def _short_form(bundle, items: list[AudioItem], language: str | None, max_new_to
         text = bundle.processor.tokenizer.decode(text_tokens, skip_special_tokens=True).strip()
         results.append((text, len(text_tokens), eot not in body))
     return results
+
+
+def _short_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int
+                ) -> list[tuple[str, int, bool]]:
+    from .audio import load_audio
+
+    return generate_short(bundle, [load_audio(it.path) for it in items], language, max_new_tokens)
 
 
 def _long_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int

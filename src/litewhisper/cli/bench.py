@@ -1,0 +1,52 @@
+"""`litewhisper bench MODEL...`: encoder latency (interleaved), speedup vs the first model, FLOPs, RTF."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger("litewhisper")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,8, got {text!r}") from exc
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="encoder latency and speedup vs the first model; FLOPs; end-to-end real-time factor",
+        description="Models are timed interleaved (A B A B) in one process after a warm-up; the speedup is the "
+                    "median per-round ratio against the first model, shown next to the ideal FLOP ratio.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="built-in name (tiny.en, base) or model directory")
+    p.add_argument("--batch-size", type=_int_list, default=(1,), help="encoder batch sizes, e.g. 1,4,8")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and CTranslate2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds per batch size (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds (default 2)")
+    p.add_argument("--data", default=None, help="manifest or folder for the end-to-end real-time factor")
+    p.add_argument("--split", default="dev", help="manifest split for --data (default dev; 'all' for every clip)")
+    p.add_argument("--max-clips", type=int, default=16, help="end-to-end clips (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=224)
+    p.add_argument("--peer", choices=("faster-whisper", "ctranslate2"), default=None,
+                   help="also time the first model's original checkpoint in CTranslate2 (int8 and float32)")
+    p.add_argument("--json", dest="json_out", default=None, help="write the measurements as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_text
+    from ..bench import BenchConfig, bench, format_bench, report_dict
+
+    config = BenchConfig(batch_sizes=args.batch_size, repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads, device=args.device, max_clips=args.max_clips,
+                         max_new_tokens=args.max_new_tokens)
+    report = bench(args.models, config, data=args.data, split=None if args.split == "all" else args.split,
+                   peer=args.peer)
+    print(format_bench(report))
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(report_dict(report), indent=2) + "\n")
+        log.info("wrote %s", args.json_out)
+    return 0
