@@ -29,6 +29,8 @@ _EXPORTS = {
     "RankPlan": "plan",
     "compress": "compress",
     "save_checkpoint": "checkpoint",
+    "use_reduced_attention": "attention",
+    "ReducedDimSelfAttention": "attention",
     "builtin_calibration_audio": "synth",
 }
 

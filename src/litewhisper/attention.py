@@ -159,7 +159,7 @@ class ReducedDimSelfAttention(nn.Module):
 
     @torch.no_grad()
     def _build_buffers(self) -> None:
-        dtype = self.out_proj.weight.dtype if hasattr(self.out_proj, "weight") else torch.float32
+        dtype = next(self.q_proj.parameters()).dtype                     # buffers follow the model's dtype
         w1, mat, vec, wv, bv = [], None, None, None, None
         if self.plan.scores != "standard":
             q, k = self.q_proj, self.k_proj
