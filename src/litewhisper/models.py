@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
@@ -159,22 +161,44 @@ def _hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_hub(repo_id: str, dtype: torch.dtype):
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so an offline machine fails in seconds, not after retries."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection proves nothing; let the hub client try
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(repo_id: str, dtype: torch.dtype, local_only: bool):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    model = WhisperForConditionalGeneration.from_pretrained(repo_id, dtype=dtype, local_files_only=local_only)
+    return model, WhisperProcessor.from_pretrained(repo_id, local_files_only=local_only)
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype):
+    """A hub model from the local hub cache, else downloaded when the hub is reachable."""
     hint = (f"pass a local directory instead (e.g. one saved with save_pretrained, or a CTranslate2 "
             f"model), or a built-in name ({', '.join(BUILTIN_MODELS)})")
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(repo_id, dtype=dtype,
-                                                                local_files_only=_hub_offline())
-        processor = WhisperProcessor.from_pretrained(repo_id, local_files_only=_hub_offline())
+        return _from_hub(repo_id, dtype, local_only=True)
+    except Exception:  # not in the local hub cache
+        pass
+    if _hub_offline():
+        raise ModelSourceError(f"cannot load {repo_id!r}: the Hugging Face hub is offline (HF_HUB_OFFLINE is "
+                               f"set) and the model is not in the local hub cache; {hint}")
+    if not _hub_reachable():
+        raise ModelSourceError(f"cannot load {repo_id!r}: the Hugging Face hub is unreachable from this machine "
+                               f"(offline?) and the model is not in the local hub cache; {hint}")
+    try:
+        return _from_hub(repo_id, dtype, local_only=False)
     except Exception as e:  # hub errors come in many types (OSError, HTTP, connection, timeout)
-        state = "offline (HF_HUB_OFFLINE is set)" if _hub_offline() else "unreachable or has no such model"
-        raise ModelSourceError(f"cannot load {repo_id!r} from the Hugging Face hub: the hub is {state} "
-                               f"({type(e).__name__}: {str(e)[:200]}); {hint}") from e
-    return model, processor
+        raise ModelSourceError(f"cannot load {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
+                               f"{str(e)[:200]}); check the id, or {hint}") from e
 
 
 def _ensure_generation_config(model, processor) -> None:
