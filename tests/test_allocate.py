@@ -66,3 +66,21 @@ def test_errors():
         linear_budget(spectra, 10**6, 1.5)
     with pytest.raises(LiteWhisperError, match="eigenvalues"):
         LayerSpectrum("x", 4, 4, torch.ones(3))
+
+
+def test_budget_policy_from_stats(tiny_model):
+    import numpy as np
+
+    from litewhisper.calibrate import CalibrationConfig, calibrate
+    from litewhisper.flops import encoder_params
+    from litewhisper.plan import plan_ranks
+    from litewhisper.allocate import budget_policy
+
+    clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
+    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"), progress=False)
+    total = encoder_params(tiny_model)
+    # tiny model: d_model 32, ffn 64 -> only rank 16 on the 32x64 / 64x32 MLP layers can shrink anything
+    policy = budget_policy(stats, total, 0.95, multiple_of=16)
+    plan = plan_ranks(stats, policy)
+    assert total - plan.totals()["params_before"] + plan.totals()["params_after"] <= 0.95 * total
+    assert {e.rank for e in plan.low_rank} == {16}

@@ -144,3 +144,17 @@ def allocate_for_size(spectra: list[LayerSpectrum], encoder_params: int, target_
                       multiple_of: int = 16) -> Allocation:
     """Ranks that bring the encoder to `target_size` × `encoder_params` parameters (or just below)."""
     return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of)
+
+
+def spectra_from_stats(stats) -> list[LayerSpectrum]:
+    """One LayerSpectrum per layer of ActivationStats (eigendecompositions cached on `stats`)."""
+    from .plan import decompose
+    return [LayerSpectrum(name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias)
+            for name, s in stats.layers.items()]
+
+
+def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16):
+    """A RankPolicy fixing every layer's rank (or dense) so the encoder is `target_size` of `encoder_params`."""
+    from .plan import RankPolicy
+    alloc = allocate_for_size(spectra_from_stats(stats), encoder_params, target_size, multiple_of)
+    return RankPolicy(multiple_of=multiple_of, overrides=tuple(alloc.ranks.items()))
