@@ -150,7 +150,9 @@ def _load_processor(path: Path, config):
     has_features = any((path / f).is_file() for f in ("preprocessor_config.json", "processor_config.json"))
     if has_features and (path / "tokenizer.json").is_file():
         try:
-            return WhisperProcessor.from_pretrained(path)
+            # trust_remote_code=False: a lite-whisper config.json has an auto_map, and AutoTokenizer would
+            # otherwise prompt interactively for 15 s before falling back to the plain config
+            return WhisperProcessor.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as e:
             logger.warning("processor files in %s unreadable (%s); rebuilding from tokenizer.json", path, e)
     return build_processor(path, num_mel_bins=config.num_mel_bins, vocab_size=config.vocab_size)
@@ -182,8 +184,8 @@ def _from_hub(repo_id: str, dtype: torch.dtype, local_only: bool):
 
 def _load_hub(repo_id: str, dtype: torch.dtype):
     """A hub model from the local hub cache, else downloaded when the hub is reachable."""
-    hint = (f"pass a local directory instead (e.g. one saved with save_pretrained, or a CTranslate2 "
-            f"model), or a built-in name ({', '.join(BUILTIN_MODELS)})")
+    hint = (f"no local directory {repo_id!r} exists either; pass a local directory (e.g. one saved with "
+            f"save_pretrained, or a CTranslate2 model) or a built-in name ({', '.join(BUILTIN_MODELS)})")
     try:
         return _from_hub(repo_id, dtype, local_only=True)
     except Exception:  # not in the local hub cache
