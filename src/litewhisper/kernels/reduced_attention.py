@@ -121,7 +121,7 @@ def _reduced_attention_fwd(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < DH))
 
 
-_JIT_CACHE: dict[bool, object] = {}
+_JIT_CACHE: dict[object, object] = {}  # interpret flag (bool) or "autotuned" -> kernel
 
 
 def _interpret() -> bool:
@@ -150,6 +150,30 @@ def _jitted():
             from triton.runtime.jit import JITFunction
             _JIT_CACHE[key] = JITFunction(_reduced_attention_fwd)
     return _JIT_CACHE[key]
+
+
+# CUDA launch configurations tried by the autotuner: (BLOCK_M, BLOCK_N, num_warps, num_stages)
+_CUDA_CONFIGS = ((64, 64, 4, 2), (128, 64, 4, 2), (128, 64, 8, 3), (64, 128, 4, 3))
+_TUNE_KEY = ["DQK_P", "DV_P", "DH_P", "HAS_KB", "HAS_WV", "HAS_BV"]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Wide operands (a padded dim above 128) keep only BLOCK_M = 64 tiles (register pressure)."""
+    wide = max(kwargs.get(k, named_args.get(k, 0)) for k in ("DQK_P", "DV_P", "DH_P")) > 128
+    kept = [c for c in configs if not wide or c.kwargs["BLOCK_M"] <= 64]
+    return kept or configs[:1]
+
+
+def _autotuned():
+    """CUDA: the kernel under triton.autotune over `_CUDA_CONFIGS` (tuned once per dims/flags, not per L)."""
+    if "autotuned" not in _JIT_CACHE:
+        from triton.runtime.jit import JITFunction
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+                   for m, n, w, st in _CUDA_CONFIGS]
+        _JIT_CACHE["autotuned"] = triton.autotune(configs, key=_TUNE_KEY,
+                                                  prune_configs_by={"early_config_prune": _prune})(
+            JITFunction(_reduced_attention_fwd))
+    return _JIT_CACHE["autotuned"]
 
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wv: torch.Tensor | None,
@@ -206,12 +230,20 @@ def reduced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bia
     if key_bias is not None:
         key_bias = key_bias.float().contiguous()                          # (B, H, L)
     out = torch.empty(bsz, seq, num_heads, dh, device=q.device, dtype=q.dtype)  # (B, L, H, D_h)
-    widest = max(triton.next_power_of_2(d) for d in (dqk, dv, dh))
-    block_m = block_m or (64 if widest <= 128 else 32)
-    block_n = block_n or 64
-    grid = (triton.cdiv(seq, block_m), bsz * num_heads)
     dummy = out  # placeholder pointer for absent optional operands (never read)
-    _jitted()[grid](
+    tune = q.device.type == "cuda" and not _interpret() and block_m is None and block_n is None
+    if tune:  # BLOCK_M / BLOCK_N / warps / stages chosen by the autotuner
+        kernel, blocks = _autotuned(), {}
+        grid = lambda meta: (triton.cdiv(seq, meta["BLOCK_M"]), bsz * num_heads)  # noqa: E731
+    else:
+        widest = max(triton.next_power_of_2(d) for d in (dqk, dv, dh))
+        block_m = block_m or (64 if widest <= 128 else 32)
+        block_n = block_n or 64
+        kernel, blocks = _jitted(), {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        grid = (triton.cdiv(seq, block_m), bsz * num_heads)
+        if not _interpret():
+            blocks |= {"num_warps": 4, "num_stages": 2}
+    kernel[grid](
         q, k, v, key_bias if key_bias is not None else dummy, wv if wv is not None else dummy,
         bv if bv is not None else dummy, out,
         q.stride(0), _head_stride(q), q.stride(2),
@@ -225,9 +257,7 @@ def reduced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bia
         DQK=dqk, DV=dv, DH=dh,
         DQK_P=triton.next_power_of_2(dqk), DV_P=triton.next_power_of_2(dv), DH_P=triton.next_power_of_2(dh),
         HAS_KB=key_bias is not None, HAS_WV=wv is not None, HAS_BV=bv is not None,
-        DOT_F32=_interpret() and q.dtype == torch.bfloat16,
-        BLOCK_M=block_m, BLOCK_N=block_n,
-        **({} if _interpret() else {"num_warps": 4 if block_m <= 64 else 8, "num_stages": 2}),
+        DOT_F32=_interpret() and q.dtype == torch.bfloat16, **blocks,
     )
     return out
 
