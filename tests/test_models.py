@@ -163,3 +163,20 @@ def test_mismatched_shapes_and_missing_weights_are_clear_errors(tiny_dirs, tmp_p
     save_file(state, partial / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelSourceError, match="lacks 1 weights"):
         load_model(partial)
+
+
+def test_processor_from_tokenizer_json_alone(tmp_path):
+    from litewhisper.processor import build_generation_config
+
+    processor = build_processor(_tokenizer_json(), num_mel_bins=128, vocab_size=51864)
+    tok = processor.tokenizer
+    assert processor.feature_extractor.feature_size == 128 and len(tok) == 51864
+    assert tok.decode([50363, 400, 50400], decode_with_timestamps=True) == "<|0.00|>th<|0.74|>"
+    assert tok.decode([50257, 50362, 400, 50256], skip_special_tokens=True) == "th"
+    gen = build_generation_config(tok, vocab_size=51864)
+    assert (gen.is_multilingual, gen.begin_suppress_tokens, gen.prev_sot_token_id) == (False, [220, 50256], 50360)
+    assert getattr(gen, "lang_to_id", None) is None
+    with pytest.raises(ModelSourceError, match="no tokenizer.json"):
+        build_processor(tmp_path)
+    with pytest.raises(ModelSourceError, match="80 or 128"):
+        build_processor(_tokenizer_json(), num_mel_bins=81)

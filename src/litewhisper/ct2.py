@@ -88,7 +88,7 @@ def _read_bytes(paths: Sequence[str | os.PathLike]) -> bytearray:
     view, offset = memoryview(buf), 0
     for p in paths:
         with open(p, "rb") as f:
-            while (n := f.readinto(view[offset:])) :
+            while n := f.readinto(view[offset:]):
                 offset += n
     return buf
 
