@@ -84,3 +84,21 @@ def test_budget_policy_from_stats(tiny_model):
     plan = plan_ranks(stats, policy)
     assert total - plan.totals()["params_before"] + plan.totals()["params_after"] <= 0.95 * total
     assert {e.rank for e in plan.low_rank} == {16}
+
+
+def test_compress_to_size_sequential_and_refined(tiny_model):
+    import numpy as np
+
+    from litewhisper.allocate import compress_to_size
+    from litewhisper.flops import encoder_params
+    from litewhisper.lowrank import LowRankLinear
+    from litewhisper.refine import RefineConfig
+
+    clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(3)]
+    total = encoder_params(tiny_model)
+    result = compress_to_size(tiny_model, clips, 0.95, sequential=True, progress=False,
+                              refine_config=RefineConfig(max_steps=2, eval_every=1, val_fraction=0.34))
+    assert result.params_before == total and result.params_after <= 0.95 * total
+    assert result.params_after == encoder_params(result.model)
+    assert any(isinstance(m, LowRankLinear) for m in result.model.modules())
+    assert not any(isinstance(m, LowRankLinear) for m in tiny_model.modules())  # input untouched

@@ -158,3 +158,61 @@ def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: i
     from .plan import RankPolicy
     alloc = allocate_for_size(spectra_from_stats(stats), encoder_params, target_size, multiple_of)
     return RankPolicy(multiple_of=multiple_of, overrides=tuple(alloc.ranks.items()))
+
+
+def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch.Tensor:
+    """(N, n_mels, 3000) log-mel windows, one calibration clip each (as the model sees clips in real use)."""
+    import random
+
+    from .calibrate import _feature_extractor, _load, iter_windows
+    from .layers import find_encoder
+    clips = list(audio)
+    clips = random.Random(seed).sample(clips, min(max_windows, len(clips)))
+    windows = [w.samples for w in iter_windows(clips, "clip")][:max_windows]
+    extractor = _feature_extractor(bundle, find_encoder(bundle))
+    param = next(find_encoder(bundle).parameters())
+    return extractor(windows, sampling_rate=16000, return_tensors="pt").input_features.to(param.device, param.dtype)
+
+
+def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
+                     refine_config=None, multiple_of: int = 16, progress: bool = True):
+    """Compress the encoder to `target_size` × its parameters: budgeted ranks from (packed-window) statistics,
+    optionally re-fitting the bases sequentially and distilling the factors. Returns a CompressionResult;
+    the input bundle is left untouched."""
+    import copy
+    import time
+
+    from .calibrate import CalibrationConfig, calibrate
+    from .compress import CompressionResult, _replace_model, compress
+    from .flops import encoder_flops, encoder_params
+    from .layers import unwrap_model
+    from .refine import refine
+    from .sequential import compress_sequential
+
+    config = config or CalibrationConfig(windowing="pack")
+    if audio is None and (stats is None or sequential or refine_config is not None):
+        raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
+    model = unwrap_model(bundle)
+    timings = {}
+    if stats is None:
+        start = time.perf_counter()
+        stats = calibrate(bundle, audio, config, progress=progress)
+        timings["calibrate"] = time.perf_counter() - start
+    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of)
+    if not sequential:
+        result = compress(bundle, policy=policy, stats=stats, progress=progress)
+        student = result.model
+        plan = result.plan
+    else:
+        start = time.perf_counter()
+        student = copy.deepcopy(model)
+        plan, stats = compress_sequential(student, audio, policy, config, progress=progress)
+        timings["sequential"] = time.perf_counter() - start
+    if refine_config is not None:
+        start = time.perf_counter()
+        refine(student.get_encoder(), model.get_encoder(), refine_windows(bundle, audio), refine_config)
+        timings["refine"] = time.perf_counter() - start
+    result = CompressionResult(_replace_model(bundle, student), plan, stats, timings, {}, encoder_params(model),
+                               encoder_params(student), encoder_flops(model), encoder_flops(student))
+    log.info("%s", result.summary())
+    return result
