@@ -23,7 +23,32 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stats", type=Path, help="reuse statistics from `litewhisper calibrate` (no calibration)")
     p.add_argument("--save-stats", type=Path, metavar="FILE", help="also save the calibration statistics")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    add_budget_args(p)
     p.set_defaults(func=run)
+
+
+def add_budget_args(p) -> None:
+    """Budgeted compression (litewhisper.allocate): ranks allocated across layers for a target encoder size."""
+    p.add_argument("--method", choices=("liteasr", "budget"), default=None,
+                   help="liteasr: one θ for all layers (--preset/--theta-*); budget: ranks allocated across layers "
+                        "to reach --target-size (the default when --target-size is given)")
+    p.add_argument("--target-size", type=float, metavar="FRAC",
+                   help="encoder parameters as a fraction of the original (e.g. 0.8); implies --method budget")
+    p.add_argument("--sequential", action="store_true",
+                   help="budget: fit each layer on the outputs of the already compressed layers before it")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="budget: steps of encoder feature distillation of the factors (0: none)")
+
+
+def _compress_budget(args, bundle, audio, stats, config):
+    from ..allocate import compress_to_size
+    from ..errors import LiteWhisperError
+    from ..refine import RefineConfig
+    if args.target_size is None:
+        raise LiteWhisperError("--method budget needs --target-size (e.g. 0.8)")
+    refine_config = RefineConfig(max_steps=args.refine_steps) if args.refine_steps > 0 else None
+    return compress_to_size(bundle, audio, args.target_size, stats=stats, config=config, sequential=args.sequential,
+                            refine_config=refine_config, multiple_of=args.multiple_of, progress=not args.quiet)
 
 
 def _calibration_audio(args):
@@ -48,7 +73,10 @@ def run(args) -> int:
     stats = ActivationStats.load(args.stats) if args.stats else None
     audio = None if stats is not None else _calibration_audio(args)
     bundle = load_bundle(args)
-    result = compress(bundle, audio, policy, stats=stats, config=config, progress=not args.quiet)
+    if args.method == "budget" or (args.method is None and args.target_size is not None):
+        result = _compress_budget(args, bundle, audio, stats, config)
+    else:
+        result = compress(bundle, audio, policy, stats=stats, config=config, progress=not args.quiet)
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())
