@@ -9,7 +9,7 @@ Variants, timed interleaved in one run (median of --repeats, after warm-up):
 Ratios are time(variant) / time(baseline): < 1 is faster.
 
   python benchmarks/bench_attention.py --device cuda                      # large-v3 shapes, batch 1 and 8, fp16
-  python benchmarks/bench_attention.py --device cuda --encoder            # + end-to-end large-v3 encoder
+  python benchmarks/bench_attention.py --device cuda --parts blocks encoder  # + end-to-end large-v3 encoder
   python benchmarks/bench_attention.py --device cpu --shapes tiny base --ranks 16 32 48 64 --batch 1
 """
 from __future__ import annotations
@@ -140,7 +140,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=1500)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--encoder", action="store_true", help="also time the end-to-end encoder")
+    p.add_argument("--parts", nargs="+", default=["blocks"], choices=["blocks", "encoder"],
+                   help="attention blocks and/or the end-to-end encoder (30 s input, all layers swapped)")
     args = p.parse_args()
     cuda = args.device == "cuda"
     args.shapes = args.shapes or (["large-v3"] if cuda else ["tiny", "base"])
@@ -148,8 +149,9 @@ def main() -> None:
     args.batch = args.batch or ([1, 8] if cuda else [1])
     args.repeats = args.repeats or (21 if cuda else 7)
     args.dtype = args.dtype or ("float16" if cuda else "float32")
-    bench_blocks(args)
-    if args.encoder:
+    if "blocks" in args.parts:
+        bench_blocks(args)
+    if "encoder" in args.parts:
         bench_encoder(args)
 
 

@@ -138,7 +138,9 @@ class ReducedDimSelfAttention(nn.Module):
     """Drop-in replacement for an encoder `WhisperAttention` whose q/k/v may be low-rank.
 
     Keeps the original q_proj/k_proj/v_proj/out_proj submodules (same state_dict); the precomputed small matrices
-    are non-persistent buffers built once here (rebuild the module if the weights change).
+    are non-persistent buffers built once here (rebuild the module if the weights change). Inference only: no
+    gradient reaches the q/k/v factors through the buffers. Attention weights are never materialised, so the
+    second output is always None.
     """
 
     def __init__(self, attn: WhisperAttention, config: ReducedAttentionConfig | None = None) -> None:
