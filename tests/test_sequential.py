@@ -11,7 +11,7 @@ from litewhisper.plan import RankPolicy
 from litewhisper.sequential import compress_sequential
 
 
-def _clips(n: int = 3) -> list[np.ndarray]:
+def _clips(n: int = 2) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.standard_normal(16000 * (2 + i)).astype(np.float32) * 0.1 for i in range(n)]
 
