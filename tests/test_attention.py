@@ -182,3 +182,30 @@ def test_cross_attention_call_is_rejected():
     x = torch.randn(1, 5, 256)
     with pytest.raises(ValueError, match="self-attention only"):
         red(x, key_value_states=x)
+
+
+def test_real_tiny_en_encoder_on_real_speech(real_tiny_en):
+    """Real tiny.en weights with q/k/v factorized (LiteASR form, so k_proj gains a bias) on a real calib clip."""
+    from helpers import SHARED_DATA, shared_manifest
+    from litewhisper.audio import load_audio
+    from litewhisper.factorize import factorize_linear
+
+    row = shared_manifest(split="calib", lang="en")[0]
+    audio = load_audio(SHARED_DATA / row["path"])
+    feats = real_tiny_en.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    model = copy.deepcopy(real_tiny_en.model)
+    gen = torch.Generator().manual_seed(0)
+    for layer in model.model.encoder.layers:
+        for name, rank in (("q_proj", 32), ("k_proj", 48), ("v_proj", 16)):
+            lin = getattr(layer.self_attn, name)
+            basis = torch.linalg.svd(lin.weight.detach().double(), full_matrices=False)[0][:, :rank]  # (out, k)
+            mean = torch.randn(lin.out_features, generator=gen, dtype=torch.float64) * 0.1
+            setattr(layer.self_attn, name, factorize_linear(lin, mean, basis))
+    with torch.no_grad():
+        want = model.model.encoder(feats).last_hidden_state                # (1, 1500, 384)
+        use_reduced_attention(model, backend="torch")
+        got = model.model.encoder(feats).last_hidden_state
+    assert all(isinstance(layer.self_attn, ReducedDimSelfAttention) for layer in model.model.encoder.layers)
+    plans = {(layer.self_attn.plan.scores, layer.self_attn.plan.values) for layer in model.model.encoder.layers}
+    assert plans == {("reduced_key", "reduced")}
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-4)
