@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration
 
 import litewhisper
@@ -174,6 +174,21 @@ def test_published_layout_loads(tmp_path):
     assert torch.equal(encode(reference, x), encode(loaded, x))
     assert isinstance(loaded.model.encoder.layers[0].self_attn.k_proj, LowRankLinear)
     assert isinstance(loaded.model.encoder.layers[1].self_attn.k_proj, torch.nn.Linear)
+
+
+def test_sharded_published_layout_loads(tmp_path):
+    reference, path = published_layout(tmp_path)
+    state = load_file(str(path / "model.safetensors"))
+    (path / "model.safetensors").unlink()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(path / name), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    x = features(reference, seed=7)
+    assert torch.equal(encode(reference, x), encode(load_lite_whisper_model(path), x))
 
 
 def test_published_layout_loads_through_load_model(tmp_path):
