@@ -63,6 +63,8 @@ class DecodeOptions:
     max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        if self.language is not None:
+            language_code(self.language)
         if self.task not in TASKS:
             raise LiteWhisperError(f"task {self.task!r} is not supported: expected one of {', '.join(TASKS)}")
         if self.batch_size < 1:

@@ -80,8 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..formats import write_transcription
     from ..models import load_model
-    from ..transcribe import TranscriptionFailure, transcribe_iter
+    from ..transcribe import DecodeOptions, TranscriptionFailure, transcribe_iter
 
+    DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)
     bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     stream = transcribe_iter(bundle, [path for path, _ in inputs], language=args.language, task=args.task,

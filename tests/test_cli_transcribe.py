@@ -1,0 +1,127 @@
+"""`litewhisper transcribe`: stdout and file outputs, folders and manifests, bad files, exit codes."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import soundfile as sf
+
+from helpers import require_shared_data
+from litewhisper.cli import main
+from test_transcribe import SR, make_tiny_bundle, noise
+
+
+@pytest.fixture
+def fake_models(monkeypatch):
+    """Make `load_model` return a tiny random bundle (decoding capped at a few tokens) and record the call."""
+    calls = []
+    bundle = make_tiny_bundle()
+    bundle.model.generation_config.max_length = 6
+
+    def load_model(source, device="cpu", dtype=None):
+        calls.append((source, device, dtype))
+        return bundle
+
+    monkeypatch.setattr("litewhisper.models.load_model", load_model)
+    return calls
+
+
+@pytest.fixture
+def audio_dir(tmp_path):
+    """a.wav, b.flac and sub/c.wav (2, 1 and 3 s of noise), plus list.jsonl listing a.wav and sub/c.wav."""
+    root = tmp_path / "audio"
+    (root / "sub").mkdir(parents=True)
+    for i, (name, secs) in enumerate((("a.wav", 2.0), ("b.flac", 1.0), ("sub/c.wav", 3.0))):
+        sf.write(root / name, noise(secs, i), SR)
+    rows = [{"path": "a.wav", "text": "x", "split": "dev"}, {"path": "sub/c.wav", "text": "y", "split": "calib"}]
+    (root / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_stdout_one_line_per_file_in_input_order(fake_models, audio_dir, capsys):
+    files = [str(audio_dir / n) for n in ("sub/c.wav", "a.wav", "b.flac")]
+    assert main(["transcribe", "tiny.en", *files, "--quiet", "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == files
+    assert all(line.split(": ", 1)[1] for line in lines)
+    assert err == ""  # --quiet: no progress bar
+    assert fake_models == [("tiny.en", "cpu", __import__("torch").float32)]
+
+
+def test_single_file_prints_bare_text_and_progress_bar(fake_models, audio_dir, capsys):
+    assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav")]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and not out.startswith(str(audio_dir))
+    assert "transcribing" in err and "100%" in err
+
+
+def test_bad_files_reported_skipped_exit_1(fake_models, audio_dir, tmp_path, capsys):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "corrupt.wav").write_bytes(b"RIFF" + bytes(200))
+    out_dir = tmp_path / "out"
+    args = ["transcribe", "tiny.en", str(tmp_path / "missing.wav"), str(tmp_path / "empty.wav"),
+            str(tmp_path / "corrupt.wav"), str(audio_dir), "--output-dir", str(out_dir), "--quiet"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert re.search(r"skipped .*missing\.wav: audio file not found", err)
+    assert "empty.wav" in err and "corrupt.wav" in err
+    assert "3 of 6 inputs failed; the other 3 were transcribed" in err
+    written = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    assert written == ["a.txt", "b.txt", "sub/c.txt"]  # folder structure kept, nothing for bad files
+    assert (out_dir / "a.txt").read_text().strip()
+
+
+@pytest.mark.parametrize("fmt", ["json", "srt", "vtt"])
+def test_output_dir_formats_from_manifest(fake_models, audio_dir, tmp_path, fmt, capsys):
+    out_dir = tmp_path / "out"
+    assert main(["transcribe", "tiny.en", str(audio_dir / "list.jsonl"), "--split", "dev",
+                 "--format", fmt, "--output-dir", str(out_dir), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert [p.name for p in out_dir.rglob("*") if p.is_file()] == [f"a.{fmt}"]  # split filter applied
+    text = (out_dir / f"a.{fmt}").read_text(encoding="utf-8")
+    if fmt == "json":
+        obj = json.loads(text)
+        assert {"path", "text", "language", "segments"} <= set(obj) and obj["language"] == "en"
+        assert obj["path"] == str(audio_dir / "a.wav") and obj["duration_s"] == 2.0
+    elif fmt == "srt":
+        assert re.match(r"1\n\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d\n", text)
+    else:
+        assert text.startswith("WEBVTT\n\n") and re.search(r"\d\d:\d\d:\d\d\.\d\d\d --> ", text)
+
+
+def test_json_to_stdout_is_json_lines(fake_models, audio_dir, capsys):
+    assert main(["transcribe", "tiny.en", str(audio_dir), "--format", "json", "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in rows] == [str(audio_dir / n) for n in ("a.wav", "b.flac", "sub/c.wav")]
+
+
+def test_user_errors_exit_2_without_traceback(fake_models, audio_dir, tmp_path, capsys):
+    assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav"), "--language", "de"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model tiny-random is English-only") and "Traceback" not in err
+    assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav"), "--task", "translate"]) == 2
+    assert "cannot translate" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    sf.write(other / "a.wav", noise(1.0), SR)
+    assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav"), str(other / "a.wav")]) == 2
+    assert "would both be written as a.*" in capsys.readouterr().err
+    assert main(["transcribe", "tiny.en", str(tmp_path / "empty_dir"), "--batch-size", "0"]) == 2
+
+
+@pytest.mark.real
+def test_real_tiny_en_cli_writes_srt_and_skips_bad_file(tmp_path, capsys):
+    jfk = require_shared_data() / "misc" / "jfk.flac"
+    out_dir = tmp_path / "out"
+    code = main(["transcribe", "tiny.en", str(jfk), str(tmp_path / "nope.flac"), "--format", "srt",
+                 "--output-dir", str(out_dir), "--quiet"])
+    assert code == 1
+    assert "nope.flac" in capsys.readouterr().err
+    srt = (out_dir / "jfk.srt").read_text(encoding="utf-8")
+    assert srt.startswith("1\n00:00:00,000 --> ")
+    assert "ask not what your country can do for you" in srt.lower()
+    ends = re.findall(r" --> 00:00:(\d\d),(\d\d\d)", srt)
+    assert 9.0 <= float(".".join(ends[-1])) <= 11.0  # the clip is 11 s long
