@@ -167,7 +167,7 @@ class ActivationStats:
                 layers = {n: LayerStats(int(d_in), bool(bias), Moments(
                     int(f.get_tensor(f"{n}.count")[0]), f.get_tensor(f"{n}.sum"), f.get_tensor(f"{n}.gram")))
                     for n, (d_in, bias) in shapes.items()}
-        except (KeyError, ValueError, OSError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # safetensors raises its own SafetensorError on a bad header
             raise CalibrationError(f"{path} is not a litewhisper statistics file ({exc}); "
                                    "create one with `litewhisper calibrate`") from exc
         if not meta.get("format", "").startswith("litewhisper-activation-stats/"):

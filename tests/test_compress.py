@@ -1,0 +1,102 @@
+"""compress() end to end on a tiny random model, CLI plan/calibrate, and the real tiny.en on real speech."""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SHARED_DATA, require_shared_data, tiny_whisper
+from litewhisper.calibrate import calibrate
+from litewhisper.cli import main
+from litewhisper.compress import CompressionResult, compress
+from litewhisper.errors import CalibrationError
+from litewhisper.layers import encoder_linears
+from litewhisper.lowrank import LowRankLinear
+from litewhisper.plan import RankPolicy
+
+
+def audio(seconds=(4, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(16_000 * s)).astype(np.float32) for s in seconds]
+
+
+def test_compress_leaves_the_input_untouched(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), progress=False)
+    assert isinstance(result, CompressionResult) and result.model is not tiny_model
+    assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
+    n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(result.model.model.encoder).values())
+    assert n_low == len(result.plan.low_rank) > 0
+    assert result.params_after < result.params_before and result.flops_after < result.flops_before
+    assert set(result.timings) == {"calibrate", "plan", "factorize"}
+    assert result.peak_memory["calibrate_rss_peak"] > 0
+    assert "encoder params" in result.summary()
+
+
+def test_compress_reuses_statistics(tiny_model):
+    stats = calibrate(tiny_model, audio(), progress=False)
+    a = compress(tiny_model, None, RankPolicy(0.9, 0.9, multiple_of=4), stats=stats, progress=False)
+    b = compress(tiny_model, None, RankPolicy(0.8, 0.8, multiple_of=4), stats=stats, progress=False)
+    assert "calibrate" not in a.timings and a.stats is stats
+    assert b.params_after <= a.params_after
+
+
+def test_compress_bad_input(tiny_model):
+    with pytest.raises(CalibrationError, match="calibration audio or precomputed statistics"):
+        compress(tiny_model, None, progress=False)
+    other = calibrate(tiny_whisper(d_model=48), audio((2,)), progress=False)
+    with pytest.raises(CalibrationError, match="do not match this model"):
+        compress(tiny_model, None, stats=other, progress=False)
+
+
+def test_compress_inplace(tiny_model):
+    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), inplace=True, progress=False)
+    assert result.model is tiny_model
+    assert result.params_after < result.params_before
+
+
+def test_cli_plan_prints_table_and_validates(tiny_model, tmp_path, capsys):
+    stats_file = calibrate(tiny_model, audio(), progress=False).save(tmp_path / "s.safetensors")
+    assert main(["plan", str(stats_file), "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4",
+                 "--json", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "layers.0.fc1" in out and "theta_attn=0.9" in out and (tmp_path / "plan.json").is_file()
+    assert main(["plan", str(stats_file), "--theta-mlp", "1.5"]) == 2
+    assert "theta_mlp must be in (0, 1]" in capsys.readouterr().err
+    assert main(["plan", str(stats_file), "--multiple-of", "0"]) == 2
+    assert main(["plan", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_cli_compress_refuses_non_empty_output(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep me")
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), "--stats", str(tmp_path / "none")]) == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "out" / "x").read_text() == "keep me"
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z ]", "", text.lower()).split()
+
+
+def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
+    """Real tiny.en, 16 real `calib` clips packed into 2 windows, `acc` plan: the checkpoint transcribes jfk.flac.
+
+    (8 clips one per window, padding counted, gave "And so am I fellow Americans": padding dominates the PCA.)
+    """
+    from litewhisper.flops import encoder_params
+    from litewhisper.models import load_model
+    from litewhisper.transcribe import transcribe
+
+    data = require_shared_data()
+    out, stats = tmp_path / "lite-tiny.en", tmp_path / "stats.safetensors"
+    assert main(["compress", "tiny.en", "-o", str(out), "--calibration", str(data / "manifest.jsonl"),
+                 "--split", "calib", "--max-clips", "16", "--windows", "pack", "--preset", "acc", "--save-stats", str(stats),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "encoder params 7.63M" in printed and "layers.3.fc2" in printed
+    bundle = load_model(out)
+    n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(bundle.encoder).values())
+    assert n_low > 0 and encoder_params(bundle.model) < 7_632_384
+    text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac", progress=False)[0].text
+    assert _words(text) == _words("And so my fellow Americans, ask not what your country can do for you, "
+                                  "ask what you can do for your country.")
