@@ -10,7 +10,7 @@ Ratios are time(variant) / time(baseline): < 1 is faster.
 
   python benchmarks/bench_attention.py --device cuda                      # large-v3 shapes, batch 1 and 8, fp16
   python benchmarks/bench_attention.py --device cuda --parts blocks encoder  # + end-to-end large-v3 encoder
-  python benchmarks/bench_attention.py --device cpu --shapes tiny base --ranks 16 32 48 64 --batch 1
+  python benchmarks/bench_attention.py --device cpu --shapes tiny base --ranks 16 32 48 64 --batch 1 --threads 1
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def bench_blocks(args) -> None:
     print(f"# attention block, L={args.seq_len}, device={args.device}, dtype={args.dtype}, "
           f"threads={torch.get_num_threads()}, median of {args.repeats} interleaved repeats")
     print(f"{'shape':9} {'B':>2} {'rank':>4}  {'plan(auto)':22} " + " ".join(f"{n:>15}" for n in (
-        "dense_sdpa ms", "lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")))
+        "dense_sdpa ms", "lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")) + "  vs lowrank_sdpa")
     dtype = getattr(torch, args.dtype)
     for shape in args.shapes:
         d = SHAPES[shape][0]
@@ -103,9 +103,11 @@ def bench_blocks(args) -> None:
                 cells = [f"{base * 1e3:15.2f}"] + [
                     f"{med[n] / base:8.2f}x{med[n] * 1e3:6.1f}" if n in med else f"{'-':>15}"
                     for n in ("lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")]
-                print(f"{shape:9} {batch:>2} {rank:>4}  {plan.scores + '/' + plan.values:22} " + " ".join(cells),
-                      flush=True)
-    print("# cells: ratio vs dense_sdpa, then ms; plan(auto) = scores path / values path chosen by mode 'auto'")
+                vs_low = " ".join(f"{n[8:]} {med[n] / med['lowrank_sdpa']:.2f}x" for n in med if n.startswith("red"))
+                print(f"{shape:9} {batch:>2} {rank:>4}  {plan.scores + '/' + plan.values:22} " + " ".join(cells)
+                      + "  " + vs_low, flush=True)
+    print("# cells: ratio vs dense_sdpa, then ms; last: reduced variants vs lowrank_sdpa (same low-rank weights, "
+          "standard attention); plan(auto) = scores path / values path chosen by mode 'auto'")
 
 
 def bench_encoder(args) -> None:
@@ -140,10 +142,13 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=1500)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadiest on a busy machine)")
     p.add_argument("--parts", nargs="+", default=["blocks"], choices=["blocks", "encoder"],
                    help="attention blocks and/or the end-to-end encoder (30 s input, all layers swapped)")
     args = p.parse_args()
     cuda = args.device == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.shapes = args.shapes or (["large-v3"] if cuda else ["tiny", "base"])
     args.ranks = args.ranks or ([16, 32, 48, 64, 96, 128] if cuda else [16, 32, 48, 64])
     args.batch = args.batch or ([1, 8] if cuda else [1])
