@@ -184,6 +184,7 @@ def test_cross_attention_call_is_rejected():
         red(x, key_value_states=x)
 
 
+@pytest.mark.real
 def test_real_tiny_en_encoder_on_real_speech(real_tiny_en):
     """Real tiny.en weights with q/k/v factorized (LiteASR form, so k_proj gains a bias) on a real calib clip."""
     from helpers import SHARED_DATA, shared_manifest
