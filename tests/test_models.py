@@ -56,8 +56,10 @@ def test_local_directories_load_as_the_same_model(tiny_dirs, layout):
 
 
 def test_dtype_float16(tiny_dirs):
-    bundle = load_model(tiny_dirs["ct2"], dtype=torch.float16)
+    bundle = load_model(tiny_dirs["ct2"], dtype="float16")
     assert bundle.dtype == torch.float16
+    with pytest.raises(litewhisper.LiteWhisperError, match="dtype 'int8' is not supported"):
+        load_model(tiny_dirs["ct2"], dtype="int8")
     assert litewhisper.load_model is load_model and litewhisper.WhisperBundle is WhisperBundle
 
 

@@ -67,10 +67,17 @@ def _check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    value = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if value not in (torch.float32, torch.float16, torch.bfloat16):
+        raise LiteWhisperError(f"dtype {dtype!r} is not supported; use float32, float16 or bfloat16")
+    return value
+
+
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> WhisperBundle:
+               dtype: torch.dtype | str = torch.float32) -> WhisperBundle:
     """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc)."""
-    dev = _check_device(device)
+    dev, dtype = _check_device(device), _check_dtype(dtype)
     if is_builtin(source):
         path = builtin_model_dir(str(source))
         model, processor = _load_hf_dir(path, dtype)
