@@ -176,18 +176,31 @@ def _long_form(bundle, items: list[AudioItem], language: str | None, max_new_tok
             for t in outs]
 
 
-def _batches(bundle, items: list[AudioItem], config: EvalConfig) -> Iterable[tuple[str | None, list[AudioItem]]]:
-    """(forced language, clips) batches; multilingual models get each clip's own language, grouped."""
+def _duration(it: AudioItem) -> float:
+    if it.duration_s is not None:
+        return float(it.duration_s)
+    import soundfile as sf
+    try:
+        return float(sf.info(str(it.path)).duration)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return 0.0  # unreadable: the decoder reports it
+
+
+def _batches(bundle, items: list[AudioItem], config: EvalConfig
+             ) -> Iterable[tuple[bool, str | None, list[AudioItem]]]:
+    """(long-form, forced language, clips) batches of similar duration (less padding in batched decoding);
+    multilingual models get each clip's own language."""
     def lang_of(it: AudioItem) -> str | None:
         return (config.language or it.lang) if bundle.is_multilingual else None
 
-    groups: dict[tuple[bool, str | None], list[AudioItem]] = {}
+    groups: dict[tuple[bool, str | None], list[tuple[float, AudioItem]]] = {}
     for it in items:
-        long = (it.duration_s or 0.0) > CHUNK_S
-        groups.setdefault((long, lang_of(it)), []).append(it)
-    for (_, lang), group in groups.items():
-        for i in range(0, len(group), config.batch_size):
-            yield lang, group[i:i + config.batch_size]
+        seconds = _duration(it)
+        groups.setdefault((seconds > CHUNK_S, lang_of(it)), []).append((seconds, it))
+    for (long, lang), group in groups.items():
+        ordered = [it for _, it in sorted(group, key=lambda pair: pair[0])]
+        for i in range(0, len(ordered), config.batch_size):
+            yield long, lang, ordered[i:i + config.batch_size]
 
 
 def decode(bundle, items: list[AudioItem], config: EvalConfig, model_name: str) -> Iterable[Hypothesis]:
@@ -196,8 +209,7 @@ def decode(bundle, items: list[AudioItem], config: EvalConfig, model_name: str) 
 
     with tqdm(total=len(items), unit="clip", desc=f"evaluating {model_name}", disable=not config.progress,
               file=sys.stderr) as bar:
-        for lang, batch in _batches(bundle, items, config):
-            long = (batch[0].duration_s or 0.0) > CHUNK_S
+        for long, lang, batch in _batches(bundle, items, config):
             outs = (_long_form if long else _short_form)(bundle, batch, lang, config.max_new_tokens)
             for it, (text, n_tokens, hit) in zip(batch, outs):
                 yield Hypothesis(model=model_name, id=str(it.id or it.path), hypothesis=text,

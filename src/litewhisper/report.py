@@ -121,6 +121,7 @@ class _Runner:
         self.hyps = HypothesisLog(out / "hypotheses.jsonl", resume=False)
 
     def evaluate(self, bundle, name: str, items=None) -> ModelResult:
+        log.info("report: evaluating %s on %d clips", name, len(items or self.dev))
         return evaluate_model(bundle, items or self.dev, self.eval_cfg, name=name, log_file=self.hyps)
 
     def compress(self, bundle, stats, policy):
