@@ -32,6 +32,12 @@ _EXPORTS = {
     "use_reduced_attention": "attention",
     "ReducedDimSelfAttention": "attention",
     "builtin_calibration_audio": "synth",
+    "EvalConfig": "evaluate",
+    "evaluate_model": "evaluate",
+    "corpus_score": "metrics",
+    "BenchConfig": "bench",
+    "ReportConfig": "report",
+    "run_report": "report",
 }
 
 
