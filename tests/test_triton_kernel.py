@@ -182,5 +182,19 @@ def test_triton_backend_falls_back_with_logged_reason(caplog, monkeypatch, dtype
     assert any("PyTorch fallback" in m and needle in m for m in caplog.messages), caplog.messages
 
 
+def test_auto_backend_consults_the_kernel_only_when_something_is_reduced(monkeypatch):
+    from litewhisper.kernels import reduced_attention as kernel
+    from test_attention import reduced, tiny_attention
+    calls = []
+    monkeypatch.setattr(kernel, "unsupported_reason", lambda *a, **k: calls.append(1) or "test says no")
+    attn = tiny_attention((16, 16, 16), d_model=128, heads=2)
+    x = torch.randn(1, 9, 128)
+    with torch.no_grad():
+        reduced(attn, mode="standard", backend="auto")(x)                # plain SDPA, kernel not consulted
+        assert calls == []
+        reduced(attn, mode="reduced", backend="auto")(x)
+    assert calls == [1]
+
+
 if __name__ == "__main__" and "--worker" in sys.argv:
     _worker()

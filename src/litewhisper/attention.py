@@ -16,8 +16,8 @@ The small matrices s·M_i, s·u_i, W_V2ⁱ, b_Vⁱ are precomputed once at const
 Each part (scores, values) uses the reduced path only where it saves FLOPs (mode "auto"), decided from ranks vs
 head size at the model's sequence length; "reduced" / "standard" force it. Standard parts use the ordinary
 projections. The attention itself runs in PyTorch SDPA (backend "torch") or in the fused Triton kernel
-(`litewhisper.kernels.reduced_attention`, backend "triton"; "auto" = the kernel where it is supported), which
-falls back to PyTorch with a logged reason, never a wrong result.
+(`litewhisper.kernels.reduced_attention`, backend "triton"; "auto" = the kernel where it is supported and some
+part is reduced), which falls back to PyTorch with a logged reason, never a wrong result.
 """
 from __future__ import annotations
 
@@ -213,7 +213,8 @@ class ReducedDimSelfAttention(nn.Module):
     def _attend(self, q, k, kb, v, wv, bv, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the attention on prepared operands with the chosen backend; returns (B, L, H, D_h)."""
         dropout = self.dropout if self.training else 0.0
-        if self.backend != "torch":
+        # "auto" keeps PyTorch's SDPA (FlashAttention/cuDNN on GPU) for a module with nothing reduced
+        if self.backend == "triton" or (self.backend == "auto" and self.plan.reduced):
             reason = "attention dropout in training" if dropout > 0 else None
             if reason is None:
                 try:
