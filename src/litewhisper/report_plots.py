@@ -55,7 +55,7 @@ def pareto_frontier(points: Sequence[Point]) -> list[Point]:
 def plot_pareto(points: Sequence[Point], path: str | os.PathLike, title: str = "") -> Path:
     """Figure 1: corpus WER against encoder size; the Pareto frontier drawn as a line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     markers = {"original": ("*", 160), "preset": ("o", 60)}
     for group in dict.fromkeys(p.group for p in points):
         pts = [p for p in points if p.group == group]
@@ -84,8 +84,8 @@ def plot_rank_heatmap(ratios: dict[str, list[list[float]]], path: str | os.PathL
     plt = _pyplot()
     names = list(ratios)
     n_layers = max(len(r) for r in ratios.values())
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.3 * len(names), 1.2 + 0.35 * n_layers),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.3 * len(names), 1.6 + 0.35 * n_layers),
+                             squeeze=False, layout="constrained")
     image = None
     for ax, name in zip(axes[0], names):
         data = np.array(ratios[name], dtype=float)  # (layers, columns)
@@ -110,20 +110,21 @@ def plot_theta_sweep(sweeps: dict[str, list[SweepPoint]], path: str | os.PathLik
 
     `reference` = (WER, params M) of the uncompressed model, drawn as dotted lines."""
     plt = _pyplot()
-    fig, (ax_w, ax_p) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    fig, (ax_w, ax_p) = plt.subplots(1, 2, figsize=(9.6, 3.8), layout="constrained")
+    thetas = sorted({p.theta for pts in sweeps.values() for p in pts})  # evenly spaced: θ crowds near 1
     for label, pts in sweeps.items():
         pts = sorted(pts, key=lambda p: p.theta)
-        xs = [p.theta for p in pts]
+        xs = [thetas.index(p.theta) for p in pts]
         ax_w.plot(xs, [p.wer for p in pts], "o-", label=label)
         ax_p.plot(xs, [p.params_m for p in pts], "o-", label=label)
     if reference is not None:
         ax_w.axhline(reference[0], color="gray", ls=":", label="original")
         ax_p.axhline(reference[1], color="gray", ls=":", label="original")
     for ax, ylabel in ((ax_w, "corpus WER (%)"), (ax_p, "encoder parameters (millions)")):
+        ax.set_xticks(range(len(thetas)), [f"{t:g}" for t in thetas])
         ax.set_xlabel("θ (explained variance kept)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or "Figure 7: sensitivity to θ (the other group kept dense)", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
