@@ -119,14 +119,20 @@ def attend_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: to
     q, k: (B, 1|H, L, d); v: (B, 1|H, L, d_v) (head dim 1 = shared); key_bias: (B, H, L) or None;
     wv: (H, d_v, D_h) or None; bv: (H, D_h) or None; attention_mask: additive (B, 1|H, L, L) or None.
     """
-    bsz, _, seq, _ = q.shape
-    q = q.expand(bsz, num_heads, seq, q.shape[-1])                       # (B, H, L, d)
-    k = k.expand(bsz, num_heads, seq, k.shape[-1])                       # (B, H, L, d)
-    v = v.expand(bsz, num_heads, seq, v.shape[-1])                       # (B, H, L, d_v)
+    bsz, _, seq, d = q.shape
+    d_v = v.shape[-1]
+    if d != d_v:  # fused SDPA (flash) needs equal q/k and v widths, else L×L math: zero-pad the narrower
+        width = max(d, d_v)
+        q, k = F.pad(q, (0, width - d)), F.pad(k, (0, width - d))         # zero columns: same scores
+        v = F.pad(v, (0, width - d_v))                                    # zero columns: sliced off below
+    q = q.expand(bsz, num_heads, seq, q.shape[-1])                       # (B, H, L, w)
+    k = k.expand(bsz, num_heads, seq, k.shape[-1])                       # (B, H, L, w)
+    v = v.expand(bsz, num_heads, seq, v.shape[-1])                       # (B, H, L, w)
     mask = None if key_bias is None else key_bias[:, :, None, :].to(q.dtype)  # (B, H, 1, L)
     if attention_mask is not None:
         mask = attention_mask.to(q.dtype) if mask is None else mask + attention_mask.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)  # (B, H, L, d_v)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
+    out = out[..., :d_v]                                                  # (B, H, L, d_v)
     if wv is not None:
         out = out @ wv                                                    # (B, H, L, D_h)
     if bv is not None:
