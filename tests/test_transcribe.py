@@ -53,8 +53,10 @@ def test_batching_matches_one_at_a_time_short_and_long(bundle):
     assert [r.path for r in batched] == [f"<array {i}>" for i in range(5)]
     assert [r.duration_s for r in batched] == [3.0, 41.0, 12.5, 33.0, 0.4]
     for r in batched:
-        assert r.language == "en" and r.text
-        assert all(0 <= s.start <= s.end <= r.duration_s for s in r.segments)
+        assert r.language == "en"
+        assert all(0 <= s.start < r.duration_s and s.start <= s.end <= r.duration_s for s in r.segments)
+        assert r.text == " ".join(s.text for s in r.segments)
+    assert all(r.text for r in batched[:4])
     # long clips are decoded window by window: segments past the first 30 s exist
     assert max(s.end for s in batched[1].segments) > 30.0
 
@@ -96,7 +98,7 @@ def test_file_and_array_inputs_agree(bundle, tmp_path):
 
 def test_english_only_model_rejects_other_languages_and_translation(bundle):
     with pytest.raises(LiteWhisperError, match="English-only.*'de'"):
-        transcribe(bundle, [noise(1.0)], language="de", **FAST)
+        transcribe_iter(bundle, [noise(1.0)], language="de", **FAST)  # raised on the call, before iterating
     with pytest.raises(LiteWhisperError, match="English-only.*translate"):
         transcribe(bundle, [noise(1.0)], task="translate", **FAST)
     for lang in ("en", "English"):

@@ -202,19 +202,25 @@ def _detected_language(bundle, segments: list[dict]) -> str | None:
 
 def _to_transcription(bundle, clip: _Clip, samples: np.ndarray, segments: list[dict],
                       language: str | None, options: DecodeOptions) -> Transcription:
-    """Decode segment tokens (timestamps dropped) into text and `Segment`s clipped to the audio's duration."""
+    """Decode segment tokens (timestamps dropped) into text and `Segment`s within the audio's duration.
+
+    Segments that start at or after the end of the audio were decoded from the padding of the last window
+    (transformers keeps decoding a short clip's padded 30 s window) and are dropped.
+    """
     tokenizer = bundle.processor.tokenizer
     timestamp_begin = bundle.model.generation_config.no_timestamps_token_id + 1
     duration = samples.size / SAMPLE_RATE
     all_tokens: list[int] = []
     out: list[Segment] = []
     for seg in segments:
+        start, end = float(seg["start"]), min(float(seg["end"]), duration)
+        if start >= duration:
+            continue
         tokens = [t for t in seg["tokens"].tolist() if t < timestamp_begin]
         all_tokens += tokens
         text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-        if text:  # times clipped to the audio (the last window is padded past its end)
-            start = min(float(seg["start"]), duration)
-            out.append(Segment(round(start, 3), round(max(start, min(float(seg["end"]), duration)), 3), text))
+        if text:
+            out.append(Segment(round(start, 3), round(max(start, end), 3), text))
     if bundle.is_multilingual:
         language = language or _detected_language(bundle, segments)
     else:
@@ -234,11 +240,17 @@ def transcribe_iter(bundle, audio: AudioInput | Iterable[AudioInput], *, languag
     inputs are yielded first as failures, then short clips in input order, then long clips by length.
     Raises LiteWhisperError up front for options the model cannot honour (e.g. translate on tiny.en).
     """
+    options = DecodeOptions(language, task, batch_size, return_segments, max_new_tokens)
+    check_options(bundle, options)  # raise now, not at the first next()
+    items = [audio] if isinstance(audio, (str, os.PathLike, np.ndarray)) else list(audio)
+    return _run(bundle, items, options, progress)
+
+
+def _run(bundle, items: list[AudioInput], options: DecodeOptions, progress: bool,
+         ) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     from tqdm.auto import tqdm
 
-    options = DecodeOptions(language, task, batch_size, return_segments, max_new_tokens)
     gen_language, gen_task = check_options(bundle, options)
-    items = [audio] if isinstance(audio, (str, os.PathLike, np.ndarray)) else list(audio)
     clips = []
     for index, item in enumerate(items):
         probed = _probe(index, item)
