@@ -21,6 +21,8 @@ _EXPORTS = {
     "transcribe": "transcribe",
     "Transcription": "transcribe",
     "Segment": "transcribe",
+    "transcribe_iter": "transcribe",
+    "TranscriptionFailure": "transcribe",
     "calibrate": "calibrate",
     "ActivationStats": "calibrate",
     "CalibrationConfig": "calibrate",
