@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
     DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # transformers' weight-loading bar
     bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     stream = transcribe_iter(bundle, [path for path, _ in inputs], language=args.language, task=args.task,
                              batch_size=args.batch_size, return_segments=True,
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             next_index += 1
     if failed:
         print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
-              file=sys.stderr)
+              file=sys.stderr)  # results of the others are already written
         return 1
     if args.output_dir is not None:
         log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
