@@ -12,7 +12,7 @@ import torch
 
 from helpers import require_shared_data, tiny_whisper
 from litewhisper.errors import AudioError, LiteWhisperError
-from litewhisper.models import WhisperBundle, load_model
+from litewhisper.models import WhisperBundle
 from litewhisper.processor import build_processor, generation_config_from_ct2, read_ct2_config
 from litewhisper.transcribe import (DecodeOptions, Transcription, TranscriptionFailure, _Clip, language_code,
                                     plan_batches, transcribe, transcribe_iter)
@@ -134,9 +134,9 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 
 
-@pytest.fixture(scope="module")
-def tiny_en() -> WhisperBundle:
-    return load_model("tiny.en")
+@pytest.fixture
+def tiny_en(real_tiny_en) -> WhisperBundle:  # the session's real tiny.en (tests/conftest.py)
+    return real_tiny_en
 
 
 @pytest.mark.real
@@ -177,3 +177,10 @@ def test_real_stereo_44k_matches_mono_16k(tiny_en, tmp_path):
     original, converted = transcribe(tiny_en, [mono, stereo], batch_size=2, progress=False)
     assert converted.text == original.text
     assert abs(converted.duration_s - original.duration_s) < 0.01
+
+
+@pytest.mark.real
+def test_real_base_detects_german(real_base):
+    r, = transcribe(real_base, [require_shared_data() / "leopard" / "test_de.flac"], progress=False)
+    assert r.language == "de"
+    assert {"der", "portal", "raum", "genutzt"} <= set(_words(r.text))
