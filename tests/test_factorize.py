@@ -111,3 +111,16 @@ def test_encoder_params_and_flops_tiny_en_shape():
     convs = 3000 * 80 * 3 * d + t * d * 3 * d
     per_layer = t * (4 * d * d + 2 * d * 1536) + 2 * t * t * d
     assert encoder_flops(encoder) == encoder_flops(cfg) == 2 * (convs + 4 * per_layer)
+
+
+def test_widening_layers_use_the_cheaper_factor_pca(calibrated):
+    """fc1's spectrum from the SVD of its input-side factor equals the eigh of its output covariance."""
+    from litewhisper.stats import ActivationStats
+    _, stats = calibrated
+    assert set(stats._cache["factors"]) == {"layers.0.fc1", "layers.1.fc1"}
+    plain = ActivationStats(stats.layers, stats.metadata)  # no cached factors: eigh path
+    for name in stats._cache["factors"]:
+        fast, slow = decompose(stats, name), decompose(plain, name)
+        torch.testing.assert_close(fast.eigenvalues, slow.eigenvalues, rtol=0, atol=1e-12)
+        v, w = fast.eigenvectors[:, :16], slow.eigenvectors[:, :16]
+        torch.testing.assert_close(v @ v.T, w @ w.T, rtol=0, atol=1e-9)

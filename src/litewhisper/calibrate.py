@@ -167,6 +167,12 @@ class _MomentCollector:
             out[name] = LayerStats(linear.in_features, linear.bias is not None, moments)
         return out
 
+    def factors(self) -> dict[str, torch.Tensor]:
+        """Output-covariance factors of widening layers measured at their input (see Moments.output_factor)."""
+        return {name: self.moments[site].output_factor(self.linears[name])
+                for name, (site, side) in self.sources.items()
+                if side == "input" and self.linears[name].in_features < self.linears[name].out_features}
+
 
 @contextlib.contextmanager
 def moment_hooks(encoder: nn.Module, share_inputs: bool = True) -> Iterator[_MomentCollector]:
@@ -215,6 +221,7 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
                 encoder(mel)
                 n_windows += len(batch)
             stats = collector.layer_stats()
+            factors = collector.factors()
     finally:
         encoder.to(param.device).train(was_training)
     n_frames = next(iter(stats.values())).moments.count if stats else 0
@@ -223,4 +230,6 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
             "windowing": config.windowing, "frames_mode": config.frames}
     log.info("calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
              len(sources), n_windows, n_frames, config.windowing, config.frames)
-    return ActivationStats(stats, meta)
+    result = ActivationStats(stats, meta)
+    result._cache["factors"] = factors  # cheaper exact PCA for widening layers (plan.decompose)
+    return result

@@ -39,7 +39,15 @@ class Spectrum:
 def decompose(stats: ActivationStats, name: str) -> Spectrum:
     """Eigen-decomposition of a layer's output covariance, cached on the statistics object."""
     cache = stats._cache.setdefault("spectra", {})
-    if name not in cache:
+    factor = stats._cache.get("factors", {}).get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
+    if name in cache:
+        pass
+    elif factor is not None:
+        u, sv, _ = torch.linalg.svd(factor, full_matrices=True)  # u (d_out, d_out), sv (r,) descending
+        evals = torch.zeros(u.shape[0], dtype=torch.float64)
+        evals[: sv.shape[0]] = sv**2
+        cache[name] = Spectrum(evals, u)
+    else:
         evals, evecs = torch.linalg.eigh(stats.covariance(name))  # ascending
         cache[name] = Spectrum(evals.flip(0).clamp_min(0), evecs.flip(1))
     return cache[name]

@@ -67,6 +67,15 @@ class Moments:
             total = ws + self.count * b
         return Moments(self.count, total, (gram + gram.T) / 2)
 
+    def output_factor(self, linear: nn.Linear) -> torch.Tensor:
+        """A (out, in) with Cov(Y) = A Aᵀ for Y = X Wᵀ + b: A = W U Λ^½ from Cov(X) = U Λ Uᵀ.
+
+        For a widening layer (in < out) the output PCA then needs an SVD of A instead of an out×out eigh.
+        """
+        w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
+        evals, evecs = torch.linalg.eigh(self.covariance())  # (in,), (in, in)
+        return w @ (evecs * evals.clamp_min(0).sqrt())
+
 
 @dataclass
 class LayerStats:
