@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"])
     p.add_argument("--calib-clips", type=int, default=100)
     p.add_argument("--dev-clips", type=int, default=100, help="0: no WER")
+    p.add_argument("--no-baseline", action="store_true", help="skip the original model's row")
     p.add_argument("-o", "--output", type=Path, default=Path("compression_sweep.json"))
     args = p.parse_args()
 
@@ -61,7 +62,8 @@ def main() -> None:
 
     base = {"mode": "-", "preset": "original", "encoder_params": encoder_params(bundle.model),
             "gflops": round(encoder_flops(bundle.model) / 1e9, 3)}
-    record({**base, **(wer_of(bundle, dev, args.model) if dev else {})})
+    if not args.no_baseline:
+        record({**base, **(wer_of(bundle, dev, args.model) if dev else {})})
     for mode in args.modes:
         windowing, frames = mode.split(":")
         start = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from .atomic import atomic_write_text
 from .errors import CalibrationError, PlanError
 from .layers import layer_index, layer_kind, short_name
 from .stats import ActivationStats
+
+log = logging.getLogger("litewhisper")
 
 POSITIONS = 1500  # encoder positions per 30-s window
 PRESETS = {"acc": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
@@ -136,6 +139,8 @@ def _choose_rank(spectrum: Spectrum, d_in: int, d_out: int, target, multiple_of:
             return None, 1.0
         rank = candidates[0]
     if rank > d_out or rank * (d_in + d_out) >= d_in * d_out:
+        if isinstance(target, int):
+            log.warning("fixed rank %d would not shrink a %dx%d layer: kept dense", rank, d_in, d_out)
         return None, 1.0
     return rank, float(explained[rank - 1])
 
