@@ -14,8 +14,8 @@ from helpers import require_shared_data, tiny_whisper
 from litewhisper.errors import AudioError, LiteWhisperError
 from litewhisper.models import WhisperBundle
 from litewhisper.processor import build_processor, generation_config_from_ct2, read_ct2_config
-from litewhisper.transcribe import (DecodeOptions, Transcription, TranscriptionFailure, _Clip, language_code,
-                                    plan_batches, transcribe, transcribe_iter)
+from litewhisper.transcribe import (DecodeOptions, Transcription, TranscriptionFailure, _Clip, _features,
+                                    language_code, plan_batches, transcribe, transcribe_iter)
 
 SR = 16_000
 FAST = dict(max_new_tokens=8, progress=False)  # random models babble; keep decoding short
@@ -59,6 +59,14 @@ def test_batching_matches_one_at_a_time_short_and_long(bundle):
     assert all(r.text for r in batched[:4])
     # long clips are decoded window by window: segments past the first 30 s exist
     assert max(s.end for s in batched[1].segments) > 30.0
+
+
+def test_long_form_batch_features_equal_single_clip_features(bundle):
+    clips = [noise(45.0, 1), noise(31.5, 2)]
+    batch = _features(bundle.processor, clips, long_form=True)
+    assert batch["input_features"].shape[-1] == 4500 and batch["attention_mask"].sum(-1).tolist() == [4500, 3150]
+    alone = _features(bundle.processor, clips[1:], long_form=True)["input_features"]
+    assert torch.equal(batch["input_features"][1:, :, :3150], alone)  # padding the batch changes nothing
 
 
 def test_plan_batches_groups_short_then_long_by_length():

@@ -155,10 +155,16 @@ def _features(processor, arrays: list[np.ndarray], long_form: bool) -> dict[str,
     fe = processor.feature_extractor
     if not long_form:  # padded / truncated to exactly 30 s
         return {"input_features": fe(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features}
-    # each clip's own length (the mask tells generate where each ends); last window zero-padded by generate
-    feats = fe(arrays, sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
-               return_attention_mask=True, return_tensors="pt")
-    return {"input_features": feats.input_features, "attention_mask": feats.attention_mask}
+    # Each clip at its own length, computed alone so that a batch gives exactly the features of one-at-a-time
+    # decoding (padding the waveforms would change each clip's last frames); the mask says where each ends.
+    feats = [fe([a], sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
+                return_tensors="pt").input_features[0] for a in arrays]  # each (n_mels, frames_i)
+    frames = max(f.shape[-1] for f in feats)
+    mask = torch.zeros(len(feats), frames, dtype=torch.long)
+    for i, f in enumerate(feats):
+        mask[i, :f.shape[-1]] = 1
+    features = torch.stack([torch.nn.functional.pad(f, (0, frames - f.shape[-1])) for f in feats])
+    return {"input_features": features, "attention_mask": mask}  # (batch, n_mels, frames), (batch, frames)
 
 
 def _generate(bundle, arrays: list[np.ndarray], long_form: bool, language: str | None, task: str | None,
