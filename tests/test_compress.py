@@ -13,6 +13,7 @@ from litewhisper.errors import CalibrationError
 from litewhisper.layers import encoder_linears
 from litewhisper.lowrank import LowRankLinear
 from litewhisper.plan import RankPolicy
+from litewhisper.stats import ActivationStats
 
 
 def audio(seconds=(4, 6), seed=0):
@@ -100,3 +101,32 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
     text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac", progress=False)[0].text
     assert _words(text) == _words("And so my fellow Americans, ask not what your country can do for you, "
                                   "ask what you can do for your country.")
+
+
+def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatch, capsys):
+    """CLI wiring with a tiny random model standing in for `load_model` (audio from a folder of wav files)."""
+    import soundfile as sf
+    import litewhisper.cli.calibrate as cli_calibrate
+    import litewhisper.cli.compress as cli_compress
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, clip in enumerate(audio((3, 4, 5))):
+        sf.write(folder / f"{i}.wav", clip, 16_000)
+    monkeypatch.setattr(cli_calibrate, "load_bundle", lambda args: tiny_model)
+    stats_file = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "random", "--calibration", str(folder), "--max-clips", "2", "--windows", "pack",
+                 "--frames", "audio", "-o", str(stats_file), "--quiet"]) == 0
+    stats = ActivationStats.load(stats_file)
+    assert stats.metadata["clips"] == "2" and stats.frames == (3 + 4) * 50 and stats.metadata["windowing"] == "pack"
+    assert "wrote" in capsys.readouterr().out
+
+    saved = {}
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args: tiny_model)
+    monkeypatch.setattr("litewhisper.checkpoint.save_checkpoint",
+                        lambda bundle, out, overwrite=False: saved.update(model=bundle, out=out))
+    assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
+                 "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+    assert saved["out"] == tmp_path / "out" and saved["model"] is not tiny_model
+    assert any(isinstance(m, LowRankLinear) for m in saved["model"].modules())
+    assert "encoder params" in capsys.readouterr().out
