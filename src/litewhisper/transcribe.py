@@ -8,12 +8,13 @@ long-form batches (sorted by length, un-truncated features + attention mask) by 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -168,17 +169,27 @@ def _features(processor, arrays: list[np.ndarray], long_form: bool) -> dict[str,
 
 
 def _generate(bundle, arrays: list[np.ndarray], long_form: bool, language: str | None, task: str | None,
-              options: DecodeOptions) -> list[list[dict]]:
-    """Greedy decoding of one batch -> transformers' segment dicts per clip."""
+              options: DecodeOptions, on_seconds: Callable[[float], None] | None = None) -> list[list[dict]]:
+    """Greedy decoding of one batch -> transformers' segment dicts per clip.
+
+    `on_seconds(s)`: called during long-form decoding with the seconds of the batch decoded so far.
+    """
     inputs = _features(bundle.processor, arrays, long_form)
     inputs = {k: v.to(bundle.device) for k, v in inputs.items()}
     inputs["input_features"] = inputs["input_features"].to(bundle.dtype)  # (batch, n_mels, frames)
     limits = {"max_new_tokens": options.max_new_tokens} if options.max_new_tokens is not None else {}
+    if long_form and on_seconds is not None and _has_monitor(bundle.model):  # transformers >= 4.52
+        # state: (batch, 2) = frames decoded so far, total frames, per clip; a frame is 10 ms
+        limits["monitor_progress"] = lambda state: on_seconds(float(state.min(dim=1).values.sum()) / 100)
     with torch.inference_mode(), _quiet_transformers():
         out = bundle.model.generate(
             **inputs, language=language, task=task, return_timestamps=long_form or options.return_segments,
             return_segments=True, return_dict_in_generate=False, num_beams=1, do_sample=False, **limits)
     return out["segments"]
+
+
+def _has_monitor(model) -> bool:
+    return "monitor_progress" in inspect.signature(model.generate).parameters
 
 
 @contextlib.contextmanager
@@ -273,11 +284,18 @@ def _run(bundle, items: list[AudioInput], options: DecodeOptions, progress: bool
                     loaded.append((clip, _load(clip)))
                 except AudioError as exc:
                     yield clip.index, TranscriptionFailure(clip.name, str(exc))
+            done = bar.n
+
+            def on_seconds(seconds: float) -> None:
+                bar.n = round(done + seconds, 1)
+                bar.refresh()
+
             if loaded:
-                segments = _generate(bundle, [s for _, s in loaded], long_form, gen_language, gen_task, options)
+                segments = _generate(bundle, [s for _, s in loaded], long_form, gen_language, gen_task, options,
+                                     on_seconds)
                 for (clip, samples), segs in zip(loaded, segments):
                     yield clip.index, _to_transcription(bundle, clip, samples, segs, gen_language, options)
-            bar.update(round(sum(c.duration_s for c in batch), 1))
+            on_seconds(sum(c.duration_s for c in batch))
 
 
 def transcribe(bundle, audio: AudioInput | Iterable[AudioInput], *, language: str | None = None,
