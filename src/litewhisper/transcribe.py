@@ -258,16 +258,15 @@ def transcribe_iter(bundle, audio: AudioInput | Iterable[AudioInput], *, languag
     Raises LiteWhisperError up front for options the model cannot honour (e.g. translate on tiny.en).
     """
     options = DecodeOptions(language, task, batch_size, return_segments, max_new_tokens)
-    check_options(bundle, options)  # raise now, not at the first next()
+    gen_language, gen_task = check_options(bundle, options)  # raise now, not at the first next()
     items = [audio] if isinstance(audio, (str, os.PathLike, np.ndarray)) else list(audio)
-    return _run(bundle, items, options, progress)
+    return _run(bundle, items, options, gen_language, gen_task, progress)
 
 
-def _run(bundle, items: list[AudioInput], options: DecodeOptions, progress: bool,
-         ) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+def _run(bundle, items: list[AudioInput], options: DecodeOptions, language: str | None, task: str | None,
+         progress: bool) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     from tqdm.auto import tqdm
 
-    gen_language, gen_task = check_options(bundle, options)
     clips = []
     for index, item in enumerate(items):
         probed = _probe(index, item)
@@ -278,24 +277,29 @@ def _run(bundle, items: list[AudioInput], options: DecodeOptions, progress: bool
     total = round(sum(c.duration_s for c in clips), 1)
     with tqdm(total=total, unit="audio-s", desc="transcribing", disable=not progress, file=sys.stderr) as bar:
         for long_form, batch in plan_batches(clips, options.batch_size):
-            loaded = []
-            for clip in batch:
-                try:
-                    loaded.append((clip, _load(clip)))
-                except AudioError as exc:
-                    yield clip.index, TranscriptionFailure(clip.name, str(exc))
-            done = bar.n
+            yield from _decode_batch(bundle, batch, long_form, options, language, task, bar)
 
-            def on_seconds(seconds: float) -> None:
-                bar.n = round(done + seconds, 1)
-                bar.refresh()
 
-            if loaded:
-                segments = _generate(bundle, [s for _, s in loaded], long_form, gen_language, gen_task, options,
-                                     on_seconds)
-                for (clip, samples), segs in zip(loaded, segments):
-                    yield clip.index, _to_transcription(bundle, clip, samples, segs, gen_language, options)
-            on_seconds(sum(c.duration_s for c in batch))
+def _decode_batch(bundle, batch: list[_Clip], long_form: bool, options: DecodeOptions, language: str | None,
+                  task: str | None, bar) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+    """Load and decode one batch; the progress bar advances by the batch's seconds of audio."""
+    start = bar.n
+
+    def advance(seconds: float) -> None:
+        bar.n = round(start + seconds, 1)
+        bar.refresh()
+
+    loaded = []
+    for clip in batch:
+        try:
+            loaded.append((clip, _load(clip)))
+        except AudioError as exc:
+            yield clip.index, TranscriptionFailure(clip.name, str(exc))
+    if loaded:
+        segments = _generate(bundle, [s for _, s in loaded], long_form, language, task, options, advance)
+        for (clip, samples), segs in zip(loaded, segments):
+            yield clip.index, _to_transcription(bundle, clip, samples, segs, language, options)
+    advance(sum(c.duration_s for c in batch))
 
 
 def transcribe(bundle, audio: AudioInput | Iterable[AudioInput], *, language: str | None = None,
