@@ -66,8 +66,11 @@ def plot_pareto(points: Sequence[Point], path: str | os.PathLike, title: str = "
                 ax.annotate(p.label, (p.params_m, p.wer), textcoords="offset points", xytext=(5, 4), fontsize=8)
     front = pareto_frontier([p for p in points if math.isfinite(p.wer)])
     ax.plot([p.params_m for p in front], [p.wer for p in front], "k--", lw=1, alpha=0.6, label="Pareto frontier")
+    wers = [p.wer for p in points if math.isfinite(p.wer) and p.wer > 0]
+    if wers and max(wers) > 10 * min(wers):  # runaway variants would flatten the rest
+        ax.set_yscale("log")
     ax.set_xlabel("encoder parameters (millions)")
-    ax.set_ylabel("corpus WER (%)")
+    ax.set_ylabel("corpus WER (%)" + (", log scale" if ax.get_yscale() == "log" else ""))
     ax.set_title(title or "Figure 1: accuracy vs encoder size (lower left is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -84,7 +87,7 @@ def plot_rank_heatmap(ratios: dict[str, list[list[float]]], path: str | os.PathL
     plt = _pyplot()
     names = list(ratios)
     n_layers = max(len(r) for r in ratios.values())
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.3 * len(names), 1.6 + 0.35 * n_layers),
+    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.6 * len(names), 2.2 + 0.35 * n_layers),
                              squeeze=False, layout="constrained")
     image = None
     for ax, name in zip(axes[0], names):
