@@ -7,8 +7,8 @@ Calibrates on ../shared/data `calib` only, evaluates corpus WER (Whisper's Engli
 domain-stratified subset of `dev` (`--dev-clips 0`: all of dev). Every point is cached in OUT/results.json, so an
 interrupted run resumes; OUT gets results.json, frontier.md (the table) and frontier.png (the plot).
 Variants: liteasr (paper: one clip per window, θ per preset/sweep), liteasr-pack (same θ, packed windows),
-budget (packed windows, ranks allocated for a target size), budget-seq (+ sequential calibration),
-budget-seq-refine (+ light distillation of the factors).
+budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
+factors), budget-seq (+ sequential calibration), budget-seq-refine (both).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import torch
 
 from litewhisper.allocate import compress_to_size
 from litewhisper.calibrate import CalibrationConfig, calibrate
@@ -34,7 +36,7 @@ from litewhisper.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-seq", "budget-seq-refine")
+VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine")
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -68,26 +70,50 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
         policy = RankPolicy(theta_attn=knob, theta_mlp=knob)
         return compress(bundle, policy=policy, stats=stats["clip" if variant == "liteasr" else "pack"],
                         progress=False).bundle
-    return compress_to_size(bundle, calib, knob, stats=stats["pack"], sequential=variant != "budget",
+    return compress_to_size(bundle, calib, knob, stats=stats["pack"], sequential="-seq" in variant,
                             refine_config=refine_cfg if variant.endswith("refine") else None,
                             progress=False).bundle
 
 
-def score_point(name: str, variant: str, knob, bundle, items: list, eval_cfg: EvalConfig, seconds: float) -> dict:
+class Proxy:
+    """Relative error of the final encoder states vs the original's, on dev clips (one clip per window)."""
+
+    def __init__(self, bundle, items: list, path: Path):
+        from litewhisper.audio import load_audio
+        fe = bundle.processor.feature_extractor
+        self.features = fe([load_audio(it.path) for it in items], sampling_rate=16000,
+                           return_tensors="pt").input_features  # (N, n_mels, 3000)
+        if path.is_file():
+            self.teacher = torch.load(path)
+        else:
+            self.teacher = self.states(bundle)
+            torch.save(self.teacher, path)
+
+    @torch.inference_mode()
+    def states(self, bundle) -> torch.Tensor:
+        enc = bundle.model.get_encoder()
+        return torch.cat([enc(self.features[i:i + 4]).last_hidden_state for i in range(0, len(self.features), 4)])
+
+    def error(self, bundle) -> float:
+        diff = self.states(bundle) - self.teacher  # (N, positions, d_model)
+        return float((diff ** 2).mean() / (self.teacher ** 2).mean())
+
+
+def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None) -> dict:
+    row = {"params": encoder_params(bundle.model), "flops": encoder_flops(bundle.model)}
+    if proxy is not None:
+        row["enc_err"] = proxy.error(bundle)
+        return row
     result = evaluate_model(bundle, items, eval_cfg, name=name)
-    return {"name": name, "variant": variant, "knob": knob, "params": encoder_params(bundle.model),
-            "flops": encoder_flops(bundle.model), "wer": result.score.wer,
-            "domains": {d: g.rate for d, g in result.score.domains.items()},
-            "hit_token_limit": result.n_hit_token_limit, "build_s": round(seconds, 1),
+    return {**row, "wer": result.score.wer, "domains": {d: g.rate for d, g in result.score.domains.items()},
+            "n_clips": len(items), "hit_token_limit": result.n_hit_token_limit,
             "decode_s": round(result.decode_seconds, 1)}
 
 
 def points(args) -> list[tuple[str, float]]:
-    out = []
-    for variant in args.variants:
-        knobs = args.thetas if variant.startswith("liteasr") else args.sizes
-        out += [(variant, k) for k in knobs]
-    return out
+    """(variant, knob) pairs interleaved across variants, so a partial run already compares them."""
+    per_variant = [[(v, k) for k in (args.thetas if v.startswith("liteasr") else args.sizes)] for v in args.variants]
+    return [pv[i] for i in range(max(map(len, per_variant))) for pv in per_variant if i < len(pv)]
 
 
 def run(args) -> list[dict]:
@@ -101,29 +127,37 @@ def run(args) -> list[dict]:
     eval_cfg = EvalConfig(language="en", max_new_tokens=args.max_new_tokens, batch_size=8, progress=True)
     refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=10, patience=3)
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
-    todo = [("original", None)] + points(args)
-    for variant, knob in todo:
+    proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
+        if args.metric == "proxy" else None
+    key = "enc_err" if proxy is not None else "wer"
+    for variant, knob in [("original", None)] + points(args):
         name = variant if knob is None else f"{variant}@{knob}"
-        if name in results:
+        if key in results.get(name, {}):
             continue
         start = time.perf_counter()
         built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg)
-        results[name] = score_point(name, variant, knob, built, items, eval_cfg, time.perf_counter() - start)
-        log.warning("%s: %.2fM params, WER %.2f", name, results[name]["params"] / 1e6, results[name]["wer"])
+        row = {"name": name, "variant": variant, "knob": knob, "build_s": round(time.perf_counter() - start, 1)}
+        results[name] = {**results.get(name, {}), **row, **score_point(name, built, items, eval_cfg, proxy)}
+        log.warning("%s: %.2fM params, %s %.4g", name, results[name]["params"] / 1e6, key, results[name][key])
         cache_path.write_text(json.dumps(list(results.values()), indent=1))
     return list(results.values())
 
 
+def _fmt(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
 def table(rows: list[dict], model: str) -> str:
     base = next(r for r in rows if r["name"] == "original")
-    domains = sorted(base["domains"])
-    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "WER", "rel. WER"] + domains
+    domains = sorted(base.get("domains", {}))
+    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER"] + domains
     lines = [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["variant"] != "original", r["variant"], -r["params"])):
-        rel = 100 * (r["wer"] / base["wer"] - 1)
+        wer = r.get("wer")
+        rel = None if wer is None or "wer" not in base else 100 * (wer / base["wer"] - 1)
         cells = [r["name"], f"{r['params'] / 1e6:.2f}", f"{r['params'] / base['params']:.3f}",
-                 f"{r['flops'] / 1e9:.2f}", f"{r['wer']:.2f}", f"{rel:+.1f} %"]
-        cells += [f"{r['domains'].get(d, float('nan')):.2f}" for d in domains]
+                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), _fmt(rel, "+.1f")]
+        cells += [_fmt(r.get("domains", {}).get(d), ".2f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -133,18 +167,22 @@ def plot(rows: list[dict], model: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     base = next(r for r in rows if r["name"] == "original")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant in VARIANTS:
-        pts = sorted((r["params"] / base["params"], r["wer"]) for r in rows if r["variant"] == variant)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=variant)
-    ax.axhline(base["wer"], color="k", ls="--", lw=1, label="original")
-    ax.axhline(1.03 * base["wer"], color="grey", ls=":", lw=1, label="+3 % relative")
-    ax.set_xlabel("encoder size (fraction of original, without positional table)")
-    ax.set_ylabel("corpus WER (%)")
-    ax.set_title(f"{model}: WER vs encoder size")
-    ax.invert_xaxis()
-    ax.legend(fontsize=8)
+    metrics = [m for m in ("wer", "enc_err") if any(m in r for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for variant in VARIANTS:
+            pts = sorted((r["params"] / base["params"], r[metric]) for r in rows
+                         if r["variant"] == variant and metric in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=variant)
+        if metric == "wer" and "wer" in base:
+            ax.axhline(base["wer"], color="k", ls="--", lw=1, label="original")
+            ax.axhline(1.03 * base["wer"], color="grey", ls=":", lw=1, label="+3 % relative")
+        ax.set_xlabel("encoder size (fraction of original, without positional table)")
+        ax.set_ylabel("corpus WER (%)" if metric == "wer" else "relative error of final encoder states")
+        ax.set_title(f"{model}: {metric} vs encoder size")
+        ax.invert_xaxis()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -160,11 +198,18 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--thetas", nargs="+", type=float, default=[0.9999, 0.9995, 0.999, 0.995, 0.99])
     p.add_argument("--sizes", nargs="+", type=float, default=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
+    p.add_argument("--metric", choices=("wer", "proxy"), default="wer",
+                   help="wer: corpus WER on the dev subset; proxy: relative error of the final encoder states")
+    p.add_argument("--proxy-clips", type=int, default=24, help="dev clips for the proxy metric")
+    p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--refine-lr", type=float, default=1e-4)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    rows = run(args)
+    if args.table_only:
+        rows = json.loads((args.out / "results.json").read_text())
+    else:
+        rows = run(args)
     text = table(rows, args.model)
     (args.out / "frontier.md").write_text(text + "\n")
     plot(rows, args.model, args.out / "frontier.png")
