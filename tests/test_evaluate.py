@@ -109,3 +109,13 @@ def test_real_tiny_en_cli_on_five_clips(tmp_path, capsys):
     jfk = [h for h in read_hypotheses(tmp_path / "h.jsonl") if h.id == rows[0].get("utt_id", rows[0]["path"])]
     assert ev.normalize(jfk[0].hypothesis, "english") == ev.normalize(rows[0]["text"], "english")
     assert "tiny.en" in capsys.readouterr().out
+
+
+def test_max_clips_spread_round_robin_over_domains():
+    from litewhisper.datasets import AudioItem
+
+    items = [AudioItem(path=f"{d}{i}.wav", text="x", domain=d, id=f"{d}{i}") for d in "aab" for i in range(3)]
+    items = list(dict((it.id, it) for it in items).values())  # a0 a1 a2 b0 b1 b2
+    picked = ev.spread_over_domains(items, 4)
+    assert [it.id for it in picked] == ["a0", "b0", "a1", "b1"]
+    assert len(ev.spread_over_domains(items, 10)) == 6

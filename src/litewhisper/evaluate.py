@@ -39,7 +39,7 @@ class EvalConfig:
     max_new_tokens: int = 224
     bootstrap: int = 0  # resamples for the 95 % CI of the pooled WER (0: none)
     seed: int = 0
-    max_clips: int | None = None
+    max_clips: int | None = None  # spread round-robin over domains
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -130,7 +130,21 @@ def select_clips(data: str | os.PathLike | Sequence[AudioItem], config: EvalConf
     if not with_text:
         raise LiteWhisperError(f"no clips with reference transcripts in {data} (split {config.split!r}, "
                                f"language {config.language!r}); a manifest needs a 'text' field per clip")
-    return with_text[:config.max_clips] if config.max_clips else with_text
+    return spread_over_domains(with_text, config.max_clips) if config.max_clips else with_text
+
+
+def spread_over_domains(items: Sequence[AudioItem], n: int) -> list[AudioItem]:
+    """`n` clips taken round-robin over domains (manifest order within each), so small runs see every domain."""
+    by_domain: dict[str | None, list[AudioItem]] = {}
+    for it in items:
+        by_domain.setdefault(it.domain, []).append(it)
+    queues = [list(reversed(group)) for group in by_domain.values()]
+    out: list[AudioItem] = []
+    while len(out) < n and any(queues):
+        for queue in queues:
+            if queue and len(out) < n:
+                out.append(queue.pop())
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- decoding

@@ -205,7 +205,7 @@ def _setup_lines(run: _Runner, stats, data: Any, calibration: Any, env: dict[str
     return [
         f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- evaluation data: `{data}` split `{run.config.split_dev}`, {len(run.dev)} English clips "
-        f"({minutes:.1f} min){' (first ' + str(run.config.max_clips) + ')' if run.config.max_clips else ''}",
+        f"({minutes:.1f} min){', spread round-robin over domains' if run.config.max_clips else ''}",
         f"- calibration (one, re-used for every variant): `{calibration}` split `{run.config.split_calib}`, "
         f"{meta.get('clips', '?')} clips, {meta.get('windows', '?')} windows, {meta.get('frames', '?')} frames",
         f"- decoding: greedy, max_new_tokens={run.config.max_new_tokens}, batch {run.config.batch_size}, "

@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
                    help="text normaliser (auto: Whisper's English one for en clips, basic otherwise)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=224, help="decoding limit per clip (default 224)")
-    p.add_argument("--max-clips", type=int, default=None, help="evaluate only the first N clips")
+    p.add_argument("--max-clips", type=int, default=None,
+                   help="evaluate N clips only, spread round-robin over domains")
     p.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")
     p.add_argument("--hypotheses", default=None, help="append every hypothesis to this JSONL as it is produced")
     p.add_argument("--resume", action="store_true", help="skip clips already in --hypotheses")

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="report directory (written atomically)")
     p.add_argument("--split-calib", default="calib", help="calibration split (default calib; 'all' for every clip)")
     p.add_argument("--split-dev", default="dev", help="evaluation split (default dev)")
-    p.add_argument("--max-clips", type=int, default=None, help="evaluate on the first N clips only")
+    p.add_argument("--max-clips", type=int, default=None,
+                   help="evaluate on N clips, spread round-robin over domains")
     p.add_argument("--max-calib-clips", type=int, default=None, help="calibrate on the first N clips only")
     p.add_argument("--presets", default="acc,balanced,fast", help="presets in Table 1 (default acc,balanced,fast)")
     p.add_argument("--thetas", type=_floats, default=(0.95, 0.97, 0.99, 0.995, 0.999),
