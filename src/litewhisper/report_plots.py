@@ -68,7 +68,12 @@ def plot_pareto(points: Sequence[Point], path: str | os.PathLike, title: str = "
     ax.plot([p.params_m for p in front], [p.wer for p in front], "k--", lw=1, alpha=0.6, label="Pareto frontier")
     wers = [p.wer for p in points if math.isfinite(p.wer) and p.wer > 0]
     if wers and max(wers) > 10 * min(wers):  # runaway variants would flatten the rest
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, 50, 100 rather than 2×10¹
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("encoder parameters (millions)")
     ax.set_ylabel("corpus WER (%)" + (", log scale" if ax.get_yscale() == "log" else ""))
     ax.set_title(title or "Figure 1: accuracy vs encoder size (lower left is better)")
