@@ -64,7 +64,8 @@ def cached_stats(bundle, calib: list, windowing: str, path: Path) -> ActivationS
     return stats
 
 
-def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig):
+def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig,
+          min_kept: float = 0.0):
     """The compressed bundle for one point: knob = θ (liteasr*) or target size fraction (budget*)."""
     if variant.startswith("liteasr"):
         policy = RankPolicy(theta_attn=knob, theta_mlp=knob)
@@ -72,7 +73,7 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
                         progress=False).bundle
     return compress_to_size(bundle, calib, knob, stats=stats["pack"], sequential="-seq" in variant,
                             refine_config=refine_cfg if variant.endswith("refine") else None,
-                            progress=False).bundle
+                            min_kept=min_kept, progress=False).bundle
 
 
 class Proxy:
@@ -135,7 +136,7 @@ def run(args) -> list[dict]:
         if key in results.get(name, {}):
             continue
         start = time.perf_counter()
-        built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg)
+        built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg, args.min_kept)
         row = {"name": name, "variant": variant, "knob": knob, "build_s": round(time.perf_counter() - start, 1)}
         results[name] = {**results.get(name, {}), **row, **score_point(name, built, items, eval_cfg, proxy)}
         log.warning("%s: %.2fM params, %s %.4g", name, results[name]["params"] / 1e6, key, results[name][key])
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--metric", choices=("wer", "proxy"), default="wer",
                    help="wer: corpus WER on the dev subset; proxy: relative error of the final encoder states")
     p.add_argument("--proxy-clips", type=int, default=24, help="dev clips for the proxy metric")
+    p.add_argument("--min-kept", type=float, default=0.0, help="budget: floor on each layer's kept variance")
     p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--refine-lr", type=float, default=1e-4)

@@ -102,3 +102,10 @@ def test_compress_to_size_sequential_and_refined(tiny_model):
     assert result.params_after == encoder_params(result.model)
     assert any(isinstance(m, LowRankLinear) for m in result.model.modules())
     assert not any(isinstance(m, LowRankLinear) for m in tiny_model.modules())  # input untouched
+
+
+def test_min_kept_floor():
+    spec = _spectrum("a", 128, 0.9)
+    kept = spec.kept_variance()
+    opts = layer_options(spec, 16, min_kept=float(kept[31]))
+    assert [o.rank for o in opts] == [32, 48, None]

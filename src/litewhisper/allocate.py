@@ -61,8 +61,8 @@ class Option:
     lost: float  # weighted fraction of variance lost
 
 
-def layer_options(spec: LayerSpectrum, multiple_of: int = 16) -> list[Option]:
-    """Low-rank options that are strictly smaller than dense, then dense; sorted by size."""
+def layer_options(spec: LayerSpectrum, multiple_of: int = 16, min_kept: float = 0.0) -> list[Option]:
+    """Low-rank options strictly smaller than dense that keep ≥ `min_kept` of the variance, then dense."""
     if multiple_of < 1:
         raise LiteWhisperError(f"multiple_of must be ≥ 1, got {multiple_of}")
     kept = spec.kept_variance()
@@ -71,6 +71,8 @@ def layer_options(spec: LayerSpectrum, multiple_of: int = 16) -> list[Option]:
         params = spec.lowrank_params(rank)
         if params >= spec.dense_params:
             break
+        if kept[rank - 1] < min_kept:
+            continue
         options.append(Option(rank, params, spec.weight * float(1.0 - kept[rank - 1])))
     options.append(Option(None, spec.dense_params, 0.0))
     return options
@@ -102,9 +104,13 @@ def _best_upgrade(options: list[Option], current: int, room: int) -> tuple[float
     return best
 
 
-def allocate_ranks(spectra: list[LayerSpectrum], budget: int, multiple_of: int = 16) -> Allocation:
-    """Ranks for all layers whose total size (weights + biases) stays within `budget` parameters."""
-    options = {s.name: layer_options(s, multiple_of) for s in spectra}
+def allocate_ranks(spectra: list[LayerSpectrum], budget: int, multiple_of: int = 16,
+                   min_kept: float = 0.0) -> Allocation:
+    """Ranks for all layers whose total size (weights + biases) stays within `budget` parameters.
+
+    min_kept: a floor on each low-rank layer's kept variance (a layer whose spectrum is dominated by a few
+    outlier dimensions, like tiny.en's last fc2, otherwise looks cheap to cut and is cut too far)."""
+    options = {s.name: layer_options(s, multiple_of, min_kept) for s in spectra}
     choice = {name: 0 for name in options}
     used = sum(opts[0].params for opts in options.values())
     if used > budget:
@@ -141,9 +147,9 @@ def linear_budget(spectra: list[LayerSpectrum], encoder_params: int, target_size
 
 
 def allocate_for_size(spectra: list[LayerSpectrum], encoder_params: int, target_size: float,
-                      multiple_of: int = 16) -> Allocation:
+                      multiple_of: int = 16, min_kept: float = 0.0) -> Allocation:
     """Ranks that bring the encoder to `target_size` × `encoder_params` parameters (or just below)."""
-    return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of)
+    return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of, min_kept)
 
 
 def spectra_from_stats(stats) -> list[LayerSpectrum]:
@@ -153,10 +159,10 @@ def spectra_from_stats(stats) -> list[LayerSpectrum]:
             for name, s in stats.layers.items()]
 
 
-def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16):
+def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16, min_kept: float = 0.0):
     """A RankPolicy fixing every layer's rank (or dense) so the encoder is `target_size` of `encoder_params`."""
     from .plan import RankPolicy
-    alloc = allocate_for_size(spectra_from_stats(stats), encoder_params, target_size, multiple_of)
+    alloc = allocate_for_size(spectra_from_stats(stats), encoder_params, target_size, multiple_of, min_kept)
     return RankPolicy(multiple_of=multiple_of, overrides=tuple(alloc.ranks.items()))
 
 
@@ -175,7 +181,7 @@ def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch
 
 
 def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
-                     refine_config=None, multiple_of: int = 16, progress: bool = True):
+                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, progress: bool = True):
     """Compress the encoder to `target_size` × its parameters: budgeted ranks from (packed-window) statistics,
     optionally re-fitting the bases sequentially and distilling the factors. Returns a CompressionResult;
     the input bundle is left untouched."""
@@ -198,7 +204,7 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
         start = time.perf_counter()
         stats = calibrate(bundle, audio, config, progress=progress)
         timings["calibrate"] = time.perf_counter() - start
-    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of)
+    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of, min_kept)
     if not sequential:
         result = compress(bundle, policy=policy, stats=stats, progress=progress)
         student = result.model
