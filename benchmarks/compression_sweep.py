@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from litewhisper.calibrate import CalibrationConfig, calibrate
-from litewhisper.compress import PeakMemory, compress
+from litewhisper.calibration import CalibrationConfig, calibrate
+from litewhisper.compression import PeakMemory, compress
 from litewhisper.datasets import discover_audio
 from litewhisper.evaluate import EvalConfig, evaluate_model, select_clips
 from litewhisper.flops import encoder_flops, encoder_params

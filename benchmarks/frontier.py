@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from litewhisper.allocate import compress_to_size
-from litewhisper.calibrate import CalibrationConfig, calibrate
-from litewhisper.compress import compress
+from litewhisper.calibration import CalibrationConfig, calibrate
+from litewhisper.compression import compress
 from litewhisper.datasets import read_manifest
 from litewhisper.evaluate import EvalConfig, evaluate_model
 from litewhisper.flops import encoder_flops, encoder_params

@@ -71,7 +71,7 @@ def test_errors():
 def test_budget_policy_from_stats(tiny_model):
     import numpy as np
 
-    from litewhisper.calibrate import CalibrationConfig, calibrate
+    from litewhisper.calibration import CalibrationConfig, calibrate
     from litewhisper.flops import encoder_params
     from litewhisper.plan import plan_ranks
     from litewhisper.allocate import budget_policy

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.calibrate import CalibrationConfig, calibrate, iter_windows, moment_hooks
+from litewhisper.calibration import CalibrationConfig, calibrate, iter_windows, moment_hooks
 from litewhisper.errors import CalibrationError
 from litewhisper.layers import encoder_linears
 from litewhisper.stats import ActivationStats, Moments

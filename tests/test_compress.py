@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from helpers import SHARED_DATA, require_shared_data, tiny_whisper
-from litewhisper.calibrate import calibrate
+from litewhisper.calibration import calibrate
 from litewhisper.cli import main
-from litewhisper.compress import CompressionResult, compress
+from litewhisper.compression import CompressionResult, compress
 from litewhisper.errors import CalibrationError
 from litewhisper.layers import encoder_linears
 from litewhisper.lowrank import LowRankLinear
@@ -86,7 +86,7 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
     """
     from litewhisper.flops import encoder_params
     from litewhisper.models import load_model
-    from litewhisper.transcribe import transcribe
+    from litewhisper.transcription import transcribe
 
     data = require_shared_data()
     out, stats = tmp_path / "lite-tiny.en", tmp_path / "stats.safetensors"

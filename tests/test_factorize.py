@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from helpers import tiny_whisper
-from litewhisper.calibrate import calibrate
+from litewhisper.calibration import calibrate
 from litewhisper.errors import CalibrationError
 from litewhisper.factorize import apply_plan, factorize_linear, swap_modules
 from litewhisper.flops import encoder_flops, encoder_params

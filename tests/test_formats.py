@@ -7,7 +7,7 @@ import pytest
 
 from litewhisper.errors import LiteWhisperError
 from litewhisper.formats import FORMATS, format_timestamp, render, to_json, write_transcription
-from litewhisper.transcribe import Segment, Transcription
+from litewhisper.transcription import Segment, Transcription
 
 RESULT = Transcription(
     path="talk.flac", text="Hello there. General Kenobi!", language="en", duration_s=3725.5,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from litewhisper.calibrate import CalibrationConfig, calibrate
+from litewhisper.calibration import CalibrationConfig, calibrate
 from litewhisper.errors import CalibrationError
 from litewhisper.lowrank import LowRankLinear
 from litewhisper.plan import RankPolicy

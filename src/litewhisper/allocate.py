@@ -170,7 +170,7 @@ def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch
     """(N, n_mels, 3000) log-mel windows, one calibration clip each (as the model sees clips in real use)."""
     import random
 
-    from .calibrate import _feature_extractor, _load, iter_windows
+    from .calibration import _feature_extractor, _load, iter_windows
     from .layers import find_encoder
     clips = list(audio)
     clips = random.Random(seed).sample(clips, min(max_windows, len(clips)))
@@ -188,8 +188,8 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     import copy
     import time
 
-    from .calibrate import CalibrationConfig, calibrate
-    from .compress import CompressionResult, _replace_model, compress
+    from .calibration import CalibrationConfig, calibrate
+    from .compression import CompressionResult, _replace_model, compress
     from .flops import encoder_flops, encoder_params
     from .layers import unwrap_model
     from .refine import refine

@@ -152,7 +152,7 @@ def spread_over_domains(items: Sequence[AudioItem], n: int) -> list[AudioItem]:
 def generate_short(bundle, arrays: list, language: str | None, max_new_tokens: int
                    ) -> list[tuple[str, int, bool]]:
     """Greedy decoding of 16 kHz arrays <= 30 s -> (text, n_text_tokens, hit_token_limit) per clip."""
-    from .transcribe import _features
+    from .transcription import _features
 
     features = _features(bundle.processor, arrays, long_form=False)["input_features"]
     features = features.to(bundle.device, bundle.dtype)  # (batch, n_mels, 3000)
@@ -181,7 +181,7 @@ def _short_form(bundle, items: list[AudioItem], language: str | None, max_new_to
 def _long_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int
                ) -> list[tuple[str, int, bool]]:
     """Clips > 30 s through `transcribe` (sequential windows); the token limit applies per window."""
-    from .transcribe import transcribe
+    from .transcription import transcribe
 
     outs = transcribe(bundle, [it.path for it in items], language=language if bundle.is_multilingual else None,
                       batch_size=len(items), return_segments=False, max_new_tokens=max_new_tokens,

@@ -9,7 +9,7 @@ from typing import Callable
 
 from .atomic import atomic_write_text
 from .errors import LiteWhisperError
-from .transcribe import Segment, Transcription
+from .transcription import Segment, Transcription
 
 
 def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:

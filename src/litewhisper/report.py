@@ -125,12 +125,12 @@ class _Runner:
         return evaluate_model(bundle, items or self.dev, self.eval_cfg, name=name, log_file=self.hyps)
 
     def compress(self, bundle, stats, policy):
-        from .compress import compress
+        from .compression import compress
         return compress(bundle, stats=stats, policy=policy, progress=False)
 
 
 def _calibrate(bundle, calibration: Any, config: ReportConfig):
-    from .calibrate import CalibrationConfig, calibrate
+    from .calibration import CalibrationConfig, calibrate
     from .datasets import discover_audio
 
     items = discover_audio(calibration, split=config.split_calib) if isinstance(calibration, (str, os.PathLike)) \

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibrate import (CalibrationConfig, _batched, _feature_extractor, _position_mask, iter_windows,
+from .calibration import (CalibrationConfig, _batched, _feature_extractor, _position_mask, iter_windows,
                         moment_hooks)
 from .audio import SAMPLE_RATE
 from .errors import CalibrationError

@@ -42,7 +42,7 @@ def add_parser(subparsers) -> None:
 
 
 def calibration_config(args):
-    from ..calibrate import CalibrationConfig
+    from ..calibration import CalibrationConfig
     return CalibrationConfig(windowing=args.windows, frames=args.frames, max_clips=args.max_clips,
                              batch_size=args.batch_size, device=args.device)
 
@@ -54,7 +54,7 @@ def load_bundle(args):
 
 
 def run(args) -> int:
-    from ..calibrate import calibrate
+    from ..calibration import calibrate
     from ..datasets import discover_audio
 
     config = calibration_config(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
+from .calibration import add_calibration_args, add_model_args, calibration_config, load_bundle
 from .plan import add_policy_args, policy_from_args
 
 log = logging.getLogger("litewhisper")
@@ -64,7 +64,7 @@ def _calibration_audio(args):
 def run(args) -> int:
     from ..atomic import check_output_dir
     from ..checkpoint import save_checkpoint
-    from ..compress import compress
+    from ..compression import compress
     from ..stats import ActivationStats
 
     check_output_dir(args.output, args.overwrite)  # fail before the long work

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..formats import write_transcription
     from ..models import load_model
-    from ..transcribe import DecodeOptions, TranscriptionFailure, transcribe_iter
+    from ..transcription import DecodeOptions, TranscriptionFailure, transcribe_iter
 
     DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)

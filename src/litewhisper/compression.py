@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .calibrate import CalibrationConfig, calibrate
+from .calibration import CalibrationConfig, calibrate
 from .errors import CalibrationError
 from .factorize import apply_plan
 from .flops import encoder_flops, encoder_params
