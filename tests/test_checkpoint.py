@@ -196,11 +196,19 @@ def test_published_layout_loads_through_load_model(tmp_path):
 
     reference, path = published_layout(tmp_path)
     shutil.copyfile(builtin_source("tiny.en")[1] / "tokenizer.json", path / "tokenizer.json")
-    bundle = litewhisper.load_model(str(path))
+    bundle = litewhisper.load_model(str(path), attention="standard")
     assert type(bundle.model).__name__ == "LiteWhisperForConditionalGeneration"
     x = features(reference, seed=6)
     assert torch.equal(encode(reference, x), encode(bundle.model, x))
     assert bundle.processor is not None
+    # default attention="auto": layer 0's q/k ranks (8, 4) are below the head size -> reduced-dimension attention
+    fast = litewhisper.load_model(str(path))
+    swapped = [n for n, m in fast.model.named_modules() if isinstance(m, litewhisper.ReducedDimSelfAttention)]
+    assert swapped == ["model.encoder.layers.0.self_attn"]
+    assert fast.model.state_dict().keys() == bundle.model.state_dict().keys()
+    torch.testing.assert_close(encode(fast.model, x), encode(reference, x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(LiteWhisperError, match="attention must be one of"):
+        litewhisper.load_model(str(path), attention="fast")
 
 
 def test_existing_output_refused_unless_overwrite(tmp_path):

@@ -35,8 +35,11 @@ class BenchConfig:
     e2e_batch_size: int = 8
     max_new_tokens: int = 224
     progress: bool = True
+    attention: str = "auto"  # lite-whisper models: reduced-dimension attention where it saves FLOPs, or "standard"
 
     def __post_init__(self) -> None:
+        if self.attention not in ("auto", "standard"):
+            raise LiteWhisperError(f"attention must be 'auto' or 'standard', got {self.attention!r}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise LiteWhisperError(f"batch sizes must be positive integers, got {self.batch_sizes}")
         if self.repeats < 1 or self.warmup < 0:
@@ -285,7 +288,7 @@ def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any 
     for i, m in enumerate(models):
         name = names[i] if names else (str(m) if isinstance(m, str) else m.name)
         bundles[name if name not in bundles else f"{name}#{i}"] = (
-            load_model(m, device=config.device) if isinstance(m, str) else m)
+            load_model(m, device=config.device, attention=config.attention) if isinstance(m, str) else m)
     costs = {name: analytic(b.model) for name, b in bundles.items()}
     fns_by_batch = {bs: {name: encoder_fn(b, bs) for name, b in bundles.items()} for bs in config.batch_sizes}
     notes: list[str] = []

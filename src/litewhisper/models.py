@@ -27,6 +27,7 @@ logger = logging.getLogger("litewhisper")
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
+ATTENTION_MODES = ("auto", "standard")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -75,28 +76,38 @@ def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | str = torch.float32) -> WhisperBundle:
-    """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc)."""
+               dtype: torch.dtype | str = torch.float32, attention: str = "auto") -> WhisperBundle:
+    """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc).
+
+    attention: "auto" runs a lite-whisper encoder's self-attention in the reduced dimension wherever its ranks
+    save FLOPs (`use_reduced_attention`, numerically the same); "standard" keeps the ordinary modules.
+    """
     dev, dtype = _check_device(device), _check_dtype(dtype)
+    if attention not in ATTENTION_MODES:
+        raise LiteWhisperError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     if is_builtin(source):
         path = builtin_model_dir(str(source))
         model, processor = _load_hf_dir(path, dtype)
-        return _bundle(model, processor, str(source), path, dev)
+        return _bundle(model, processor, str(source), path, dev, attention)
     path = Path(source).expanduser()
     if path.exists():
         model, processor = _load_local(path, dev, dtype)
-        return _bundle(model, processor, path.name, path, dev)
+        return _bundle(model, processor, path.name, path, dev, attention)
     if _HUB_ID.match(str(source)) and not str(source).startswith((".", "~")):
         model, processor = _load_hub(str(source), dtype)
-        return _bundle(model, processor, str(source), None, dev)
+        return _bundle(model, processor, str(source), None, dev, attention)
     raise ModelSourceError(
         f"model source {str(source)!r} not found: expected a built-in name ({', '.join(BUILTIN_MODELS)}), an "
         "existing local Whisper directory (Hugging Face, CTranslate2 / faster-whisper, or lite-whisper), or a "
         "Hugging Face hub id like openai/whisper-large-v3-turbo")
 
 
-def _bundle(model, processor, name: str, path: Path | None, device: torch.device) -> WhisperBundle:
+def _bundle(model, processor, name: str, path: Path | None, device: torch.device,
+            attention: str = "standard") -> WhisperBundle:
     _ensure_generation_config(model, processor)
+    if attention == "auto" and getattr(model.config, "model_type", None) == "lite-whisper":
+        from .attention import use_reduced_attention
+        use_reduced_attention(model, mode="auto")
     return WhisperBundle(model=model.to(device).eval(), processor=processor, name=name, path=path)
 
 

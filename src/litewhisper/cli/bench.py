@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per batch size (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up rounds (default 2)")
+    p.add_argument("--attention", choices=("auto", "standard"), default="auto",
+                   help="lite-whisper models: reduced-dimension self-attention where it saves FLOPs (auto, "
+                        "default) or the ordinary projections (standard)")
     p.add_argument("--data", default=None, help="manifest or folder for the end-to-end real-time factor")
     p.add_argument("--split", default="dev", help="manifest split for --data (default dev; 'all' for every clip)")
     p.add_argument("--max-clips", type=int, default=16, help="end-to-end clips (default 16)")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = BenchConfig(batch_sizes=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                          threads=args.threads, device=args.device, max_clips=args.max_clips,
-                         max_new_tokens=args.max_new_tokens)
+                         max_new_tokens=args.max_new_tokens, attention=args.attention)
     report = bench(args.models, config, data=args.data, split=None if args.split == "all" else args.split,
                    peer=args.peer)
     print(format_bench(report))
