@@ -8,7 +8,8 @@ domain-stratified subset of `dev` (`--dev-clips 0`: all of dev). Every point is 
 interrupted run resumes; OUT gets results.json, frontier.md (the table) and frontier.png (the plot).
 Variants: liteasr (paper: one clip per window, θ per preset/sweep), liteasr-pack (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
-factors), budget-seq (+ sequential calibration), budget-seq-refine (both).
+factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
+measured sensitivity), budget-sens-refine.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from litewhisper.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine")
+VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
+            "budget-sens-refine")
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -73,7 +75,7 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
                         progress=False).bundle
     return compress_to_size(bundle, calib, knob, stats=stats["pack"], sequential="-seq" in variant,
                             refine_config=refine_cfg if variant.endswith("refine") else None,
-                            min_kept=min_kept, progress=False).bundle
+                            min_kept=min_kept, sensitivity="-sens" in variant, progress=False).bundle
 
 
 class Proxy:

@@ -152,17 +152,22 @@ def allocate_for_size(spectra: list[LayerSpectrum], encoder_params: int, target_
     return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of, min_kept)
 
 
-def spectra_from_stats(stats) -> list[LayerSpectrum]:
-    """One LayerSpectrum per layer of ActivationStats (eigendecompositions cached on `stats`)."""
+def spectra_from_stats(stats, weights: dict[str, float] | None = None) -> list[LayerSpectrum]:
+    """One LayerSpectrum per layer of ActivationStats (eigendecompositions cached on `stats`), weighted by
+    `weights` (e.g. `sensitivity.layer_sensitivities`; default 1 for every layer)."""
     from .plan import decompose
-    return [LayerSpectrum(name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias)
+    weights = weights or {}
+    return [LayerSpectrum(name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias,
+                          weight=weights.get(name, 1.0))
             for name, s in stats.layers.items()]
 
 
-def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16, min_kept: float = 0.0):
+def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16, min_kept: float = 0.0,
+                  weights: dict[str, float] | None = None):
     """A RankPolicy fixing every layer's rank (or dense) so the encoder is `target_size` of `encoder_params`."""
     from .plan import RankPolicy
-    alloc = allocate_for_size(spectra_from_stats(stats), encoder_params, target_size, multiple_of, min_kept)
+    alloc = allocate_for_size(spectra_from_stats(stats, weights), encoder_params, target_size, multiple_of,
+                              min_kept)
     return RankPolicy(multiple_of=multiple_of, overrides=tuple(alloc.ranks.items()))
 
 
@@ -181,10 +186,11 @@ def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch
 
 
 def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
-                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, progress: bool = True):
+                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, sensitivity: bool = False,
+                     progress: bool = True):
     """Compress the encoder to `target_size` × its parameters: budgeted ranks from (packed-window) statistics,
-    optionally re-fitting the bases sequentially and distilling the factors. Returns a CompressionResult;
-    the input bundle is left untouched."""
+    optionally weighting layers by measured sensitivity, re-fitting the bases sequentially and distilling the
+    factors. Returns a CompressionResult; the input bundle is left untouched."""
     import copy
     import time
 
@@ -193,10 +199,11 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     from .flops import encoder_flops, encoder_params
     from .layers import unwrap_model
     from .refine import refine
+    from .sensitivity import layer_sensitivities
     from .sequential import compress_sequential
 
     config = config or CalibrationConfig(windowing="pack")
-    if audio is None and (stats is None or sequential or refine_config is not None):
+    if audio is None and (stats is None or sequential or sensitivity or refine_config is not None):
         raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
     model = unwrap_model(bundle)
     timings = {}
@@ -204,7 +211,13 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
         start = time.perf_counter()
         stats = calibrate(bundle, audio, config, progress=progress)
         timings["calibrate"] = time.perf_counter() - start
-    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of, min_kept)
+    weights = None
+    if sensitivity:
+        start = time.perf_counter()
+        weights = layer_sensitivities(bundle, stats, refine_windows(bundle, audio, max_windows=8),
+                                      multiple_of=multiple_of, progress=progress)
+        timings["sensitivity"] = time.perf_counter() - start
+    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of, min_kept, weights)
     if not sequential:
         result = compress(bundle, policy=policy, stats=stats, progress=progress)
         student = result.model

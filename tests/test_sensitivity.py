@@ -1,0 +1,79 @@
+"""Layer sensitivities: one probe per layer, model left untouched, weights = output error per lost variance."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from litewhisper.calibration import CalibrationConfig, calibrate
+from litewhisper.errors import LiteWhisperError
+from litewhisper.factorize import factorize_linear
+from litewhisper.lowrank import LowRankLinear
+from litewhisper.plan import decompose
+from litewhisper.sensitivity import layer_sensitivities, probe_rank
+
+
+def _clips(n: int) -> list[np.ndarray]:
+    return [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from helpers import tiny_whisper
+    model = tiny_whisper()
+    stats = calibrate(model, _clips(2), CalibrationConfig(windowing="pack"), progress=False)
+    from litewhisper.calibration import _feature_extractor
+    from litewhisper.layers import find_encoder
+    extractor = _feature_extractor(model, find_encoder(model))
+    features = extractor(_clips(2), sampling_rate=16000, return_tensors="pt").input_features
+    return model, stats, features
+
+
+def test_probe_rank():
+    explained = torch.tensor([0.5, 0.8, 0.95, 0.99, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    assert probe_rank(explained, 8, 0.9, multiple_of=2) == 4  # explained[3] = 0.99 ≥ 0.9, first even rank
+    assert probe_rank(explained, 8, 0.99, multiple_of=4) == 4
+    assert probe_rank(explained, 8, 0.999, multiple_of=4) is None  # only full rank keeps it
+
+
+def test_weights_match_a_single_layer_probe(setup):
+    model, stats, features = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, progress=False)
+    assert set(weights) == set(stats.layers)
+    assert all(math.isfinite(w) and w > 0 for w in weights.values())
+    # the model is exactly as it was
+    assert not any(isinstance(m, LowRankLinear) for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # recompute one layer's weight by hand
+    name = "layers.1.fc2"
+    encoder = model.model.encoder
+    spectrum = decompose(stats, name)
+    rank = probe_rank(spectrum.explained(), 64, 0.9, 8)
+    lost = 1 - float(spectrum.explained()[rank - 1])
+    with torch.no_grad():
+        teacher = torch.cat([encoder(f[None]).last_hidden_state for f in features])
+        original = encoder.layers[1].fc2
+        encoder.layers[1].fc2 = factorize_linear(original, stats.mean(name), spectrum.eigenvectors[:, :rank])
+        student = torch.cat([encoder(f[None]).last_hidden_state for f in features])
+        encoder.layers[1].fc2 = original
+    expected = float(((student - teacher) ** 2).mean() / (teacher ** 2).mean()) / lost
+    assert weights[name] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_probe_is_refused(setup):
+    model, stats, features = setup
+    with pytest.raises(LiteWhisperError, match="probe_kept must be in"):
+        layer_sensitivities(model, stats, features, probe_kept=1.0)
+
+
+def test_compress_to_size_with_sensitivity(tiny_model):
+    from litewhisper.allocate import compress_to_size
+    from litewhisper.flops import encoder_params
+
+    result = compress_to_size(tiny_model, _clips(3), 0.95, sensitivity=True, progress=False)
+    assert result.params_after <= 0.95 * result.params_before
+    assert "sensitivity" in result.timings
+    with pytest.raises(LiteWhisperError, match="calibration audio is needed"):
+        compress_to_size(tiny_model, None, 0.95, stats=result.stats, sensitivity=True, progress=False)
+    assert encoder_params(result.model) == result.params_after
