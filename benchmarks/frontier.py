@@ -9,7 +9,7 @@ interrupted run resumes; OUT gets results.json, frontier.md (the table) and fron
 Variants: liteasr (paper: one clip per window, θ per preset/sweep), liteasr-pack (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
-measured sensitivity), budget-sens-refine.
+measured sensitivity), budget-sens-refine; "-clip": statistics from one clip per window instead of packed.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from litewhisper.stats import ActivationStats
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
-            "budget-sens-refine")
+            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine")
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -73,7 +73,8 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
         policy = RankPolicy(theta_attn=knob, theta_mlp=knob)
         return compress(bundle, policy=policy, stats=stats["clip" if variant == "liteasr" else "pack"],
                         progress=False).bundle
-    return compress_to_size(bundle, calib, knob, stats=stats["pack"], sequential="-seq" in variant,
+    windows = "clip" if "-clip" in variant else "pack"
+    return compress_to_size(bundle, calib, knob, stats=stats[windows], sequential="-seq" in variant,
                             refine_config=refine_cfg if variant.endswith("refine") else None,
                             min_kept=min_kept, sensitivity="-sens" in variant, progress=False).bundle
 

@@ -130,3 +130,10 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
     assert saved["out"] == tmp_path / "out" and saved["model"] is not tiny_model
     assert any(isinstance(m, LowRankLinear) for m in saved["model"].modules())
     assert "encoder params" in capsys.readouterr().out
+
+    # budgeted method (sensitivity-weighted by default): statistics reused, audio read for the probes
+    from litewhisper.flops import encoder_params
+    assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file), "--calibration",
+                 str(folder), "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+    assert encoder_params(saved["model"]) <= 0.9 * encoder_params(tiny_model)
+    assert "sensitivity" in capsys.readouterr().out

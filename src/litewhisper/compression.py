@@ -89,8 +89,8 @@ class CompressionResult:
                 f"(x{self.params_after / max(self.params_before, 1):.3f}); encoder GFLOPs per 30-s window "
                 f"{self.flops_before / 1e9:.2f} -> {self.flops_after / 1e9:.2f} "
                 f"(x{self.flops_after / max(self.flops_before, 1):.3f}); {len(self.plan.low_rank)}/"
-                f"{len(self.plan.entries)} linears low-rank; time calibrate {t.get('calibrate', 0):.1f}s, "
-                f"plan {t.get('plan', 0):.1f}s, factorize {t.get('factorize', 0):.1f}s; peak memory "
+                f"{len(self.plan.entries)} linears low-rank; time "
+                f"{', '.join(f'{stage} {seconds:.1f}s' for stage, seconds in t.items()) or '-'}; peak memory "
                 f"+{m.get('calibrate_rss_increase', 0) / 2**20:.0f} MiB during calibration")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .calibration import add_calibration_args, add_model_args, calibration_config, load_bundle
+from .calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
 from .plan import add_policy_args, policy_from_args
 
 log = logging.getLogger("litewhisper")
@@ -36,6 +36,9 @@ def add_budget_args(p) -> None:
                    help="encoder parameters as a fraction of the original (e.g. 0.8); implies --method budget")
     p.add_argument("--sequential", action="store_true",
                    help="budget: fit each layer on the outputs of the already compressed layers before it")
+    p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
+                   help="budget: treat every layer's lost variance alike instead of weighting it by the layer's "
+                        "measured effect on the encoder output (default: weighted)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="budget: steps of encoder feature distillation of the factors (0: none)")
 
@@ -48,7 +51,19 @@ def _compress_budget(args, bundle, audio, stats, config):
         raise LiteWhisperError("--method budget needs --target-size (e.g. 0.8)")
     refine_config = RefineConfig(max_steps=args.refine_steps) if args.refine_steps > 0 else None
     return compress_to_size(bundle, audio, args.target_size, stats=stats, config=config, sequential=args.sequential,
-                            refine_config=refine_config, multiple_of=args.multiple_of, progress=not args.quiet)
+                            refine_config=refine_config, multiple_of=args.multiple_of, sensitivity=args.sensitivity,
+                            progress=not args.quiet)
+
+
+def _is_budget(args) -> bool:
+    return args.method == "budget" or (args.method is None and args.target_size is not None)
+
+
+def _needs_audio(args, stats) -> bool:
+    """Calibration audio is read unless statistics alone suffice (plain LiteASR or the unweighted budget)."""
+    if stats is None:
+        return True
+    return _is_budget(args) and (args.sensitivity or args.sequential or args.refine_steps > 0)
 
 
 def _calibration_audio(args):
@@ -71,9 +86,9 @@ def run(args) -> int:
     policy = policy_from_args(args)
     config = calibration_config(args)
     stats = ActivationStats.load(args.stats) if args.stats else None
-    audio = None if stats is not None else _calibration_audio(args)
+    audio = _calibration_audio(args) if _needs_audio(args, stats) else None
     bundle = load_bundle(args)
-    if args.method == "budget" or (args.method is None and args.target_size is not None):
+    if _is_budget(args):
         result = _compress_budget(args, bundle, audio, stats, config)
     else:
         result = compress(bundle, audio, policy, stats=stats, config=config, progress=not args.quiet)
