@@ -6,7 +6,8 @@
 Calibrates on ../shared/data `calib` only, evaluates corpus WER (Whisper's English normaliser) on a fixed,
 domain-stratified subset of `dev` (`--dev-clips 0`: all of dev). Every point is cached in OUT/results.json, so an
 interrupted run resumes; OUT gets results.json, frontier.md (the table) and frontier.png (the plot).
-Variants: liteasr (paper: one clip per window, θ per preset/sweep), liteasr-pack (same θ, packed windows),
+Variants: liteasr (paper: one clip per window, one θ for all layers), liteasr-preset (the paper's acc / balanced /
+fast θ pairs), liteasr-pack (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
 measured sensitivity), budget-sens-refine; "-clip": statistics from one clip per window instead of packed.
@@ -37,7 +38,7 @@ from litewhisper.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VARIANTS = ("liteasr", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
+VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
             "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine")
 
 
@@ -70,7 +71,7 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
           min_kept: float = 0.0):
     """The compressed bundle for one point: knob = θ (liteasr*) or target size fraction (budget*)."""
     if variant.startswith("liteasr"):
-        policy = RankPolicy(theta_attn=knob, theta_mlp=knob)
+        policy = RankPolicy.preset(knob) if isinstance(knob, str) else RankPolicy(theta_attn=knob, theta_mlp=knob)
         return compress(bundle, policy=policy, stats=stats["clip" if variant == "liteasr" else "pack"],
                         progress=False).bundle
     windows = "clip" if "-clip" in variant else "pack"
@@ -116,7 +117,8 @@ def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Pro
 
 def points(args) -> list[tuple[str, float]]:
     """(variant, knob) pairs interleaved across variants, so a partial run already compares them."""
-    per_variant = [[(v, k) for k in (args.thetas if v.startswith("liteasr") else args.sizes)] for v in args.variants]
+    knobs = {"liteasr": args.thetas, "liteasr-pack": args.thetas, "liteasr-preset": args.presets}
+    per_variant = [[(v, k) for k in knobs.get(v, args.sizes)] for v in args.variants]
     return [pv[i] for i in range(max(map(len, per_variant))) for pv in per_variant if i < len(pv)]
 
 
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--thetas", nargs="+", type=float, default=[0.9999, 0.9995, 0.999, 0.995, 0.99])
+    p.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"], help="liteasr-preset: θ presets")
     p.add_argument("--sizes", nargs="+", type=float, default=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
     p.add_argument("--metric", choices=("wer", "proxy"), default="wer",
                    help="wer: corpus WER on the dev subset; proxy: relative error of the final encoder states")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import LiteWhisperError
+from .models import ATTENTION_MODES, load_model
 
 log = logging.getLogger("litewhisper")
 
@@ -38,8 +39,8 @@ class BenchConfig:
     attention: str = "auto"  # lite-whisper models: reduced-dimension attention where it saves FLOPs, or "standard"
 
     def __post_init__(self) -> None:
-        if self.attention not in ("auto", "standard"):
-            raise LiteWhisperError(f"attention must be 'auto' or 'standard', got {self.attention!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise LiteWhisperError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise LiteWhisperError(f"batch sizes must be positive integers, got {self.batch_sizes}")
         if self.repeats < 1 or self.warmup < 0:
@@ -278,7 +279,6 @@ def environment(config: BenchConfig) -> dict[str, Any]:
 def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any = None, split: str | None = "dev",
           peer: str | None = None, names: Sequence[str] | None = None) -> BenchReport:
     """Benchmark models (sources for `load_model` or loaded bundles); ratios are against the first one."""
-    from .models import load_model
 
     if not models:
         raise LiteWhisperError("no model given: pass at least one model (e.g. tiny.en)")
