@@ -29,7 +29,7 @@ from litewhisper.allocate import compress_to_size
 from litewhisper.calibration import CalibrationConfig, calibrate
 from litewhisper.compression import compress
 from litewhisper.datasets import read_manifest
-from litewhisper.evaluate import EvalConfig, evaluate_model
+from litewhisper.evaluate import EvalConfig, HypothesisLog, evaluate_model, score_hypotheses
 from litewhisper.flops import encoder_flops, encoder_params
 from litewhisper.models import load_model
 from litewhisper.plan import RankPolicy
@@ -104,12 +104,13 @@ class Proxy:
         return float((diff ** 2).mean() / (self.teacher ** 2).mean())
 
 
-def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None) -> dict:
+def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None,
+                hyp_log: HypothesisLog) -> dict:
     row = {"params": encoder_params(bundle.model), "flops": encoder_flops(bundle.model)}
     if proxy is not None:
         row["enc_err"] = proxy.error(bundle)
         return row
-    result = evaluate_model(bundle, items, eval_cfg, name=name)
+    result = evaluate_model(bundle, items, eval_cfg, name=name, log_file=hyp_log)
     return {**row, "wer": result.score.wer, "domains": {d: g.rate for d, g in result.score.domains.items()},
             "n_clips": len(items), "hit_token_limit": result.n_hit_token_limit,
             "decode_s": round(result.decode_seconds, 1)}
@@ -136,17 +137,31 @@ def run(args) -> list[dict]:
     proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
         if args.metric == "proxy" else None
     key = "enc_err" if proxy is not None else "wer"
+    hyp_log = HypothesisLog(args.out / "hypotheses.jsonl", resume=True)
     for variant, knob in [("original", None)] + points(args):
         name = variant if knob is None else f"{variant}@{knob}"
-        if key in results.get(name, {}):
+        if key in results.get(name, {}) and (proxy is not None or (name, str(items[0].id)) in hyp_log.done):
             continue
         start = time.perf_counter()
         built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg, args.min_kept)
         row = {"name": name, "variant": variant, "knob": knob, "build_s": round(time.perf_counter() - start, 1)}
-        results[name] = {**results.get(name, {}), **row, **score_point(name, built, items, eval_cfg, proxy)}
+        results[name] = {**results.get(name, {}), **row, **score_point(name, built, items, eval_cfg, proxy, hyp_log)}
         log.warning("%s: %.2fM params, %s %.4g", name, results[name]["params"] / 1e6, key, results[name][key])
         cache_path.write_text(json.dumps(list(results.values()), indent=1))
+    if proxy is None:
+        add_loop_free_wer(results, hyp_log, [str(it.id) for it in items])
+        cache_path.write_text(json.dumps(list(results.values()), indent=1))
     return list(results.values())
+
+
+def add_loop_free_wer(results: dict, hyp_log: HypothesisLog, ids: list[str]) -> None:
+    """`wer_loop_free`: corpus WER without the clips on which *any* point hit the token limit (a repetition
+    loop), so one runaway clip does not decide a comparison on a small set."""
+    names = [n for n in results if all((n, i) in hyp_log.done for i in ids)]
+    loops = {i for n in names for i in ids if hyp_log.done[(n, i)].hit_token_limit}
+    for n in names:
+        score, _ = score_hypotheses([hyp_log.done[(n, i)] for i in ids if i not in loops])
+        results[n].update(wer_loop_free=score.wer, n_loop_clips=len(loops))
 
 
 def _fmt(x, spec: str) -> str:
@@ -156,13 +171,17 @@ def _fmt(x, spec: str) -> str:
 def table(rows: list[dict], model: str) -> str:
     base = next(r for r in rows if r["name"] == "original")
     domains = sorted(base.get("domains", {}))
-    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER"] + domains
+    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER", "loops",
+            "WER w/o loops", "rel."] + domains
     lines = [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["variant"] != "original", r["variant"], -r["params"])):
         wer = r.get("wer")
         rel = None if wer is None or "wer" not in base else 100 * (wer / base["wer"] - 1)
+        free, base_free = r.get("wer_loop_free"), base.get("wer_loop_free")
+        rel_free = None if free is None or base_free is None else 100 * (free / base_free - 1)
         cells = [r["name"], f"{r['params'] / 1e6:.2f}", f"{r['params'] / base['params']:.3f}",
-                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), _fmt(rel, "+.1f")]
+                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), _fmt(rel, "+.1f"),
+                 _fmt(r.get("hit_token_limit"), "d"), _fmt(free, ".2f"), _fmt(rel_free, "+.1f")]
         cells += [_fmt(r.get("domains", {}).get(d), ".2f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
