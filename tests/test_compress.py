@@ -137,3 +137,13 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
                  str(folder), "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
     assert encoder_params(saved["model"]) <= 0.9 * encoder_params(tiny_model)
     assert "sensitivity" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-size", "0.8", "--theta-attn", "0.99"], "not both"),
+    (["--method", "liteasr", "--target-size", "0.8"], "--target-size is for --method budget"),
+    (["--method", "budget", "--theta-mlp", "0.99"], "are for --method liteasr"),
+])
+def test_cli_method_conflicts_are_clear_errors(tmp_path, capsys, args, message):
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
+    assert message in capsys.readouterr().err

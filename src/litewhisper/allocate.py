@@ -18,6 +18,10 @@ from .errors import LiteWhisperError
 log = logging.getLogger("litewhisper")
 
 
+# --preset for the budget method: target encoder size (fraction of the original parameters)
+BUDGET_PRESETS = {"acc": 0.9, "balanced": 0.8, "fast": 0.7}
+
+
 class BudgetError(LiteWhisperError):
     """The requested size cannot be reached (even the smallest rank everywhere is too big)."""
 

@@ -14,8 +14,10 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "compress", help="compress a Whisper encoder (LiteASR) into a lite-whisper checkpoint",
         description="Calibrate on speech, choose ranks, factorize the encoder's linear layers and write a "
-                    "lite-whisper checkpoint (loadable with transformers' trust_remote_code=True). With no "
-                    "--calibration, a small built-in synthetic speech set is used.")
+                    "lite-whisper checkpoint (loadable with transformers' trust_remote_code=True). By default the "
+                    "ranks are allocated across layers for a target size (--target-size or --preset), weighted by "
+                    "each layer's measured effect on the encoder output; --method liteasr uses the paper's one θ "
+                    "for all layers. With no --calibration, a small built-in synthetic speech set is used.")
     add_model_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="checkpoint directory")
     add_calibration_args(p, required=False)
@@ -30,8 +32,9 @@ def add_parser(subparsers) -> None:
 def add_budget_args(p) -> None:
     """Budgeted compression (litewhisper.allocate): ranks allocated across layers for a target encoder size."""
     p.add_argument("--method", choices=("liteasr", "budget"), default=None,
-                   help="liteasr: one θ for all layers (--preset/--theta-*); budget: ranks allocated across layers "
-                        "to reach --target-size (the default when --target-size is given)")
+                   help="budget (default): ranks allocated across layers, weighted by measured sensitivity, to "
+                        "reach --target-size or the preset's size; liteasr: the paper's one θ for all layers "
+                        "(--preset / --theta-*; the default when --theta-* is given)")
     p.add_argument("--target-size", type=float, metavar="FRAC",
                    help="encoder parameters as a fraction of the original (e.g. 0.8); implies --method budget")
     p.add_argument("--sequential", action="store_true",
@@ -43,27 +46,37 @@ def add_budget_args(p) -> None:
                    help="budget: steps of encoder feature distillation of the factors (0: none)")
 
 
-def _compress_budget(args, bundle, audio, stats, config):
-    from ..allocate import compress_to_size
+def _method(args) -> str:
+    """The compression method asked for: explicit --method, else liteasr when θ is given, else budget."""
     from ..errors import LiteWhisperError
+    theta_given = args.theta_attn is not None or args.theta_mlp is not None
+    if theta_given and args.target_size is not None:
+        raise LiteWhisperError("give either --target-size (budget method) or --theta-attn/--theta-mlp (liteasr), "
+                               "not both")
+    if args.method == "liteasr" and args.target_size is not None:
+        raise LiteWhisperError("--target-size is for --method budget; plain LiteASR takes --preset/--theta-*")
+    if args.method == "budget" and theta_given:
+        raise LiteWhisperError("--theta-attn/--theta-mlp are for --method liteasr; the budget method takes "
+                               "--target-size or --preset")
+    return args.method or ("liteasr" if theta_given else "budget")
+
+
+def _compress_budget(args, bundle, audio, stats, config):
+    from ..allocate import BUDGET_PRESETS, compress_to_size
     from ..refine import RefineConfig
-    if args.target_size is None:
-        raise LiteWhisperError("--method budget needs --target-size (e.g. 0.8)")
+    target = args.target_size if args.target_size is not None else BUDGET_PRESETS[args.preset]
+    log.info("budget method: target encoder size %.2f of the original", target)
     refine_config = RefineConfig(max_steps=args.refine_steps) if args.refine_steps > 0 else None
-    return compress_to_size(bundle, audio, args.target_size, stats=stats, config=config, sequential=args.sequential,
+    return compress_to_size(bundle, audio, target, stats=stats, config=config, sequential=args.sequential,
                             refine_config=refine_config, multiple_of=args.multiple_of, sensitivity=args.sensitivity,
                             progress=not args.quiet)
-
-
-def _is_budget(args) -> bool:
-    return args.method == "budget" or (args.method is None and args.target_size is not None)
 
 
 def _needs_audio(args, stats) -> bool:
     """Calibration audio is read unless statistics alone suffice (plain LiteASR or the unweighted budget)."""
     if stats is None:
         return True
-    return _is_budget(args) and (args.sensitivity or args.sequential or args.refine_steps > 0)
+    return _method(args) == "budget" and (args.sensitivity or args.sequential or args.refine_steps > 0)
 
 
 def _calibration_audio(args):
@@ -83,12 +96,13 @@ def run(args) -> int:
     from ..stats import ActivationStats
 
     check_output_dir(args.output, args.overwrite)  # fail before the long work
+    method = _method(args)
     policy = policy_from_args(args)
     config = calibration_config(args)
     stats = ActivationStats.load(args.stats) if args.stats else None
     audio = _calibration_audio(args) if _needs_audio(args, stats) else None
     bundle = load_bundle(args)
-    if _is_budget(args):
+    if method == "budget":
         result = _compress_budget(args, bundle, audio, stats, config)
     else:
         result = compress(bundle, audio, policy, stats=stats, config=config, progress=not args.quiet)

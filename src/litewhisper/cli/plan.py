@@ -9,7 +9,8 @@ PRESET_NAMES = ("acc", "balanced", "fast")
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, default="acc",
-                   help="acc θ=0.999/0.999, balanced 0.99/0.999, fast 0.99/0.995 (attention/MLP; default acc)")
+                   help="liteasr: θ = 0.999/0.999 (acc), 0.99/0.999 (balanced), 0.99/0.995 (fast) for "
+                        "attention/MLP; compress's budget method: encoder size 0.9 / 0.8 / 0.7 (default acc)")
     p.add_argument("--theta-attn", type=float, help="variance kept by q/k/v/out layers (overrides the preset)")
     p.add_argument("--theta-mlp", type=float, help="variance kept by fc1/fc2 layers (overrides the preset)")
     p.add_argument("--multiple-of", type=int, default=16, help="ranks are multiples of this (default 16)")
