@@ -35,6 +35,8 @@ _EXPORTS = {
     "factorize_linear": "factorize",
     "encoder_params": "flops",
     "encoder_flops": "flops",
+    "compress_to_size": "allocate",
+    "layer_sensitivities": "sensitivity",
     "save_checkpoint": "checkpoint",
     "use_reduced_attention": "attention",
     "ReducedDimSelfAttention": "attention",

@@ -190,9 +190,9 @@ def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch
 
 
 def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
-                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, sensitivity: bool = False,
+                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, sensitivity: bool = True,
                      progress: bool = True):
-    """Compress the encoder to `target_size` × its parameters: budgeted ranks from (packed-window) statistics,
+    """Compress the encoder to `target_size` × its parameters: budgeted ranks from calibration statistics,
     optionally weighting layers by measured sensitivity, re-fitting the bases sequentially and distilling the
     factors. Returns a CompressionResult; the input bundle is left untouched."""
     import copy
@@ -206,7 +206,7 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     from .sensitivity import layer_sensitivities
     from .sequential import compress_sequential
 
-    config = config or CalibrationConfig(windowing="pack")
+    config = config or CalibrationConfig()  # one clip per window: measured better than packing here
     if audio is None and (stats is None or sequential or sensitivity or refine_config is not None):
         raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
     model = unwrap_model(bundle)
