@@ -72,22 +72,23 @@ def test_small_report_end_to_end_on_random_model(tmp_path):
     rows = [r for r in shared_manifest("dev", "en") if r["duration_s"] < 4][:2]
     manifest = tmp_path / "dev.jsonl"
     manifest.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
-    config = ReportConfig(max_clips=2, max_calib_clips=3, presets=("acc", "fast"), thetas=(0.9,),
+    config = ReportConfig(max_clips=2, max_calib_clips=3, presets=("acc", "fast"), thetas=(0.9,), target_sizes=(0.8,),
                           multilingual=None, max_new_tokens=3, bench_repeats=1, progress=False)
     readme = run_report(config, data / "manifest.jsonl", manifest, tmp_path / "rep", bundle=bundle,
                         command="litewhisper report ...")
     out = readme.parent
     text = readme.read_text()
-    for needle in ("Table 1", "random-acc", "random-fast", "Figure 1", "Figure 6", "Figure 7", "torch",
+    for needle in ("Table 1", "random-acc", "random-fast", "random-size0.8", "Figure 1", "Figure 6", "Figure 7", "torch",
                    "split `calib`", "2 English clips", "litewhisper report ..."):
         assert needle in text, needle
     for png in ("figure1_pareto.png", "figure6_ranks.png", "figure7_theta.png"):
         assert _is_png(out / png), png
     summary = json.loads((out / "report.json").read_text())
-    assert [r["name"] for r in summary["table1"]] == ["random", "random-acc", "random-fast"]
+    assert [r["name"] for r in summary["table1"]] == ["random", "random-acc", "random-fast", "random-size0.8"]
+    assert summary["table1"][3]["params"] <= 0.8 * summary["table1"][0]["params"]
     assert summary["table1"][0]["speedup"] == 1.0 and len(summary["sweeps"]["MLP θ"]) == 1
     assert summary["table1"][2]["params"] <= summary["table1"][1]["params"] <= summary["table1"][0]["params"]
     # every variant decoded the same 2 clips, each hypothesis written once
-    assert len((out / "hypotheses.jsonl").read_text().splitlines()) == 2 * (3 + 2)
+    assert len((out / "hypotheses.jsonl").read_text().splitlines()) == 2 * (4 + 2)
     with pytest.raises(Exception, match="not empty"):
         run_report(config, data / "manifest.jsonl", manifest, tmp_path / "rep", bundle=bundle)

@@ -29,7 +29,8 @@ class ReportConfig:
     split_dev: str | None = "dev"
     max_clips: int | None = None  # dev clips per evaluation (None: all)
     max_calib_clips: int | None = None
-    presets: tuple[str, ...] = ("acc", "balanced", "fast")
+    presets: tuple[str, ...] = ("acc", "balanced", "fast")  # plain LiteASR θ presets
+    target_sizes: tuple[float, ...] = (0.9, 0.8, 0.7)  # litewhisper's budget method (sensitivity-weighted)
     thetas: tuple[float, ...] = (0.95, 0.97, 0.99, 0.995, 0.999)
     multilingual: str | None = "base"  # model for Table 2 (None: skip)
     batch_size: int = 8
@@ -40,6 +41,8 @@ class ReportConfig:
     def __post_init__(self) -> None:
         if any(not 0 < t <= 1 for t in self.thetas):
             raise LiteWhisperError(f"thetas must lie in (0, 1], got {self.thetas}")
+        if any(not 0 < t <= 1 for t in self.target_sizes):
+            raise LiteWhisperError(f"target sizes must lie in (0, 1], got {self.target_sizes}")
         if self.bench_repeats < 1:
             raise LiteWhisperError(f"bench_repeats must be >= 1, got {self.bench_repeats}")
 
@@ -51,6 +54,7 @@ class Variant:
     result: ModelResult
     flops: int
     plan: Any = None
+    group: str = "original"  # "original", "LiteASR preset", "litewhisper budget"
 
 
 def rank_ratios(plan) -> list[list[float]]:
@@ -135,21 +139,27 @@ def _calibrate(bundle, calibration: Any, config: ReportConfig):
 
     items = discover_audio(calibration, split=config.split_calib) if isinstance(calibration, (str, os.PathLike)) \
         else list(calibration)
-    return calibrate(bundle, items, CalibrationConfig(max_clips=config.max_calib_clips), progress=config.progress)
+    items = items[: config.max_calib_clips] if config.max_calib_clips else items
+    return items, calibrate(bundle, items, CalibrationConfig(), progress=config.progress)
 
 
-def _variants(run: _Runner, bundle, name: str, stats) -> tuple[list[Variant], dict[str, Any]]:
-    """The original and one compressed variant per preset (all from the one calibration)."""
+def _variants(run: _Runner, bundle, name: str, stats, calib: list) -> tuple[list[Variant], dict[str, Any]]:
+    """The original, one plain-LiteASR variant per preset and one budget variant per target size (all from
+    the one calibration)."""
+    from .allocate import compress_to_size
     from .flops import encoder_flops
     from .plan import RankPolicy
 
     variants = [Variant(name, run.evaluate(bundle, name), encoder_flops(bundle.model))]
     bundles = {name: bundle}
-    for preset in run.config.presets:
-        res = run.compress(bundle, stats, RankPolicy.preset(preset))
-        vname = f"{name}-{preset}"
+    built = [(f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats, RankPolicy.preset(preset)))
+             for preset in run.config.presets]
+    built += [(f"{name}-size{size:g}", "litewhisper budget",
+               compress_to_size(bundle, calib, size, stats=stats, progress=False))
+              for size in run.config.target_sizes]
+    for vname, group, res in built:
         bundles[vname] = res.bundle
-        variants.append(Variant(vname, run.evaluate(res.bundle, vname), res.flops_after, res.plan))
+        variants.append(Variant(vname, run.evaluate(res.bundle, vname), res.flops_after, res.plan, group))
     return variants, bundles
 
 
@@ -226,9 +236,11 @@ def write_markdown(path: Path, *, title: str, setup: list[str], table1_rows: lis
                   for p in pts]
     parts = [f"# {title}", "", *setup, "",
              "## Table 1: original vs compressed (corpus WER % per domain)", "", table1(table1_rows), "",
+             "`-acc/-balanced/-fast`: plain LiteASR (the paper's θ presets); `-sizeF`: litewhisper's budget "
+             "method (ranks allocated across layers for F × the encoder size, weighted by measured sensitivity). "
              "Speedup: median over interleaved rounds of the original's encoder time / the variant's, one 30-s "
              "window, batch 1, in this run. `hit limit`: clips that reached max_new_tokens (runaway decoding).",
-             "", "## Figure 1: WER vs encoder size", "", "![Figure 1](figure1_pareto.png)", "",
+             "", "## Figure 1: WER vs encoder size (LiteASR presets and θ sweeps vs the budget method)", "", "![Figure 1](figure1_pareto.png)", "",
              "## Figure 6: per-layer rank ratio k / D", "", "![Figure 6](figure6_ranks.png)", "",
              "## Figure 7: sensitivity to θ", "", "![Figure 7](figure7_theta.png)", "",
              md_table(["swept", "θ", "WER %", "encoder params M"], sweep_rows) if sweep_rows else "(no sweep)", ""]
@@ -261,8 +273,8 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
     bundle = bundle or load_model(config.model)
     run = _Runner(config, data, out)
     log.info("report: calibrating %s once", name)
-    stats = _calibrate(bundle, calibration, config)
-    variants, bundles = _variants(run, bundle, name, stats)
+    calib, stats = _calibrate(bundle, calibration, config)
+    variants, bundles = _variants(run, bundle, name, stats, calib)
     speed = _speedups(bundles, config.bench_repeats)
     sweeps = _sweep(run, bundle, name, stats) if config.thetas else {}
     t2_rows, ml_result, ml_name = ([], None, None) if not config.multilingual else _multilingual(run, config.multilingual)
@@ -270,8 +282,7 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
              "domains": {d: g.rate for d, g in v.result.score.domains.items()}, "params": v.result.encoder_params,
              "flops": v.flops, "speedup": speed[v.name].speedup.median, "n_hit": v.result.n_hit_token_limit}
             for v in variants]
-    points = [Point(r["name"], r["params"] / 1e6, r["wer"], "original" if i == 0 else "preset")
-              for i, r in enumerate(rows)]
+    points = [Point(r["name"], r["params"] / 1e6, r["wer"], v.group) for r, v in zip(rows, variants)]
     if ml_result is not None:
         points.append(Point(ml_name, ml_result.encoder_params / 1e6, ml_result.score.wer, "original"))
     points += [Point(f"{lab} {p.theta:g}", p.params_m, p.wer, lab) for lab, pts in sweeps.items() for p in pts]

@@ -56,7 +56,7 @@ def plot_pareto(points: Sequence[Point], path: str | os.PathLike, title: str = "
     """Figure 1: corpus WER against encoder size; the Pareto frontier drawn as a line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    markers = {"original": ("*", 160), "preset": ("o", 60)}
+    markers = {"original": ("*", 160), "LiteASR preset": ("o", 60), "litewhisper budget": ("s", 60)}
     for group in dict.fromkeys(p.group for p in points):
         pts = [p for p in points if p.group == group]
         marker, size = markers.get(group, ("^", 36))

@@ -30,6 +30,9 @@ def add_parser(subparsers) -> None:
                    help="evaluate on N clips, spread round-robin over domains")
     p.add_argument("--max-calib-clips", type=int, default=None, help="calibrate on the first N clips only")
     p.add_argument("--presets", default="acc,balanced,fast", help="presets in Table 1 (default acc,balanced,fast)")
+    p.add_argument("--target-sizes", type=_floats, default=(0.9, 0.8, 0.7),
+                   help="litewhisper budget variants in Table 1 / Figure 1 (encoder size fractions; default "
+                        "0.9,0.8,0.7)")
     p.add_argument("--thetas", type=_floats, default=(0.95, 0.97, 0.99, 0.995, 0.999),
                    help="θ values for Figure 7 (default 0.95,0.97,0.99,0.995,0.999; '' to skip)")
     p.add_argument("--multilingual", default="base", help="model for Table 2 (default base; 'none' to skip)")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, split_calib=split.get(args.split_calib, args.split_calib),
         split_dev=split.get(args.split_dev, args.split_dev), max_clips=args.max_clips,
         max_calib_clips=args.max_calib_clips, presets=tuple(p for p in args.presets.split(",") if p),
-        thetas=args.thetas, multilingual=None if args.multilingual.lower() == "none" else args.multilingual,
+        thetas=args.thetas, target_sizes=args.target_sizes, multilingual=None if args.multilingual.lower() == "none" else args.multilingual,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats,
         progress=not args.no_progress)
     command = _command(args)
