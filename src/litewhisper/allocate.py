@@ -198,8 +198,8 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     import copy
     import time
 
-    from .calibration import CalibrationConfig, calibrate
-    from .compression import CompressionResult, _replace_model, compress
+    from .calibration import CalibrationConfig
+    from .compression import CompressionResult, _replace_model, compress, measured_calibration
     from .flops import encoder_flops, encoder_params
     from .layers import unwrap_model
     from .refine import refine
@@ -210,11 +210,9 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     if audio is None and (stats is None or sequential or sensitivity or refine_config is not None):
         raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
     model = unwrap_model(bundle)
-    timings = {}
+    timings, memory = {}, {}
     if stats is None:
-        start = time.perf_counter()
-        stats = calibrate(bundle, audio, config, progress=progress)
-        timings["calibrate"] = time.perf_counter() - start
+        stats = measured_calibration(bundle, audio, config, timings, memory, progress)
     weights = None
     if sensitivity:
         start = time.perf_counter()
@@ -235,7 +233,7 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
         start = time.perf_counter()
         refine(student.get_encoder(), model.get_encoder(), refine_windows(bundle, audio), refine_config)
         timings["refine"] = time.perf_counter() - start
-    result = CompressionResult(_replace_model(bundle, student), plan, stats, timings, {}, encoder_params(model),
+    result = CompressionResult(_replace_model(bundle, student), plan, stats, timings, memory, encoder_params(model),
                                encoder_params(student), encoder_flops(model), encoder_flops(student))
     log.info("%s", result.summary())
     return result

@@ -90,8 +90,9 @@ class CompressionResult:
                 f"{self.flops_before / 1e9:.2f} -> {self.flops_after / 1e9:.2f} "
                 f"(x{self.flops_after / max(self.flops_before, 1):.3f}); {len(self.plan.low_rank)}/"
                 f"{len(self.plan.entries)} linears low-rank; time "
-                f"{', '.join(f'{stage} {seconds:.1f}s' for stage, seconds in t.items()) or '-'}; peak memory "
-                f"+{m.get('calibrate_rss_increase', 0) / 2**20:.0f} MiB during calibration")
+                f"{', '.join(f'{stage} {seconds:.1f}s' for stage, seconds in t.items()) or '-'}"
+                + (f"; peak memory +{m['calibrate_rss_increase'] / 2**20:.0f} MiB during calibration"
+                   if "calibrate_rss_increase" in m else ""))
 
 
 def _replace_model(bundle, model):
@@ -103,6 +104,18 @@ def _replace_model(bundle, model):
     new = copy.copy(bundle)
     new.model = model
     return new
+
+
+def measured_calibration(bundle, audio: Sequence, config: CalibrationConfig, timings: dict[str, float],
+                         memory: dict[str, int], progress: bool = True) -> ActivationStats:
+    """calibrate(), recording its time in `timings` and its peak resident memory in `memory`."""
+    start = time.perf_counter()
+    with PeakMemory() as peak:
+        stats = calibrate(bundle, audio, config, progress=progress)
+    timings["calibrate"] = time.perf_counter() - start
+    memory.update(calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase,
+                  calibrate_cuda_peak=peak.cuda_peak)
+    return stats
 
 
 def compress(bundle, calibration: Sequence | None = None, policy: RankPolicy = RankPolicy(), *,
@@ -121,12 +134,7 @@ def compress(bundle, calibration: Sequence | None = None, policy: RankPolicy = R
     if stats is None:
         if calibration is None:
             raise CalibrationError("give calibration audio or precomputed statistics (stats=...)")
-        start = time.perf_counter()
-        with PeakMemory() as peak:
-            stats = calibrate(bundle, calibration, config, progress=progress)
-        timings["calibrate"] = time.perf_counter() - start
-        memory.update(calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase,
-                      calibrate_cuda_peak=peak.cuda_peak)
+        stats = measured_calibration(bundle, calibration, config, timings, memory, progress)
     stats.check_matches(linears)
     start = time.perf_counter()
     plan = plan_ranks(stats, policy)

@@ -216,8 +216,12 @@ class RankPlan:
                      f"{t['params_before']:>8}→{t['params_after']:<8} "
                      f"{t['flops_before'] / 1e6:>8.0f}→{t['flops_after'] / 1e6:<8.0f}")
         p = self.policy
-        lines.append(f"policy: theta_attn={p.theta_attn} theta_mlp={p.theta_mlp} multiple_of={p.multiple_of}"
-                     f"{' overrides=' + str(list(p.overrides)) if p.overrides else ''}; "
+        fixed = {pattern for pattern, _ in p.overrides}
+        rule = (f"fixed rank per layer (budget allocation), multiple_of={p.multiple_of}"
+                if all(e.name in fixed for e in self.entries) else
+                f"theta_attn={p.theta_attn} theta_mlp={p.theta_mlp} multiple_of={p.multiple_of}"
+                f"{' overrides=' + str(list(p.overrides)) if p.overrides else ''}")
+        lines.append(f"policy: {rule}; "
                      f"{len(self.low_rank)}/{len(self.entries)} layers low-rank; "
                      f"linear params x{t['params_after'] / max(t['params_before'], 1):.3f}")
         return "\n".join(lines)
