@@ -77,3 +77,18 @@ def test_compress_to_size_with_sensitivity(tiny_model):
     with pytest.raises(LiteWhisperError, match="calibration audio is needed"):
         compress_to_size(tiny_model, None, 0.95, stats=result.stats, sensitivity=True, progress=False)
     assert encoder_params(result.model) == result.params_after
+
+
+def test_sensitivities_are_probed_once_per_statistics(tiny_model, monkeypatch):
+    import litewhisper.sensitivity as sensitivity
+    from litewhisper.allocate import compress_to_size
+
+    clips = _clips(3)
+    calls = []
+    real = sensitivity.layer_sensitivities
+    monkeypatch.setattr(sensitivity, "layer_sensitivities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    stats = compress_to_size(tiny_model, clips, 0.95, progress=False).stats
+    compress_to_size(tiny_model, clips, 0.96, stats=stats, progress=False)
+    assert len(calls) == 1
+    compress_to_size(tiny_model, clips[:2], 0.96, stats=stats, progress=False)  # other audio: probed again
+    assert len(calls) == 2

@@ -189,6 +189,17 @@ def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch
     return extractor(windows, sampling_rate=16000, return_tensors="pt").input_features.to(param.device, param.dtype)
 
 
+def _cached_sensitivities(bundle, stats, audio, multiple_of: int, progress: bool) -> dict[str, float]:
+    """Layer sensitivities, cached on `stats` per (audio, multiple_of): a sweep over sizes probes once."""
+    from .sensitivity import layer_sensitivities
+    key = (multiple_of, tuple(str(getattr(a, "path", id(a))) for a in audio))
+    cache = stats._cache.setdefault("sensitivity", {})
+    if key not in cache:
+        cache[key] = layer_sensitivities(bundle, stats, refine_windows(bundle, audio, max_windows=8),
+                                         multiple_of=multiple_of, progress=progress)
+    return cache[key]
+
+
 def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
                      refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, sensitivity: bool = True,
                      progress: bool = True):
@@ -203,7 +214,6 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     from .flops import encoder_flops, encoder_params
     from .layers import unwrap_model
     from .refine import refine
-    from .sensitivity import layer_sensitivities
     from .sequential import compress_sequential
 
     config = config or CalibrationConfig()  # one clip per window: measured better than packing here
@@ -216,8 +226,7 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     weights = None
     if sensitivity:
         start = time.perf_counter()
-        weights = layer_sensitivities(bundle, stats, refine_windows(bundle, audio, max_windows=8),
-                                      multiple_of=multiple_of, progress=progress)
+        weights = _cached_sensitivities(bundle, stats, audio, multiple_of, progress)
         timings["sensitivity"] = time.perf_counter() - start
     policy = budget_policy(stats, encoder_params(model), target_size, multiple_of, min_kept, weights)
     if not sequential:
