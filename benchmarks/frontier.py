@@ -7,7 +7,7 @@ Calibrates on ../shared/data `calib` only, evaluates corpus WER (Whisper's Engli
 domain-stratified subset of `dev` (`--dev-clips 0`: all of dev). Every point is cached in OUT/results.json, so an
 interrupted run resumes; OUT gets results.json, frontier.md (the table) and frontier.png (the plot).
 Variants: liteasr (paper: one clip per window, one θ for all layers), liteasr-preset (the paper's acc / balanced /
-fast θ pairs), liteasr-pack (same θ, packed windows),
+fast θ pairs), liteasr-pack / liteasr-pack-preset (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
 measured sensitivity), budget-sens-refine; "-clip": statistics from one clip per window instead of packed.
@@ -38,7 +38,7 @@ from litewhisper.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
+VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "liteasr-pack-preset", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
             "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine")
 
 
@@ -72,7 +72,7 @@ def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cf
     """The compressed bundle for one point: knob = θ (liteasr*) or target size fraction (budget*)."""
     if variant.startswith("liteasr"):
         policy = RankPolicy.preset(knob) if isinstance(knob, str) else RankPolicy(theta_attn=knob, theta_mlp=knob)
-        return compress(bundle, policy=policy, stats=stats["clip" if variant == "liteasr" else "pack"],
+        return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"],
                         progress=False).bundle
     windows = "clip" if "-clip" in variant else "pack"
     return compress_to_size(bundle, calib, knob, stats=stats[windows], sequential="-seq" in variant,
@@ -118,7 +118,8 @@ def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Pro
 
 def points(args) -> list[tuple[str, float]]:
     """(variant, knob) pairs interleaved across variants, so a partial run already compares them."""
-    knobs = {"liteasr": args.thetas, "liteasr-pack": args.thetas, "liteasr-preset": args.presets}
+    knobs = {"liteasr": args.thetas, "liteasr-pack": args.thetas, "liteasr-preset": args.presets,
+             "liteasr-pack-preset": args.presets}
     per_variant = [[(v, k) for k in knobs.get(v, args.sizes)] for v in args.variants]
     return [pv[i] for i in range(max(map(len, per_variant))) for pv in per_variant if i < len(pv)]
 
