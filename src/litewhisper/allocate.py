@@ -216,7 +216,7 @@ def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=No
     from .refine import refine
     from .sequential import compress_sequential
 
-    config = config or CalibrationConfig()  # one clip per window: measured better than packing here
+    config = config or CalibrationConfig(windowing="pack")  # packed windows: lower WER on tiny.en and base here
     if audio is None and (stats is None or sequential or sensitivity or refine_config is not None):
         raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
     model = unwrap_model(bundle)

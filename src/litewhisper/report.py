@@ -134,28 +134,32 @@ class _Runner:
 
 
 def _calibrate(bundle, calibration: Any, config: ReportConfig):
+    """(clips, {windowing: statistics}): one clip per window for LiteASR (as the paper), packed windows for the
+    budget method (its default) when the report has budget variants."""
     from .calibration import CalibrationConfig, calibrate
     from .datasets import discover_audio
 
     items = discover_audio(calibration, split=config.split_calib) if isinstance(calibration, (str, os.PathLike)) \
         else list(calibration)
     items = items[: config.max_calib_clips] if config.max_calib_clips else items
-    return items, calibrate(bundle, items, CalibrationConfig(), progress=config.progress)
+    windowings = ("clip", "pack") if config.target_sizes else ("clip",)
+    return items, {w: calibrate(bundle, items, CalibrationConfig(windowing=w), progress=config.progress)
+                   for w in windowings}
 
 
-def _variants(run: _Runner, bundle, name: str, stats, calib: list) -> tuple[list[Variant], dict[str, Any]]:
+def _variants(run: _Runner, bundle, name: str, stats: dict, calib: list) -> tuple[list[Variant], dict[str, Any]]:
     """The original, one plain-LiteASR variant per preset and one budget variant per target size (all from
-    the one calibration)."""
+    the one calibration pass per windowing)."""
     from .allocate import compress_to_size
     from .flops import encoder_flops
     from .plan import RankPolicy
 
     variants = [Variant(name, run.evaluate(bundle, name), encoder_flops(bundle.model))]
     bundles = {name: bundle}
-    built = [(f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats, RankPolicy.preset(preset)))
+    built = [(f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats["clip"], RankPolicy.preset(preset)))
              for preset in run.config.presets]
     built += [(f"{name}-size{size:g}", "litewhisper budget",
-               compress_to_size(bundle, calib, size, stats=stats, progress=False))
+               compress_to_size(bundle, calib, size, stats=stats["pack"], progress=False))
               for size in run.config.target_sizes]
     for vname, group, res in built:
         bundles[vname] = res.bundle
@@ -276,7 +280,7 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
     calib, stats = _calibrate(bundle, calibration, config)
     variants, bundles = _variants(run, bundle, name, stats, calib)
     speed = _speedups(bundles, config.bench_repeats)
-    sweeps = _sweep(run, bundle, name, stats) if config.thetas else {}
+    sweeps = _sweep(run, bundle, name, stats["clip"]) if config.thetas else {}
     t2_rows, ml_result, ml_name = ([], None, None) if not config.multilingual else _multilingual(run, config.multilingual)
     rows = [{"name": v.name, "wer": v.result.score.wer, "macro_wer": v.result.score.macro_wer,
              "domains": {d: g.rate for d, g in v.result.score.domains.items()}, "params": v.result.encoder_params,
@@ -292,7 +296,7 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
     plot_theta_sweep(sweeps, out / "figure7_theta.png", reference=(rows[0]["wer"], rows[0]["params"] / 1e6))
     env = environment(BenchConfig())
     write_markdown(out / "README.md", title=f"litewhisper report: {name}",
-                   setup=_setup_lines(run, stats, data, calibration, env), table1_rows=rows, t2_rows=t2_rows,
+                   setup=_setup_lines(run, stats["clip"], data, calibration, env), table1_rows=rows, t2_rows=t2_rows,
                    sweeps=sweeps, multilingual=ml_name, command=command)
     summary = {"table1": rows, "table2": t2_rows, "environment": env,
                "sweeps": {k: [p.__dict__ for p in v] for k, v in sweeps.items()},

@@ -22,8 +22,9 @@ def add_calibration_args(p: argparse.ArgumentParser, required: bool) -> None:
                    help="calibration speech: a folder of audio files or a JSONL manifest (transcripts not needed)")
     p.add_argument("--split", help="only manifest rows of this split (e.g. calib)")
     p.add_argument("--max-clips", type=int, help="use at most this many clips (default all)")
-    p.add_argument("--windows", choices=("clip", "pack"), default="clip",
-                   help="one clip per 30-s window (clip, as the paper) or clips packed end to end (pack)")
+    p.add_argument("--windows", choices=("clip", "pack"), default=None,
+                   help="one clip per 30-s window (clip, as the paper) or clips packed end to end (pack); "
+                        "default: pack for compress's budget method, clip otherwise")
     p.add_argument("--frames", choices=("all", "audio"), default="all",
                    help="count every encoder position (all) or only positions that carry audio (audio)")
     p.add_argument("--batch-size", type=int, default=4, help="30-s windows encoded together (default 4)")
@@ -41,9 +42,9 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def calibration_config(args):
+def calibration_config(args, default_windows: str = "clip"):
     from ..calibration import CalibrationConfig
-    return CalibrationConfig(windowing=args.windows, frames=args.frames, max_clips=args.max_clips,
+    return CalibrationConfig(windowing=args.windows or default_windows, frames=args.frames, max_clips=args.max_clips,
                              batch_size=args.batch_size, device=args.device)
 
 

@@ -98,7 +98,7 @@ def run(args) -> int:
     check_output_dir(args.output, args.overwrite)  # fail before the long work
     method = _method(args)
     policy = policy_from_args(args)
-    config = calibration_config(args)
+    config = calibration_config(args, default_windows="pack" if method == "budget" else "clip")
     stats = ActivationStats.load(args.stats) if args.stats else None
     audio = _calibration_audio(args) if _needs_audio(args, stats) else None
     bundle = load_bundle(args)
