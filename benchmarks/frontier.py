@@ -33,7 +33,7 @@ from litewhisper.evaluate import EvalConfig, HypothesisLog, evaluate_model, scor
 from litewhisper.flops import encoder_flops, encoder_params
 from litewhisper.models import load_model
 from litewhisper.plan import RankPolicy
-from litewhisper.refine import RefineConfig
+from litewhisper.refine import RefineConfig, relative_mse
 from litewhisper.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
@@ -100,8 +100,7 @@ class Proxy:
         return torch.cat([enc(self.features[i:i + 4]).last_hidden_state for i in range(0, len(self.features), 4)])
 
     def error(self, bundle) -> float:
-        diff = self.states(bundle) - self.teacher  # (N, positions, d_model)
-        return float((diff ** 2).mean() / (self.teacher ** 2).mean())
+        return float(relative_mse(self.states(bundle), self.teacher))  # states (N, positions, d_model)
 
 
 def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None,

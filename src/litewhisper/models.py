@@ -103,7 +103,7 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def _bundle(model, processor, name: str, path: Path | None, device: torch.device,
-            attention: str = "standard") -> WhisperBundle:
+            attention: str) -> WhisperBundle:
     _ensure_generation_config(model, processor)
     if attention == "auto" and getattr(model.config, "model_type", None) == "lite-whisper":
         from .attention import use_reduced_attention

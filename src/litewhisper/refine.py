@@ -82,9 +82,14 @@ def _states(encoder: nn.Module, features: torch.Tensor, hidden: bool) -> list[to
     return list(out.hidden_states[1:-1]) + [out.last_hidden_state]  # skip the embeddings (never compressed)
 
 
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the teacher's mean square (0 = identical states)."""
+    return ((student - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12)
+
+
 def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hidden_weight: float) -> torch.Tensor:
     """Final-state relative MSE (+ hidden_weight × mean of the intermediate ones)."""
-    rel = [((s - t) ** 2).mean() / (t ** 2).mean().clamp_min(1e-12) for s, t in zip(student, teacher)]
+    rel = [relative_mse(s, t) for s, t in zip(student, teacher)]
     loss = rel[-1]
     if len(rel) > 1:
         loss = loss + hidden_weight * torch.stack(rel[:-1]).mean()

@@ -19,6 +19,7 @@ from .errors import LiteWhisperError
 from .factorize import factorize_linear
 from .layers import encoder_linears, find_encoder
 from .plan import decompose
+from .refine import relative_mse
 from .stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
@@ -33,10 +34,9 @@ def probe_rank(explained: torch.Tensor, d_in: int, probe_kept: float, multiple_o
     return None
 
 
-@torch.no_grad()
-def _relative_error(encoder: nn.Module, features: torch.Tensor, teacher: torch.Tensor) -> float:
-    states = torch.cat([encoder(features[i:i + 1]).last_hidden_state for i in range(len(features))])
-    return float(((states - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12))
+def _final_states(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """(N, positions, d_model) final encoder states, one window at a time."""
+    return torch.cat([encoder(features[i:i + 1]).last_hidden_state for i in range(len(features))])
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
     linears = encoder_linears(encoder)
     stats.check_matches(linears)
     features = features.to(next(encoder.parameters()).device, next(encoder.parameters()).dtype)
-    teacher = torch.cat([encoder(features[i:i + 1]).last_hidden_state for i in range(len(features))])
+    teacher = _final_states(encoder, features)
     weights: dict[str, float] = {}
     for name in tqdm(list(stats.layers), desc="sensitivity", unit="layer", disable=not progress):
         spectrum = decompose(stats, name)
@@ -67,7 +67,7 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
         parent = encoder.get_submodule(parent_name)
         setattr(parent, child, factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank]))
         try:
-            weights[name] = _relative_error(encoder, features, teacher) / lost
+            weights[name] = float(relative_mse(_final_states(encoder, features), teacher)) / lost
         finally:
             setattr(parent, child, linear)
     if not weights:
