@@ -24,8 +24,8 @@ from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperAttention, WhisperEncoder
 
-from litewhisper.attention import ReducedAttentionConfig, ReducedDimSelfAttention, use_reduced_attention
-from litewhisper.lowrank import LowRankLinear
+from litewhisper.attention.reduced import ReducedAttentionConfig, ReducedDimSelfAttention, use_reduced_attention
+from litewhisper.models.linears import LowRankLinear
 
 SHAPES = {"large-v3": (1280, 20, 32, 128), "tiny": (384, 6, 4, 80), "base": (512, 8, 6, 80)}  # d, heads, layers, mels
 

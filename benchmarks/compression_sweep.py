@@ -4,7 +4,7 @@
         --modes clip:all pack:all clip:audio --presets acc balanced fast --dev-clips 100 -o sweep.json
 
 One calibration per mode (statistics and eigendecompositions are reused across presets). WER uses
-`litewhisper.evaluate` (greedy, Whisper English normaliser) on an evenly spaced subset of English `dev` clips.
+`litewhisper.evaluation.evaluate` (greedy, Whisper English normaliser) on an evenly spaced subset of English `dev` clips.
 Results are written after every model, so an interrupted sweep keeps what it measured.
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ import json
 import time
 from pathlib import Path
 
-from litewhisper.calibration import CalibrationConfig, calibrate
-from litewhisper.compression import PeakMemory, compress
-from litewhisper.datasets import discover_audio
-from litewhisper.evaluate import EvalConfig, evaluate_model, select_clips
-from litewhisper.flops import encoder_flops, encoder_params
-from litewhisper.models import load_model
-from litewhisper.plan import RankPolicy
+from litewhisper.compression.calibration import CalibrationConfig, calibrate
+from litewhisper.compression.api import PeakMemory, compress
+from litewhisper.audio.datasets import discover_audio
+from litewhisper.evaluation.evaluate import EvalConfig, evaluate_model, select_clips
+from litewhisper.models.cost import encoder_flops, encoder_params
+from litewhisper.models.load import load_model
+from litewhisper.compression.plan import RankPolicy
 
 
 def dev_subset(data: Path, n: int):

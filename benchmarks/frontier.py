@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from litewhisper.allocate import compress_to_size
-from litewhisper.calibration import CalibrationConfig, calibrate
-from litewhisper.compression import compress
-from litewhisper.datasets import read_manifest
-from litewhisper.evaluate import EvalConfig, HypothesisLog, evaluate_model, score_hypotheses
-from litewhisper.flops import encoder_flops, encoder_params
-from litewhisper.models import load_model
-from litewhisper.plan import RankPolicy
-from litewhisper.refine import RefineConfig, relative_mse
-from litewhisper.stats import ActivationStats
+from litewhisper.compression.budget import compress_to_size
+from litewhisper.compression.calibration import CalibrationConfig, calibrate
+from litewhisper.compression.api import compress
+from litewhisper.audio.datasets import read_manifest
+from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, score_hypotheses
+from litewhisper.models.cost import encoder_flops, encoder_params
+from litewhisper.models.load import load_model
+from litewhisper.compression.plan import RankPolicy
+from litewhisper.compression.refine import RefineConfig, relative_mse
+from litewhisper.compression.stats import ActivationStats
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -84,7 +84,7 @@ class Proxy:
     """Relative error of the final encoder states vs the original's, on dev clips (one clip per window)."""
 
     def __init__(self, bundle, items: list, path: Path):
-        from litewhisper.audio import load_audio
+        from litewhisper.audio.load import load_audio
         fe = bundle.processor.feature_extractor
         self.features = fe([load_audio(it.path) for it in items], sampling_rate=16000,
                            return_tensors="pt").input_features  # (N, n_mels, 3000)

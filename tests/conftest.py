@@ -30,7 +30,7 @@ def litewhisper_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def real_tiny_en(litewhisper_cache):
     """The real built-in tiny.en (float32, cpu) as a WhisperBundle, converted once into the session cache."""
-    from litewhisper.models import load_model
+    from litewhisper.models.load import load_model
 
     return load_model("tiny.en")
 
@@ -38,6 +38,6 @@ def real_tiny_en(litewhisper_cache):
 @pytest.fixture(scope="session")
 def real_base(litewhisper_cache):
     """The real built-in multilingual base (float32, cpu) as a WhisperBundle, converted once per session."""
-    from litewhisper.models import load_model
+    from litewhisper.models.load import load_model
 
     return load_model("base")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from litewhisper.allocate import (BudgetError, LayerSpectrum, allocate_for_size, allocate_ranks, layer_options,
+from litewhisper.compression.budget import (BudgetError, LayerSpectrum, allocate_for_size, allocate_ranks, layer_options,
                                   linear_budget)
 from litewhisper.errors import LiteWhisperError
 
@@ -71,10 +71,10 @@ def test_errors():
 def test_budget_policy_from_stats(tiny_model):
     import numpy as np
 
-    from litewhisper.calibration import CalibrationConfig, calibrate
-    from litewhisper.flops import encoder_params
-    from litewhisper.plan import plan_ranks
-    from litewhisper.allocate import budget_policy
+    from litewhisper.compression.calibration import CalibrationConfig, calibrate
+    from litewhisper.models.cost import encoder_params
+    from litewhisper.compression.plan import plan_ranks
+    from litewhisper.compression.budget import budget_policy
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
     stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"), progress=False)
@@ -89,10 +89,10 @@ def test_budget_policy_from_stats(tiny_model):
 def test_compress_to_size_sequential_and_refined(tiny_model):
     import numpy as np
 
-    from litewhisper.allocate import compress_to_size
-    from litewhisper.flops import encoder_params
-    from litewhisper.lowrank import LowRankLinear
-    from litewhisper.refine import RefineConfig
+    from litewhisper.compression.budget import compress_to_size
+    from litewhisper.models.cost import encoder_params
+    from litewhisper.models.linears import LowRankLinear
+    from litewhisper.compression.refine import RefineConfig
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(3)]
     total = encoder_params(tiny_model)

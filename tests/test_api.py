@@ -13,6 +13,6 @@ def test_public_names_resolve_to_callables():
 
 def test_from_import_gives_functions():
     from litewhisper import calibrate, compress, transcribe  # noqa: F401 (after the submodules are imported)
-    import litewhisper.calibration  # noqa: F401
+    import litewhisper.compression.calibration  # noqa: F401
     assert inspect.isfunction(transcribe) and inspect.isfunction(calibrate) and inspect.isfunction(compress)
     assert litewhisper.transcribe is transcribe and litewhisper.compress is compress

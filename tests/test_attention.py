@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.attention import (AttentionConfigError, ReducedAttentionConfig, ReducedDimSelfAttention,
+from litewhisper.attention.reduced import (AttentionConfigError, ReducedAttentionConfig, ReducedDimSelfAttention,
                                    plan_attention, use_reduced_attention)
 from litewhisper.errors import LiteWhisperError
-from litewhisper.lowrank import LowRankLinear
+from litewhisper.models.linears import LowRankLinear
 
 
 def lowrank_like(lin: torch.nn.Module, rank: int, bias: bool = True, gen: torch.Generator | None = None):
@@ -188,8 +188,8 @@ def test_cross_attention_call_is_rejected():
 def test_real_tiny_en_encoder_on_real_speech(real_tiny_en):
     """Real tiny.en weights with q/k/v factorized (LiteASR form, so k_proj gains a bias) on a real calib clip."""
     from helpers import SHARED_DATA, shared_manifest
-    from litewhisper.audio import load_audio
-    from litewhisper.factorize import factorize_linear
+    from litewhisper.audio.load import load_audio
+    from litewhisper.compression.factorize import factorize_linear
 
     row = shared_manifest(split="calib", lang="en")[0]
     audio = load_audio(SHARED_DATA / row["path"])

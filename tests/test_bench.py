@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.bench import (BenchConfig, EncoderResult, Spread, bench, bench_encoders, bench_end_to_end,
+from litewhisper.bench.latency import (BenchConfig, EncoderResult, Spread, bench, bench_encoders, bench_end_to_end,
                                format_bench, interleaved_timings, module_timer, report_dict, speedups)
-from litewhisper.bench_peer import PeerUnavailable, ct2_files
+from litewhisper.bench.peers import PeerUnavailable, ct2_files
 from litewhisper.errors import LiteWhisperError
-from litewhisper.flops import encoder_flops
+from litewhisper.models.cost import encoder_flops
 
 
 class FakeClock:
@@ -105,7 +105,7 @@ def test_end_to_end_interleaves_batches():
 
 
 def test_bench_tiny_random_models_and_report():
-    from litewhisper.models import WhisperBundle
+    from litewhisper.models.load import WhisperBundle
 
     small = WhisperBundle(tiny_whisper(d_model=32), None, "small", None)
     big = WhisperBundle(tiny_whisper(d_model=64, heads=4, ffn=128), None, "big", None)

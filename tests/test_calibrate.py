@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.calibration import CalibrationConfig, calibrate, iter_windows, moment_hooks
+from litewhisper.compression.calibration import CalibrationConfig, calibrate, iter_windows, moment_hooks
 from litewhisper.errors import CalibrationError
-from litewhisper.layers import encoder_linears
-from litewhisper.stats import ActivationStats, Moments
+from litewhisper.models.linears import encoder_linears
+from litewhisper.compression.stats import ActivationStats, Moments
 
 SR = 16_000
 

@@ -16,10 +16,10 @@ from transformers import WhisperForConditionalGeneration
 
 import litewhisper
 from helpers import tiny_whisper_config
-from litewhisper.checkpoint import (AUTO_MAP, CheckpointError, HF_LITE_DIR, check_checkpoint,
+from litewhisper.models.checkpoint import (AUTO_MAP, CheckpointError, HF_LITE_DIR, check_checkpoint,
                                     load_lite_whisper_model, save_checkpoint)
 from litewhisper.errors import LiteWhisperError, ModelSourceError
-from litewhisper.lowrank import LowRankLinear
+from litewhisper.models.linears import LowRankLinear
 
 # (layer, linear) -> rank of the test model; layer 1's k_proj has no bias, as Whisper's dense k_proj.
 RANKS = [{"q_proj": 8, "k_proj": 4, "fc1": 16, "fc2": 12}, {"v_proj": 8, "out_proj": 16, "k_proj": 8}]
@@ -192,7 +192,7 @@ def test_sharded_published_layout_loads(tmp_path):
 
 
 def test_published_layout_loads_through_load_model(tmp_path):
-    from litewhisper.builtin import builtin_source
+    from litewhisper.models.builtin import builtin_source
 
     reference, path = published_layout(tmp_path)
     shutil.copyfile(builtin_source("tiny.en")[1] / "tokenizer.json", path / "tokenizer.json")
@@ -224,7 +224,7 @@ def test_existing_output_refused_unless_overwrite(tmp_path):
 
 
 def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
-    import litewhisper.checkpoint as ckpt
+    import litewhisper.models.checkpoint as ckpt
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # after config and weights were written
@@ -235,7 +235,7 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
-    import litewhisper.checkpoint as ckpt
+    import litewhisper.models.checkpoint as ckpt
 
     export = ckpt._export_state_dict
 

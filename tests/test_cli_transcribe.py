@@ -23,7 +23,7 @@ def fake_models(monkeypatch):
         calls.append((source, device, dtype))
         return bundle
 
-    monkeypatch.setattr("litewhisper.models.load_model", load_model)
+    monkeypatch.setattr("litewhisper.models.load.load_model", load_model)
     return calls
 
 
@@ -114,7 +114,7 @@ def test_user_errors_exit_2_without_traceback(fake_models, audio_dir, tmp_path, 
 
 @pytest.mark.real
 def test_real_tiny_en_cli_writes_srt_and_skips_bad_file(real_tiny_en, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("litewhisper.models.load_model", lambda source, device, dtype: real_tiny_en)
+    monkeypatch.setattr("litewhisper.models.load.load_model", lambda source, device, dtype: real_tiny_en)
     jfk = require_shared_data() / "misc" / "jfk.flac"
     out_dir = tmp_path / "out"
     code = main(["transcribe", "tiny.en", str(jfk), str(tmp_path / "nope.flac"), "--format", "srt",

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from helpers import SHARED_DATA, require_shared_data, tiny_whisper
-from litewhisper.calibration import calibrate
+from litewhisper.compression.calibration import calibrate
 from litewhisper.cli import main
-from litewhisper.compression import CompressionResult, compress
+from litewhisper.compression.api import CompressionResult, compress
 from litewhisper.errors import CalibrationError
-from litewhisper.layers import encoder_linears
-from litewhisper.lowrank import LowRankLinear
-from litewhisper.plan import RankPolicy
-from litewhisper.stats import ActivationStats
+from litewhisper.models.linears import encoder_linears
+from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.plan import RankPolicy
+from litewhisper.compression.stats import ActivationStats
 
 
 def audio(seconds=(4, 6), seed=0):
@@ -84,9 +84,9 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
 
     (8 clips one per window, padding counted, gave "And so am I fellow Americans": padding dominates the PCA.)
     """
-    from litewhisper.flops import encoder_params
-    from litewhisper.models import load_model
-    from litewhisper.transcription import transcribe
+    from litewhisper.models.cost import encoder_params
+    from litewhisper.models.load import load_model
+    from litewhisper.decode.transcribe import transcribe
 
     data = require_shared_data()
     out, stats = tmp_path / "lite-tiny.en", tmp_path / "stats.safetensors"
@@ -123,7 +123,7 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
 
     saved = {}
     monkeypatch.setattr(cli_compress, "load_bundle", lambda args: tiny_model)
-    monkeypatch.setattr("litewhisper.checkpoint.save_checkpoint",
+    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
                         lambda bundle, out, overwrite=False: saved.update(model=bundle, out=out))
     assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
                  "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4", "--quiet"]) == 0
@@ -132,7 +132,7 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
     assert "encoder params" in capsys.readouterr().out
 
     # budgeted method (sensitivity-weighted by default): statistics reused, audio read for the probes
-    from litewhisper.flops import encoder_params
+    from litewhisper.models.cost import encoder_params
     assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file), "--calibration",
                  str(folder), "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
     assert encoder_params(saved["model"]) <= 0.9 * encoder_params(tiny_model)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers import tiny_whisper
 
-from litewhisper.builtin import builtin_source
-from litewhisper.ct2 import load_ct2_directory, read_model_bin, whisper_config, whisper_state_dict
+from litewhisper.models.builtin import builtin_source
+from litewhisper.models.ct2 import load_ct2_directory, read_model_bin, whisper_config, whisper_state_dict
 from litewhisper.errors import ModelSourceError
-from litewhisper.processor import build_processor
+from litewhisper.models.processor import build_processor
 
 
 def _tokenizer_json():

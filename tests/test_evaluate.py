@@ -3,21 +3,21 @@ import json
 
 import pytest
 
-import litewhisper.evaluate as ev
+import litewhisper.evaluation.evaluate as ev
 from helpers import require_shared_data, shared_manifest, tiny_whisper
 from litewhisper.cli import main
-from litewhisper.datasets import read_manifest
+from litewhisper.audio.datasets import read_manifest
 from litewhisper.errors import LiteWhisperError
-from litewhisper.flops import encoder_params
-from litewhisper.evaluate import EvalConfig, HypothesisLog, Hypothesis, evaluate, read_hypotheses
+from litewhisper.models.cost import encoder_params
+from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, Hypothesis, evaluate, read_hypotheses
 
 
 @pytest.fixture(scope="module")
 def random_bundle():
     """Tiny random Whisper with the real tiny.en tokenizer: never emits end-of-text within a few tokens."""
-    from litewhisper.builtin import builtin_source
-    from litewhisper.models import WhisperBundle
-    from litewhisper.processor import build_generation_config, build_processor
+    from litewhisper.models.builtin import builtin_source
+    from litewhisper.models.load import WhisperBundle
+    from litewhisper.models.processor import build_generation_config, build_processor
 
     model = tiny_whisper()
     _, meta = builtin_source("tiny.en")
@@ -112,7 +112,7 @@ def test_real_tiny_en_cli_on_five_clips(tmp_path, capsys):
 
 
 def test_max_clips_spread_round_robin_over_domains():
-    from litewhisper.datasets import AudioItem
+    from litewhisper.audio.datasets import AudioItem
 
     items = [AudioItem(path=f"{d}{i}.wav", text="x", domain=d, id=f"{d}{i}") for d in "aab" for i in range(3)]
     items = list(dict((it.id, it) for it in items).values())  # a0 a1 a2 b0 b1 b2

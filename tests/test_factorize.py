@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 from helpers import tiny_whisper
-from litewhisper.calibration import calibrate
+from litewhisper.compression.calibration import calibrate
 from litewhisper.errors import CalibrationError
-from litewhisper.factorize import apply_plan, factorize_linear, swap_modules
-from litewhisper.flops import encoder_flops, encoder_params
-from litewhisper.layers import encoder_linears
-from litewhisper.lowrank import LowRankLinear
-from litewhisper.plan import RankPolicy, decompose, plan_ranks
+from litewhisper.compression.factorize import apply_plan, factorize_linear, swap_modules
+from litewhisper.models.cost import encoder_flops, encoder_params
+from litewhisper.models.linears import encoder_linears
+from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.plan import RankPolicy, decompose, plan_ranks
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_apply_plan_without_cached_basis_gives_same_weights(calibrated, tmp_path
     model, stats = calibrated
     plan = plan_ranks(stats, RankPolicy(0.9, 0.9, multiple_of=4))
     plan.save(tmp_path / "plan.json")
-    from litewhisper.plan import RankPlan
+    from litewhisper.compression.plan import RankPlan
     a = apply_plan(tiny_whisper(), plan, stats)
     b = apply_plan(tiny_whisper(), RankPlan.load(tmp_path / "plan.json"), stats)
     for (na, pa), (nb, pb) in zip(a.model.encoder.named_parameters(), b.model.encoder.named_parameters()):
@@ -115,7 +115,7 @@ def test_encoder_params_and_flops_tiny_en_shape():
 
 def test_widening_layers_use_the_cheaper_factor_pca(calibrated):
     """fc1's spectrum from the SVD of its input-side factor equals the eigh of its output covariance."""
-    from litewhisper.stats import ActivationStats
+    from litewhisper.compression.stats import ActivationStats
     _, stats = calibrated
     assert set(stats._cache["factors"]) == {"layers.0.fc1", "layers.1.fc1"}
     plain = ActivationStats(stats.layers, stats.metadata)  # no cached factors: eigh path

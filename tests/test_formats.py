@@ -6,8 +6,8 @@ import json
 import pytest
 
 from litewhisper.errors import LiteWhisperError
-from litewhisper.formats import FORMATS, format_timestamp, render, to_json, write_transcription
-from litewhisper.transcription import Segment, Transcription
+from litewhisper.decode.formats import FORMATS, format_timestamp, render, to_json, write_transcription
+from litewhisper.decode.transcribe import Segment, Transcription
 
 RESULT = Transcription(
     path="talk.flac", text="Hello there. General Kenobi!", language="en", duration_s=3725.5,

@@ -5,9 +5,9 @@ import jiwer
 import pytest
 
 from litewhisper.errors import LiteWhisperError
-from litewhisper.metrics import (ErrorCounts, bootstrap_ci, char_counts, corpus_score, score_utterance,
+from litewhisper.evaluation.metrics import (ErrorCounts, bootstrap_ci, char_counts, corpus_score, score_utterance,
                                  word_counts)
-from litewhisper.normalize import describe, english_spelling_mapping, normalize, resolve_normalizer
+from litewhisper.evaluation.normalize import describe, english_spelling_mapping, normalize, resolve_normalizer
 
 REFS = ["the cat sat on the mat", "hello", "a b c d e f g h i j"]
 HYPS = ["the cat sat on mat", "yellow there", "a b c d e f g h i j"]

@@ -13,10 +13,10 @@ from test_ct2 import _tokenizer_json, write_ct2
 from transformers import WhisperProcessor
 
 import litewhisper
-from litewhisper import builtin
+from litewhisper.models import builtin
 from litewhisper.errors import ModelSourceError
-from litewhisper.models import WhisperBundle, load_model
-from litewhisper.processor import build_processor
+from litewhisper.models.load import WhisperBundle, load_model
+from litewhisper.models.processor import build_processor
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_lite_whisper_directory_uses_checkpoint_loader(tiny_dirs, tmp_path, monk
         calls.append((path, device, dtype))
         return tiny_whisper(seed=3)
 
-    monkeypatch.setitem(sys.modules, "litewhisper.checkpoint",
+    monkeypatch.setitem(sys.modules, "litewhisper.models.checkpoint",
                         types.SimpleNamespace(load_lite_whisper_model=fake_loader))
     bundle = load_model(d)
     assert calls == [(d, torch.device("cpu"), torch.float32)]
@@ -168,7 +168,7 @@ def test_mismatched_shapes_and_missing_weights_are_clear_errors(tiny_dirs, tmp_p
 
 
 def test_processor_from_tokenizer_json_alone(tmp_path):
-    from litewhisper.processor import build_generation_config
+    from litewhisper.models.processor import build_generation_config
 
     processor = build_processor(_tokenizer_json(), num_mel_bins=128, vocab_size=51864)
     tok = processor.tokenizer

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from litewhisper.errors import CalibrationError, PlanError
-from litewhisper.plan import RankPlan, RankPolicy, Spectrum, _choose_rank, plan_ranks
-from litewhisper.stats import ActivationStats, LayerStats, Moments
+from litewhisper.compression.plan import RankPlan, RankPolicy, Spectrum, _choose_rank, plan_ranks
+from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
 
 # eigenvalue blocks of 16: explained variance 0.5 at k=16, 0.75 at 32, 0.875 at 48, 1 at 64 (exact in binary)
 BLOCKS = [0.5, 0.25, 0.125, 0.125]

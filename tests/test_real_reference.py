@@ -15,8 +15,8 @@ import torch
 from helpers import shared_manifest
 from transformers.modeling_outputs import BaseModelOutput
 
-from litewhisper.audio import load_audio
-from litewhisper.builtin import builtin_source
+from litewhisper.audio.load import load_audio
+from litewhisper.models.builtin import builtin_source
 
 pytestmark = pytest.mark.real
 

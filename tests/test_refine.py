@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from litewhisper.errors import LiteWhisperError
-from litewhisper.lowrank import LowRankLinear
-from litewhisper.refine import RefineConfig, _Targets, distillation_loss, refine, trainable_parameters
+from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.refine import RefineConfig, _Targets, distillation_loss, refine, trainable_parameters
 
 
 def _svd_compress(encoder: torch.nn.Module, rank: int) -> torch.nn.Module:

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import require_shared_data, shared_manifest, tiny_whisper
-from litewhisper.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
-from litewhisper.report_plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
+from litewhisper.evaluation.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
+from litewhisper.evaluation.plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
                                       plot_theta_sweep)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -60,9 +60,9 @@ def test_markdown_tables():
 
 def test_small_report_end_to_end_on_random_model(tmp_path):
     """Calibrate once, 2 presets + 1-θ sweep on a tiny random model with the real tokenizer, 2 real clips."""
-    from litewhisper.builtin import builtin_source
-    from litewhisper.models import WhisperBundle
-    from litewhisper.processor import build_generation_config, build_processor
+    from litewhisper.models.builtin import builtin_source
+    from litewhisper.models.load import WhisperBundle
+    from litewhisper.models.processor import build_generation_config, build_processor
 
     data = require_shared_data()
     model = tiny_whisper(d_model=64, heads=4, ffn=128)

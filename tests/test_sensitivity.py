@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from litewhisper.calibration import CalibrationConfig, calibrate
+from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.errors import LiteWhisperError
-from litewhisper.factorize import factorize_linear
-from litewhisper.lowrank import LowRankLinear
-from litewhisper.plan import decompose
-from litewhisper.sensitivity import layer_sensitivities, probe_rank
+from litewhisper.compression.factorize import factorize_linear
+from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.plan import decompose
+from litewhisper.compression.sensitivity import layer_sensitivities, probe_rank
 
 
 def _clips(n: int) -> list[np.ndarray]:
@@ -22,8 +22,8 @@ def setup():
     from helpers import tiny_whisper
     model = tiny_whisper()
     stats = calibrate(model, _clips(2), CalibrationConfig(windowing="pack"), progress=False)
-    from litewhisper.calibration import _feature_extractor
-    from litewhisper.layers import find_encoder
+    from litewhisper.compression.calibration import _feature_extractor
+    from litewhisper.models.linears import find_encoder
     extractor = _feature_extractor(model, find_encoder(model))
     features = extractor(_clips(2), sampling_rate=16000, return_tensors="pt").input_features
     return model, stats, features
@@ -68,8 +68,8 @@ def test_bad_probe_is_refused(setup):
 
 
 def test_compress_to_size_with_sensitivity(tiny_model):
-    from litewhisper.allocate import compress_to_size
-    from litewhisper.flops import encoder_params
+    from litewhisper.compression.budget import compress_to_size
+    from litewhisper.models.cost import encoder_params
 
     result = compress_to_size(tiny_model, _clips(3), 0.95, sensitivity=True, progress=False)
     assert result.params_after <= 0.95 * result.params_before
@@ -80,8 +80,8 @@ def test_compress_to_size_with_sensitivity(tiny_model):
 
 
 def test_sensitivities_are_probed_once_per_statistics(tiny_model, monkeypatch):
-    import litewhisper.sensitivity as sensitivity
-    from litewhisper.allocate import compress_to_size
+    import litewhisper.compression.sensitivity as sensitivity
+    from litewhisper.compression.budget import compress_to_size
 
     clips = _clips(3)
     calls = []

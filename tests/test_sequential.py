@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from litewhisper.calibration import CalibrationConfig, calibrate
+from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.errors import CalibrationError
-from litewhisper.lowrank import LowRankLinear
-from litewhisper.plan import RankPolicy
-from litewhisper.sequential import compress_sequential
+from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.plan import RankPolicy
+from litewhisper.compression.sequential import compress_sequential
 
 
 def _clips(n: int = 2) -> list[np.ndarray]:

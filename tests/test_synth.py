@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from litewhisper.errors import CalibrationError
-from litewhisper.synth import (SAMPLE_RATE, SENTENCES, SynthClip, _synthesize_in_child,
+from litewhisper.audio.synth import (SAMPLE_RATE, SENTENCES, SynthClip, _synthesize_in_child,
                                builtin_calibration_audio, clip_plan)
 
 
@@ -37,7 +37,7 @@ def test_deterministic_across_calls_and_processes():
     second = builtin_calibration_audio(8)
     assert np.abs(second[0]).max() > 0
     expected = digest(second)
-    code = ("import hashlib, sys; from litewhisper.synth import builtin_calibration_audio as b; "
+    code = ("import hashlib, sys; from litewhisper.audio.synth import builtin_calibration_audio as b; "
             "print(hashlib.sha256(b''.join(c.tobytes() for c in b(8))).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected

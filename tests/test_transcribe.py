@@ -12,9 +12,9 @@ import torch
 
 from helpers import require_shared_data, tiny_whisper
 from litewhisper.errors import AudioError, LiteWhisperError
-from litewhisper.models import WhisperBundle
-from litewhisper.processor import build_processor, generation_config_from_ct2, read_ct2_config
-from litewhisper.transcription import (DecodeOptions, Transcription, TranscriptionFailure, _Clip, _features,
+from litewhisper.models.load import WhisperBundle
+from litewhisper.models.processor import build_processor, generation_config_from_ct2, read_ct2_config
+from litewhisper.decode.transcribe import (DecodeOptions, Transcription, TranscriptionFailure, _Clip, _features,
                                     language_code, plan_batches, transcribe, transcribe_iter)
 
 SR = 16_000

@@ -51,8 +51,8 @@ def _operands(case, gen):
 
 
 def _kernel_case(name: str) -> dict:
-    from litewhisper.attention import attend_torch
-    from litewhisper.kernels import reduced_attention as kernel
+    from litewhisper.attention.reduced import attend_torch
+    from litewhisper.attention.kernels import reduced_attention as kernel
     case = KERNEL_CASES[name]
     q, k, v, kb, wv, bv, H = _operands(case, torch.Generator().manual_seed(len(name)))
     blocks = case[-1] or (None, None)
@@ -84,7 +84,7 @@ def _module_case(name: str) -> dict:
 
 def _worker() -> None:
     """Subprocess entry (TRITON_INTERPRET=1 set before any import): run every case, print one JSON line."""
-    from litewhisper.kernels import reduced_attention as kernel
+    from litewhisper.attention.kernels import reduced_attention as kernel
     out = {"interpreter_ready": kernel._interpreter_ready(), "kernel": {}, "module": {}}
     with torch.no_grad():
         for name in KERNEL_CASES:
@@ -131,7 +131,7 @@ def test_module_triton_backend_matches(interp, name):
 @pytest.mark.parametrize("dtype,dims,key_bias", [(torch.float16, (48, 32, 64), True),
                                                  (torch.bfloat16, (96, 112, 128), False)])
 def test_kernel_compiles_for_h100_without_a_gpu(dtype, dims, key_bias):
-    from litewhisper.kernels.reduced_attention import compile_for_target
+    from litewhisper.attention.kernels.reduced_attention import compile_for_target
     compiled = compile_for_target(dtype, *dims, key_bias=key_bias, capability=90)
     assert "wgmma" in compiled.asm["ptx"]                                # Hopper tensor-core MMA
     assert len(compiled.asm["cubin"]) > 0 and compiled.metadata.shared <= 228 * 1024
@@ -151,12 +151,12 @@ def _ops(dtype=torch.float16, dqk=32, dv=32, dh=64):
     (_ops(dv=272), "v rank 272"),
 ])
 def test_unsupported_reasons(ops, needle):
-    from litewhisper.kernels.reduced_attention import unsupported_reason
+    from litewhisper.attention.kernels.reduced_attention import unsupported_reason
     assert needle in unsupported_reason(*ops)
 
 
 def test_cpu_without_interpreter_is_unsupported(monkeypatch):
-    from litewhisper.kernels.reduced_attention import _interpreter_ready, unsupported_reason
+    from litewhisper.attention.kernels.reduced_attention import _interpreter_ready, unsupported_reason
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert "TRITON_INTERPRET=1" in unsupported_reason(*_ops())
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # set after triton was imported (by transformers' Whisper)
@@ -169,7 +169,7 @@ def test_cpu_without_interpreter_is_unsupported(monkeypatch):
                                                 (torch.bfloat16, (16, 48, 32), "TRITON_INTERPRET"),
                                                 (torch.float16, (24, 40, 32), "multiple of 16")])
 def test_triton_backend_falls_back_with_logged_reason(caplog, monkeypatch, dtype, ranks, needle):
-    from litewhisper import attention
+    from litewhisper.attention import reduced as attention
     from test_attention import reduced, tiny_attention
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     attention._LOGGED.clear()
@@ -183,7 +183,7 @@ def test_triton_backend_falls_back_with_logged_reason(caplog, monkeypatch, dtype
 
 
 def test_auto_backend_consults_the_kernel_only_when_something_is_reduced(monkeypatch):
-    from litewhisper.kernels import reduced_attention as kernel
+    from litewhisper.attention.kernels import reduced_attention as kernel
     from test_attention import reduced, tiny_attention
     calls = []
     monkeypatch.setattr(kernel, "unsupported_reason", lambda *a, **k: calls.append(1) or "test says no")

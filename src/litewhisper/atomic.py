@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LiteWhisperError
+from litewhisper.errors import LiteWhisperError
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

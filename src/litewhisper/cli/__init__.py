@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import LiteWhisperError
+from litewhisper.errors import LiteWhisperError
 
 log = logging.getLogger("litewhisper")
 

@@ -40,8 +40,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..atomic import atomic_write_text
-    from ..bench import BenchConfig, bench, format_bench, report_dict
+    from litewhisper.atomic import atomic_write_text
+    from litewhisper.bench.latency import BenchConfig, bench, format_bench, report_dict
 
     config = BenchConfig(batch_sizes=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                          threads=args.threads, device=args.device, max_clips=args.max_clips,

@@ -43,20 +43,20 @@ def add_parser(subparsers) -> None:
 
 
 def calibration_config(args, default_windows: str = "clip"):
-    from ..calibration import CalibrationConfig
+    from litewhisper.compression.calibration import CalibrationConfig
     return CalibrationConfig(windowing=args.windows or default_windows, frames=args.frames, max_clips=args.max_clips,
                              batch_size=args.batch_size, device=args.device)
 
 
 def load_bundle(args):
     import torch
-    from ..models import load_model
+    from litewhisper.models.load import load_model
     return load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
 
 
 def run(args) -> int:
-    from ..calibration import calibrate
-    from ..datasets import discover_audio
+    from litewhisper.compression.calibration import calibrate
+    from litewhisper.audio.datasets import discover_audio
 
     config = calibration_config(args)
     items = discover_audio(args.calibration, split=args.split)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
-from .plan import add_policy_args, policy_from_args
+from litewhisper.cli.calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
+from litewhisper.cli.plan import add_policy_args, policy_from_args
 
 log = logging.getLogger("litewhisper")
 
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def add_budget_args(p) -> None:
-    """Budgeted compression (litewhisper.allocate): ranks allocated across layers for a target encoder size."""
+    """Budgeted compression (litewhisper.compression.budget): ranks allocated across layers for a target encoder size."""
     p.add_argument("--method", choices=("liteasr", "budget"), default=None,
                    help="budget (default): ranks allocated across layers, weighted by measured sensitivity, to "
                         "reach --target-size or the preset's size; liteasr: the paper's one θ for all layers "
@@ -48,7 +48,7 @@ def add_budget_args(p) -> None:
 
 def _method(args) -> str:
     """The compression method asked for: explicit --method, else liteasr when θ is given, else budget."""
-    from ..errors import LiteWhisperError
+    from litewhisper.errors import LiteWhisperError
     theta_given = args.theta_attn is not None or args.theta_mlp is not None
     if theta_given and args.target_size is not None:
         raise LiteWhisperError("give either --target-size (budget method) or --theta-attn/--theta-mlp (liteasr), "
@@ -62,8 +62,8 @@ def _method(args) -> str:
 
 
 def _compress_budget(args, bundle, audio, stats, config):
-    from ..allocate import BUDGET_PRESETS, compress_to_size
-    from ..refine import RefineConfig
+    from litewhisper.compression.budget import BUDGET_PRESETS, compress_to_size
+    from litewhisper.compression.refine import RefineConfig
     target = args.target_size if args.target_size is not None else BUDGET_PRESETS[args.preset]
     log.info("budget method: target encoder size %.2f of the original", target)
     refine_config = RefineConfig(max_steps=args.refine_steps) if args.refine_steps > 0 else None
@@ -80,20 +80,20 @@ def _needs_audio(args, stats) -> bool:
 
 
 def _calibration_audio(args):
-    from ..datasets import discover_audio
+    from litewhisper.audio.datasets import discover_audio
     if args.calibration:
         return discover_audio(args.calibration, split=args.split)
-    from ..synth import builtin_calibration_audio
+    from litewhisper.audio.synth import builtin_calibration_audio
     log.warning("no --calibration given: using the built-in synthetic (eSpeak) calibration set; calibrating on "
                 "real in-domain speech gives better accuracy")
     return builtin_calibration_audio()
 
 
 def run(args) -> int:
-    from ..atomic import check_output_dir
-    from ..checkpoint import save_checkpoint
-    from ..compression import compress
-    from ..stats import ActivationStats
+    from litewhisper.atomic import check_output_dir
+    from litewhisper.models.checkpoint import save_checkpoint
+    from litewhisper.compression.api import compress
+    from litewhisper.compression.stats import ActivationStats
 
     check_output_dir(args.output, args.overwrite)  # fail before the long work
     method = _method(args)

@@ -32,8 +32,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import LiteWhisperError
-    from ..evaluate import EvalConfig, evaluate, format_table, write_json
+    from litewhisper.errors import LiteWhisperError
+    from litewhisper.evaluation.evaluate import EvalConfig, evaluate, format_table, write_json
 
     if args.resume and not args.hypotheses:
         raise LiteWhisperError("--resume needs --hypotheses FILE (the JSONL of the interrupted run)")

@@ -17,7 +17,7 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 
 def policy_from_args(args):
-    from ..plan import RankPolicy
+    from litewhisper.compression.plan import RankPolicy
     preset = RankPolicy.preset(args.preset, multiple_of=args.multiple_of)
     return RankPolicy(theta_attn=preset.theta_attn if args.theta_attn is None else args.theta_attn,
                       theta_mlp=preset.theta_mlp if args.theta_mlp is None else args.theta_mlp,
@@ -36,8 +36,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..plan import plan_ranks
-    from ..stats import ActivationStats
+    from litewhisper.compression.plan import plan_ranks
+    from litewhisper.compression.stats import ActivationStats
 
     policy = policy_from_args(args)
     stats = ActivationStats.load(args.stats)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import LiteWhisperError
+from litewhisper.errors import LiteWhisperError
 
 log = logging.getLogger("litewhisper")
 
@@ -42,7 +42,7 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
     A path that is neither a folder nor a manifest is kept as a file even if missing, so that it is
     reported and skipped with the others. Raises LiteWhisperError if two inputs would share an output name.
     """
-    from ..datasets import discover_audio
+    from litewhisper.audio.datasets import discover_audio
 
     inputs: list[tuple[Path, str]] = []
     for source in map(Path, sources):
@@ -65,7 +65,7 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
 
 
 def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
-    from ..formats import render, to_json
+    from litewhisper.decode.formats import render, to_json
 
     if fmt == "txt":
         return f"{name}: {result.text}" if several else result.text
@@ -78,9 +78,9 @@ def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..formats import write_transcription
-    from ..models import load_model
-    from ..transcription import DecodeOptions, TranscriptionFailure, transcribe_iter
+    from litewhisper.decode.formats import write_transcription
+    from litewhisper.models.load import load_model
+    from litewhisper.decode.transcribe import DecodeOptions, TranscriptionFailure, transcribe_iter
 
     DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)

@@ -1,0 +1,1 @@
+"""Audio in: loading and resampling files, folders and manifests of clips, built-in calibration speech."""

@@ -1,0 +1,73 @@
+"""Audio collections: a folder of audio files, or a JSONL manifest (`path` relative to it, optional `text`)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from litewhisper.audio.load import AUDIO_EXTENSIONS
+from litewhisper.errors import LiteWhisperError
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    """One clip of a collection; fields beyond `path` are present when the manifest gives them."""
+    path: Path
+    text: str | None = None
+    lang: str | None = None
+    domain: str | None = None
+    split: str | None = None
+    duration_s: float | None = None
+    id: str | None = None
+
+
+def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[AudioItem]:
+    """Parse a JSONL manifest; `path` entries are resolved relative to the manifest's folder."""
+    path = Path(path)
+    items = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rel = row["path"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LiteWhisperError(
+                f"{path}:{line_no}: expected a JSON object with a 'path' field, got {line[:80]!r}"
+            ) from exc
+        if split is not None and row.get("split") != split:
+            continue
+        items.append(AudioItem(
+            path=(path.parent / rel).resolve(), text=row.get("text"), lang=row.get("lang"),
+            domain=row.get("domain"), split=row.get("split"), duration_s=row.get("duration_s"),
+            id=row.get("utt_id") or rel,
+        ))
+    return items
+
+
+def discover_audio(source: str | os.PathLike, split: str | None = None) -> list[AudioItem]:
+    """Audio items from a folder (recursively, sorted) or a `.jsonl` manifest.
+
+    Raises LiteWhisperError when the source is missing or holds no audio.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix in (".jsonl", ".json"):
+        items = read_manifest(source, split=split)
+    elif source.is_dir():
+        if (source / "manifest.jsonl").is_file():
+            items = read_manifest(source / "manifest.jsonl", split=split)
+        else:
+            items = [AudioItem(path=p) for p in sorted(source.rglob("*"))
+                     if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+    elif source.is_file() and source.suffix.lower() in AUDIO_EXTENSIONS:
+        items = [AudioItem(path=source)]
+    else:
+        raise LiteWhisperError(
+            f"audio source {source} not found or not usable: expected a folder of audio files "
+            f"({', '.join(AUDIO_EXTENSIONS)}) or a JSONL manifest"
+        )
+    if not items:
+        where = f" (split {split!r})" if split else ""
+        raise LiteWhisperError(f"no audio found in {source}{where}")
+    return items

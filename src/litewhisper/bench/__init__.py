@@ -1,0 +1,1 @@
+"""Benchmarks: encoder and end-to-end latency, peer runtimes."""

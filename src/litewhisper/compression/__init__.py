@@ -1,0 +1,1 @@
+"""Compression: calibration statistics -> rank plan -> factors -> compressed model."""

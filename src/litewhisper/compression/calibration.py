@@ -1,0 +1,235 @@
+"""Calibration: run speech through the ENCODER ONLY and stream each linear layer's output moments.
+
+Whisper always encodes 30-s windows (3000 mel frames -> 1500 positions). Windows are built either one clip per
+window ("clip", as the LiteASR paper) or by packing clips end to end into full windows ("pack"). With
+frames="audio" only positions that carry audio are counted; frames="all" counts the padding too.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from litewhisper.audio.load import SAMPLE_RATE, load_audio
+from litewhisper.errors import CalibrationError
+from litewhisper.models.linears import SHARED_INPUT, encoder_linears, encoder_signature, find_encoder, model_name, short_name
+from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
+
+log = logging.getLogger("litewhisper")
+
+__all__ = ["CalibrationConfig", "ActivationStats", "calibrate", "iter_windows", "moment_hooks"]
+
+WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one encoder window
+SAMPLES_PER_POSITION = 320         # hop 160 samples per mel frame x conv2 stride 2
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How calibration windows are built and which frames are counted.
+
+    windowing: "clip" (one clip per 30-s window; longer clips are cut into several) or "pack" (clips end to end).
+    frames: "all" (every encoder position, padding included) or "audio" (positions carrying audio only).
+    share_inputs: collect q/k/v input moments once per block (and fc1's, the narrower side) and derive outputs.
+    """
+    windowing: str = "clip"
+    frames: str = "all"
+    max_clips: int | None = None
+    batch_size: int = 4
+    device: str | None = None
+    share_inputs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.windowing not in ("clip", "pack"):
+            raise CalibrationError(f"windowing must be 'clip' or 'pack', got {self.windowing!r}")
+        if self.frames not in ("all", "audio"):
+            raise CalibrationError(f"frames must be 'all' or 'audio', got {self.frames!r}")
+        if self.max_clips is not None and (not isinstance(self.max_clips, int) or self.max_clips < 1):
+            raise CalibrationError(f"max_clips must be a positive integer or None, got {self.max_clips!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise CalibrationError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass(frozen=True)
+class Window:
+    samples: np.ndarray  # (<= WINDOW_SAMPLES,) float32; the feature extractor pads it to 30 s
+    audio_samples: int   # how many samples carry audio
+
+
+def _load(source) -> np.ndarray:
+    """Samples of an AudioItem, a path, or an array (float32 mono 16 kHz)."""
+    if isinstance(source, np.ndarray) or torch.is_tensor(source):
+        samples = np.asarray(source, dtype=np.float32).reshape(-1)
+        if samples.size == 0:
+            raise CalibrationError("calibration audio array is empty (0 samples)")
+        if not np.isfinite(samples).all():
+            raise CalibrationError("calibration audio array contains NaN or infinite samples")
+        return samples
+    return load_audio(getattr(source, "path", source))
+
+
+def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
+    """30-s windows from clips, one clip per window ("clip") or packed end to end ("pack")."""
+    pending: list[np.ndarray] = []
+    pending_len = 0
+    for source in sources:
+        samples = _load(source)
+        if windowing == "clip":
+            for start in range(0, len(samples), WINDOW_SAMPLES):
+                chunk = samples[start:start + WINDOW_SAMPLES]
+                yield Window(chunk, len(chunk))
+            continue
+        pending.append(samples)
+        pending_len += len(samples)
+        while pending_len >= WINDOW_SAMPLES:
+            joined = np.concatenate(pending)
+            yield Window(joined[:WINDOW_SAMPLES], WINDOW_SAMPLES)
+            pending, pending_len = [joined[WINDOW_SAMPLES:]], pending_len - WINDOW_SAMPLES
+    if pending_len > 0:
+        yield Window(np.concatenate(pending), pending_len)
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _MomentCollector:
+    """Forward hooks accumulating moments at each site; `mask` (B, T) selects the positions to count."""
+
+    def __init__(self, encoder: nn.Module, share_inputs: bool):
+        self.linears = {n: m for n, m in encoder_linears(encoder).items() if isinstance(m, nn.Linear)}
+        if len(self.linears) != len(encoder_linears(encoder)):
+            raise CalibrationError("this encoder already has low-rank layers; calibrate the original model")
+        self.sources: dict[str, tuple[str, str]] = {}  # layer -> (site name, "input" | "output")
+        for name, linear in self.linears.items():
+            parent = name.rsplit(".", 1)[0]
+            if share_inputs and short_name(name) in SHARED_INPUT:
+                self.sources[name] = (f"{parent}.{SHARED_INPUT[0]}", "input")
+            elif share_inputs and linear.in_features < linear.out_features:
+                self.sources[name] = (name, "input")
+            else:
+                self.sources[name] = (name, "output")
+        self.sites = {site: side for site, side in self.sources.values()}
+        self.moments: dict[str, Moments] = {}
+        self.mask: torch.Tensor | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> "_MomentCollector":
+        try:
+            for site, side in self.sites.items():
+                linear = self.linears[site]
+                dim = linear.in_features if side == "input" else linear.out_features
+                self.moments[site] = Moments.zeros(dim)
+                self._handles.append(linear.register_forward_hook(self._hook(site, side)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, site: str, side: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            x = inputs[0] if side == "input" else output  # (B, T, D)
+            rows = x[self.mask] if self.mask is not None else x.reshape(-1, x.shape[-1])  # (N, D)
+            if not torch.isfinite(rows).all():
+                raise CalibrationError(
+                    f"non-finite (NaN/inf) activations at the {side} of encoder layer {site}; the model weights "
+                    "or the dtype overflow (try --dtype float32) or the audio is corrupt")
+            self.moments[site].add_(rows)
+        return hook
+
+    def layer_stats(self) -> dict[str, LayerStats]:
+        """Output moments of every layer (derived through W, b where an input site was used)."""
+        out = {}
+        for name, (site, side) in self.sources.items():
+            linear = self.linears[name]
+            moments = self.moments[site].through(linear) if side == "input" else self.moments[site]
+            out[name] = LayerStats(linear.in_features, linear.bias is not None, moments)
+        return out
+
+    def factors(self) -> dict[str, torch.Tensor]:
+        """Output-covariance factors of widening layers measured at their input (see Moments.output_factor)."""
+        return {name: self.moments[site].output_factor(self.linears[name])
+                for name, (site, side) in self.sources.items()
+                if side == "input" and self.linears[name].in_features < self.linears[name].out_features}
+
+
+@contextlib.contextmanager
+def moment_hooks(encoder: nn.Module, share_inputs: bool = True) -> Iterator[_MomentCollector]:
+    """Install moment-collecting hooks on the encoder's linears; always removed on exit (even on error)."""
+    with _MomentCollector(encoder, share_inputs) as collector:
+        yield collector
+
+
+def _feature_extractor(bundle_or_model, encoder: nn.Module):
+    processor = getattr(bundle_or_model, "processor", None)
+    if processor is not None:
+        return getattr(processor, "feature_extractor", processor)
+    from transformers import WhisperFeatureExtractor
+    return WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
+
+
+def _position_mask(windows: Sequence[Window], positions: int, frames: str, device) -> torch.Tensor | None:
+    """(B, T) bool: positions carrying audio, or None to count every position."""
+    if frames == "all":
+        return None
+    valid = torch.tensor([min(positions, math.ceil(w.audio_samples / SAMPLES_PER_POSITION)) for w in windows])
+    return (torch.arange(positions)[None, :] < valid[:, None]).to(device)
+
+
+def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig(),
+              progress: bool = True) -> ActivationStats:
+    """Stream output statistics of every encoder linear over `audio` (AudioItems, paths or arrays)."""
+    sources = list(audio)[: config.max_clips]
+    if not sources:
+        raise CalibrationError("the calibration set is empty: give at least one audio clip")
+    encoder = find_encoder(bundle_or_model)
+    extractor = _feature_extractor(bundle_or_model, encoder)
+    param = next(encoder.parameters())
+    device = torch.device(config.device) if config.device else param.device
+    positions = encoder.config.max_source_positions
+    n_windows = 0
+    was_training = encoder.training
+    encoder.eval().to(device)
+    try:
+        with moment_hooks(encoder, config.share_inputs) as collector, torch.inference_mode():
+            bar = tqdm(sources, desc="calibrating", unit="clip", disable=not progress)
+            for batch in _batched(iter_windows(bar, config.windowing), config.batch_size):
+                feats = extractor([w.samples for w in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                mel = feats.input_features.to(device, param.dtype)  # (B, n_mels, 3000)
+                collector.mask = _position_mask(batch, positions, config.frames, device)
+                encoder(mel)
+                n_windows += len(batch)
+            stats = collector.layer_stats()
+            factors = collector.factors()
+    finally:
+        encoder.to(param.device).train(was_training)
+    n_frames = next(iter(stats.values())).moments.count if stats else 0
+    meta = {"model": model_name(bundle_or_model), "signature": encoder_signature(encoder),
+            "clips": str(len(sources)), "windows": str(n_windows), "frames": str(n_frames),
+            "windowing": config.windowing, "frames_mode": config.frames}
+    log.info("calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
+             len(sources), n_windows, n_frames, config.windowing, config.frames)
+    result = ActivationStats(stats, meta)
+    result._cache["factors"] = factors  # cheaper exact PCA for widening layers (plan.decompose)
+    return result

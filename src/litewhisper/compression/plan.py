@@ -1,0 +1,248 @@
+"""Rank plan: PCA of each layer's output covariance, and the rank k each layer keeps under a policy.
+
+k is the smallest multiple of `multiple_of` whose explained variance reaches θ (ratio ≥ θ). A layer stays dense
+when k(D_in + D_out) ≥ D_in·D_out or when no multiple reaches θ: a plan never grows a layer.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from litewhisper.atomic import atomic_write_text
+from litewhisper.errors import CalibrationError, PlanError
+from litewhisper.models.linears import layer_index, layer_kind, short_name
+from litewhisper.compression.stats import ActivationStats
+
+log = logging.getLogger("litewhisper")
+
+POSITIONS = 1500  # encoder positions per 30-s window
+PRESETS = {"acc": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigen-decomposition of one output covariance, eigenvalues descending."""
+    eigenvalues: torch.Tensor   # (D,) float64, clamped at 0
+    eigenvectors: torch.Tensor  # (D, D) float64, columns
+
+    def explained(self) -> torch.Tensor:
+        """(D,) fraction of variance kept by the top-k components, k = 1..D."""
+        total = self.eigenvalues.sum()
+        if total <= 0:
+            return torch.ones_like(self.eigenvalues)
+        return torch.cumsum(self.eigenvalues, 0) / total
+
+
+def decompose(stats: ActivationStats, name: str) -> Spectrum:
+    """Eigen-decomposition of a layer's output covariance, cached on the statistics object."""
+    cache = stats._cache.setdefault("spectra", {})
+    factor = stats._cache.get("factors", {}).get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
+    if name in cache:
+        pass
+    elif factor is not None:
+        u, sv, _ = torch.linalg.svd(factor, full_matrices=True)  # u (d_out, d_out), sv (r,) descending
+        evals = torch.zeros(u.shape[0], dtype=torch.float64)
+        evals[: sv.shape[0]] = sv**2
+        cache[name] = Spectrum(evals, u)
+    else:
+        evals, evecs = torch.linalg.eigh(stats.covariance(name))  # ascending
+        cache[name] = Spectrum(evals.flip(0).clamp_min(0), evecs.flip(1))
+    return cache[name]
+
+
+def _check_override(pattern, value) -> None:
+    if not isinstance(pattern, str):
+        raise PlanError(f"override patterns are layer-name globs (str), got {pattern!r}")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlanError(f"override {pattern!r}: expected θ in (0, 1], a rank ≥ 1, or None (dense), got {value!r}")
+    if isinstance(value, float) and not 0 < value <= 1:
+        raise PlanError(f"override {pattern!r}: θ must be in (0, 1], got {value}")
+    if isinstance(value, int) and value < 1:
+        raise PlanError(f"override {pattern!r}: a fixed rank must be ≥ 1, got {value}")
+
+
+@dataclass(frozen=True)
+class RankPolicy:
+    """Thresholds for attention (q/k/v/out) and MLP (fc1/fc2) layers, and per-layer overrides.
+
+    overrides: (glob pattern, value) pairs matched against names like `layers.0.self_attn.q_proj`; the first
+    match wins; value is a float θ, an int fixed rank, or None to keep the layer dense.
+    """
+    theta_attn: float = 0.999
+    theta_mlp: float = 0.999
+    multiple_of: int = 16
+    overrides: tuple = ()
+
+    def __post_init__(self) -> None:
+        for label, theta in (("theta_attn", self.theta_attn), ("theta_mlp", self.theta_mlp)):
+            if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta <= 1:
+                raise PlanError(f"{label} must be in (0, 1] (e.g. 0.99 keeps 99% of the variance), got {theta!r}")
+        if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or self.multiple_of < 1:
+            raise PlanError(f"multiple_of must be an integer ≥ 1 (16 in the paper), got {self.multiple_of!r}")
+        overrides = tuple(self.overrides.items()) if isinstance(self.overrides, dict) else tuple(
+            tuple(pair) for pair in self.overrides)
+        for pair in overrides:
+            if len(pair) != 2:
+                raise PlanError(f"each override is a (pattern, value) pair, got {pair!r}")
+            _check_override(*pair)
+        object.__setattr__(self, "overrides", overrides)
+
+    @classmethod
+    def preset(cls, name: str, **kwargs) -> "RankPolicy":
+        if name not in PRESETS:
+            raise PlanError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        theta_attn, theta_mlp = PRESETS[name]
+        return cls(theta_attn=theta_attn, theta_mlp=theta_mlp, **kwargs)
+
+    def target(self, name: str) -> float | int | None:
+        """θ (float) or fixed rank (int) or None (dense) for a layer."""
+        for pattern, value in self.overrides:
+            if fnmatch.fnmatchcase(name, pattern):
+                return value
+        return self.theta_attn if layer_kind(name) == "attn" else self.theta_mlp
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's decision. rank None = kept dense. Params count weights + bias; FLOPs per 30-s window."""
+    name: str
+    d_in: int
+    d_out: int
+    rank: int | None
+    kept_variance: float
+    target: float | int | None
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    basis: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (d_out, rank) float64
+
+
+def _choose_rank(spectrum: Spectrum, d_in: int, d_out: int, target, multiple_of: int) -> tuple[int | None, float]:
+    """(rank or None, variance kept). Never returns a rank that does not shrink the layer."""
+    explained = spectrum.explained()
+    if target is None:
+        return None, 1.0
+    if isinstance(target, int):
+        rank = target
+    else:
+        candidates = [k for k in range(multiple_of, d_out + 1, multiple_of) if explained[k - 1] >= target]
+        if not candidates:
+            return None, 1.0
+        rank = candidates[0]
+    if rank > d_out or rank * (d_in + d_out) >= d_in * d_out:
+        if isinstance(target, int):
+            log.warning("fixed rank %d would not shrink a %dx%d layer: kept dense", rank, d_in, d_out)
+        return None, 1.0
+    return rank, float(explained[rank - 1])
+
+
+def plan_layer(stats: ActivationStats, name: str, policy: RankPolicy, positions: int = POSITIONS) -> LayerPlan:
+    layer = stats.layers[name]
+    d_in, d_out = layer.d_in, layer.d_out
+    spectrum = decompose(stats, name)
+    target = policy.target(name)
+    rank, kept = _choose_rank(spectrum, d_in, d_out, target, policy.multiple_of)
+    bias = d_out if layer.bias else 0
+    before = d_in * d_out + bias
+    after = before if rank is None else rank * (d_in + d_out) + d_out  # a low-rank layer always has a bias
+    basis = None if rank is None else spectrum.eigenvectors[:, :rank].contiguous()
+    flops_before = 2 * positions * d_in * d_out
+    flops_after = flops_before if rank is None else 2 * positions * rank * (d_in + d_out)
+    return LayerPlan(name, d_in, d_out, rank, kept, target, before, after, flops_before, flops_after, basis)
+
+
+def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> "RankPlan":
+    """Choose every layer's rank from the statistics (eigendecompositions are cached on `stats`)."""
+    widest = max((s.d_out for s in stats.layers.values()), default=0)
+    if not stats.layers:
+        raise CalibrationError("the statistics hold no layers")
+    if stats.frames < widest:
+        raise CalibrationError(
+            f"the statistics hold {stats.frames} frames but the widest layer has {widest} outputs: PCA needs at "
+            f"least as many frames as dimensions. Calibrate on more audio (more clips or frames='all').")
+    entries = tuple(plan_layer(stats, name, policy) for name in stats.layers)
+    return RankPlan(entries, policy, {k: stats.metadata[k] for k in ("model", "signature") if k in stats.metadata})
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    entries: tuple[LayerPlan, ...]
+    policy: RankPolicy
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def __getitem__(self, name: str) -> LayerPlan:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(name)
+
+    @property
+    def low_rank(self) -> tuple[LayerPlan, ...]:
+        return tuple(e for e in self.entries if e.rank is not None)
+
+    def totals(self) -> dict[str, int]:
+        keys = ("params_before", "params_after", "flops_before", "flops_after")
+        return {k: sum(getattr(e, k) for e in self.entries) for k in keys}
+
+    def to_low_rank_config(self, num_layers: int | None = None) -> list[dict[str, int]]:
+        """One {short_name: rank} dict per encoder layer (dense layers omitted), as lite-whisper's config."""
+        if num_layers is None:
+            num_layers = 1 + max((layer_index(e.name) for e in self.entries), default=-1)
+        config: list[dict[str, int]] = [{} for _ in range(num_layers)]
+        for e in self.low_rank:
+            config[layer_index(e.name)][short_name(e.name)] = e.rank
+        return config
+
+    def table(self) -> str:
+        head = f"{'layer':<28} {'D_in':>5} {'D_out':>5} {'rank':>5} {'kept':>8} {'params':>17} {'MFLOPs':>17}"
+        lines = [head, "-" * len(head)]
+        for e in self.entries:
+            rank = "dense" if e.rank is None else str(e.rank)
+            lines.append(f"{e.name:<28} {e.d_in:>5} {e.d_out:>5} {rank:>5} {e.kept_variance:>8.5f} "
+                         f"{e.params_before:>8}→{e.params_after:<8} "
+                         f"{e.flops_before / 1e6:>8.0f}→{e.flops_after / 1e6:<8.0f}")
+        t = self.totals()
+        lines.append("-" * len(head))
+        lines.append(f"{'total (linears)':<28} {'':>5} {'':>5} {len(self.low_rank):>5} {'':>8} "
+                     f"{t['params_before']:>8}→{t['params_after']:<8} "
+                     f"{t['flops_before'] / 1e6:>8.0f}→{t['flops_after'] / 1e6:<8.0f}")
+        p = self.policy
+        fixed = {pattern for pattern, _ in p.overrides}
+        rule = (f"fixed rank per layer (budget allocation), multiple_of={p.multiple_of}"
+                if all(e.name in fixed for e in self.entries) else
+                f"theta_attn={p.theta_attn} theta_mlp={p.theta_mlp} multiple_of={p.multiple_of}"
+                f"{' overrides=' + str(list(p.overrides)) if p.overrides else ''}")
+        lines.append(f"policy: {rule}; "
+                     f"{len(self.low_rank)}/{len(self.entries)} layers low-rank; "
+                     f"linear params x{t['params_after'] / max(t['params_before'], 1):.3f}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        entries = [{k: v for k, v in asdict(replace(e, basis=None)).items() if k != "basis"} for e in self.entries]
+        policy = asdict(self.policy)
+        policy["overrides"] = [list(pair) for pair in self.policy.overrides]
+        return json.dumps({"metadata": self.metadata, "policy": policy, "layers": entries,
+                           "low_rank_config": self.to_low_rank_config()}, indent=2)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RankPlan":
+        """Read a plan saved by `save` (without eigenvectors: factorizing recomputes them from statistics)."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            policy = RankPolicy(**{**data["policy"], "overrides": tuple(map(tuple, data["policy"]["overrides"]))})
+            entries = tuple(LayerPlan(**e) for e in data["layers"])
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read rank plan {path}: {exc}") from exc
+        return cls(entries, policy, data.get("metadata", {}))

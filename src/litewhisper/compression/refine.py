@@ -1,0 +1,195 @@
+"""Light refinement: encoder-only feature distillation of a compressed encoder's factors.
+
+Student = the compressed encoder, teacher = the original one; the loss is the mean squared error between their
+final hidden states (optionally also every intermediate layer's), relative to the teacher's mean square, on
+calibration audio — no transcripts. Only the low-rank factors (weight1, weight2, bias) train by default, so the
+result keeps the lite-whisper checkpoint layout. Early stopping on held-out windows; the best state is restored,
+and when no step beats the starting point the student is left exactly as it was.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from litewhisper.errors import LiteWhisperError
+from litewhisper.models.linears import LowRankLinear
+
+log = logging.getLogger("litewhisper")
+
+TRAINABLE = ("lowrank", "encoder")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How long and how hard to distil; defaults fit a few CPU minutes for tiny/base on ~100 windows."""
+    max_steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 2  # 30-s windows per step
+    val_fraction: float = 0.15  # held-out windows for early stopping
+    eval_every: int = 20  # steps between validations
+    patience: int = 3  # validations without improvement before stopping
+    hidden_weight: float = 0.0  # weight of the intermediate layers' loss (0: final states only)
+    trainable: str = "lowrank"  # "lowrank": only factors; "encoder": every encoder parameter
+    max_minutes: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise LiteWhisperError("max_steps, batch_size, eval_every and patience must be ≥ 1, got "
+                                   f"{self.max_steps}, {self.batch_size}, {self.eval_every}, {self.patience}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LiteWhisperError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.hidden_weight < 0:
+            raise LiteWhisperError(f"lr must be > 0 and hidden_weight ≥ 0, got {self.lr}, {self.hidden_weight}")
+        if self.trainable not in TRAINABLE:
+            raise LiteWhisperError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    initial_val: float
+    best_val: float
+    best_step: int
+    steps: int
+    seconds: float
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)  # one per validation, the first at step 0
+
+
+def trainable_parameters(encoder: nn.Module, trainable: str = "lowrank") -> dict[str, nn.Parameter]:
+    """Parameters refinement may change: the factors of every LowRankLinear, or the whole encoder."""
+    if trainable == "encoder":
+        return dict(encoder.named_parameters())
+    params = {f"{name}.{p_name}": p for name, mod in encoder.named_modules() if isinstance(mod, LowRankLinear)
+              for p_name, p in mod.named_parameters(recurse=False)}
+    if not params:
+        raise LiteWhisperError("the student encoder has no low-rank layers to refine; compress it first "
+                               "or use trainable='encoder'")
+    return params
+
+
+def _states(encoder: nn.Module, features: torch.Tensor, hidden: bool) -> list[torch.Tensor]:
+    """[final] or [every intermediate..., final] hidden states, each (B, frames, d_model)."""
+    out = encoder(features, output_hidden_states=hidden)
+    if not hidden:
+        return [out.last_hidden_state]
+    return list(out.hidden_states[1:-1]) + [out.last_hidden_state]  # skip the embeddings (never compressed)
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the teacher's mean square (0 = identical states)."""
+    return ((student - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12)
+
+
+def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hidden_weight: float) -> torch.Tensor:
+    """Final-state relative MSE (+ hidden_weight × mean of the intermediate ones)."""
+    rel = [relative_mse(s, t) for s, t in zip(student, teacher)]
+    loss = rel[-1]
+    if len(rel) > 1:
+        loss = loss + hidden_weight * torch.stack(rel[:-1]).mean()
+    return loss
+
+
+class _Targets:
+    """The teacher's states for every window, computed once (no_grad)."""
+
+    def __init__(self, teacher: nn.Module, features: torch.Tensor, hidden: bool):
+        with torch.no_grad():
+            self.states = [_states(teacher, features[i:i + 1], hidden) for i in range(len(features))]
+
+    def batch(self, idx: list[int]) -> list[torch.Tensor]:
+        return [torch.cat([self.states[i][j] for i in idx]) for j in range(len(self.states[idx[0]]))]
+
+
+def distillation_loss(student: nn.Module, targets: _Targets, features: torch.Tensor, idx: list[int],
+                      config: RefineConfig) -> float:
+    """Mean loss over windows `idx`, without gradients."""
+    hidden = config.hidden_weight > 0
+    with torch.no_grad():
+        losses = [_loss(_states(student, features[i:i + 1], hidden), targets.batch([i]), config.hidden_weight)
+                  for i in idx]
+    return float(torch.stack(losses).mean())
+
+
+def _split(n: int, config: RefineConfig) -> tuple[list[int], list[int]]:
+    if n < 2:
+        raise LiteWhisperError(f"refinement needs at least 2 windows (train + validation), got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    n_val = min(n - 1, max(1, round(n * config.val_fraction)))
+    return order[n_val:], order[:n_val]
+
+
+def refine(student: nn.Module, teacher: nn.Module, features: torch.Tensor,
+           config: RefineConfig = RefineConfig()) -> RefineResult:
+    """Distil `teacher` (original encoder) into `student` (compressed encoder) in place.
+
+    features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
+    """
+    start = time.monotonic()
+    train_idx, val_idx = _split(len(features), config)
+    hidden = config.hidden_weight > 0
+    teacher.eval(), student.eval()  # no dropout: the student is trained deterministically
+    targets = _Targets(teacher, features, hidden)
+    params = trainable_parameters(student, config.trainable)
+    frozen = [p for p in student.parameters() if all(p is not q for q in params.values())]
+    saved_grad = {id(p): p.requires_grad for p in student.parameters()}
+    for p in frozen:
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        result = _train(student, targets, features, train_idx, val_idx, params, config, start)
+    finally:
+        for p in student.parameters():
+            p.requires_grad_(saved_grad[id(p)])
+    log.info("refinement: validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)", result.initial_val,
+             result.best_val, result.best_step, result.steps, result.seconds)
+    return result
+
+
+def _train(student: nn.Module, targets: _Targets, features: torch.Tensor, train_idx: list[int],
+           val_idx: list[int], params: dict[str, nn.Parameter], config: RefineConfig, start: float) -> RefineResult:
+    optimizer = torch.optim.Adam(params.values(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the step budget
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.max_steps) / config.max_steps)))
+    gen = torch.Generator().manual_seed(config.seed)
+    best_val = initial_val = distillation_loss(student, targets, features, val_idx, config)
+    best_state = {k: p.detach().clone() for k, p in params.items()}
+    best_step, bad, train_losses, val_losses = 0, 0, [], [initial_val]
+    bar = tqdm(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
+    step = 0
+    for step in bar:
+        pick = torch.randint(len(train_idx), (config.batch_size,), generator=gen).tolist()
+        idx = [train_idx[i] for i in pick]
+        loss = _loss(_states(student, features[idx], config.hidden_weight > 0), targets.batch(idx),
+                     config.hidden_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        train_losses.append(float(loss.detach()))
+        if step % config.eval_every and step != config.max_steps:
+            continue
+        val = distillation_loss(student, targets, features, val_idx, config)
+        val_losses.append(val)
+        bar.set_postfix(train=f"{train_losses[-1]:.4f}", val=f"{val:.4f}", best=f"{best_val:.4f}")
+        if val < best_val:
+            best_val, best_step, bad = val, step, 0
+            best_state = {k: p.detach().clone() for k, p in params.items()}
+        else:
+            bad += 1
+        out_of_time = config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes
+        if bad >= config.patience or out_of_time:
+            break
+    bar.close()
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(best_state[k])
+    return RefineResult(initial_val, best_val, best_step, step, time.monotonic() - start, train_losses,
+                        val_losses)

@@ -1,0 +1,185 @@
+"""Streaming activation statistics of the encoder's linear layers: count, sum and Gram matrix (float64).
+
+Statistics describe each layer's OUTPUTS Y = X Wᵀ + b. They add up exactly, so shards computed separately merge
+into the one-pass result, and they save to safetensors with metadata saying which model and data produced them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from litewhisper.atomic import atomic_file
+from litewhisper.errors import CalibrationError
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class Moments:
+    """First and second moments of a stream of D-dimensional vectors, in float64."""
+    count: int
+    sum: torch.Tensor   # (D,)
+    gram: torch.Tensor  # (D, D) = Σ y yᵀ
+
+    @classmethod
+    def zeros(cls, dim: int) -> "Moments":
+        return cls(0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
+
+    @property
+    def dim(self) -> int:
+        return self.sum.shape[0]
+
+    def add_(self, rows: torch.Tensor) -> None:
+        """Accumulate rows (N, D) in float64."""
+        rows = rows.to(torch.float64)
+        self.count += rows.shape[0]
+        self.sum += rows.sum(0)
+        self.gram += rows.T @ rows
+
+    def __add__(self, other: "Moments") -> "Moments":
+        return Moments(self.count + other.count, self.sum + other.sum, self.gram + other.gram)
+
+    @property
+    def mean(self) -> torch.Tensor:  # (D,)
+        return self.sum / max(self.count, 1)
+
+    def covariance(self) -> torch.Tensor:
+        """Population covariance (D, D), symmetrised."""
+        mu = self.mean
+        cov = self.gram / max(self.count, 1) - torch.outer(mu, mu)
+        return (cov + cov.T) / 2
+
+    def through(self, linear: nn.Linear) -> "Moments":
+        """Moments of Y = X Wᵀ + b given these moments of X (exact algebra in float64)."""
+        w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
+        ws = w @ self.sum                                    # (out,)
+        gram = w @ self.gram @ w.T                           # (out, out)
+        total = ws
+        if linear.bias is not None:
+            b = linear.bias.detach().to("cpu", torch.float64)
+            cross = torch.outer(ws, b)
+            gram = gram + cross + cross.T + self.count * torch.outer(b, b)
+            total = ws + self.count * b
+        return Moments(self.count, total, (gram + gram.T) / 2)
+
+    def output_factor(self, linear: nn.Linear) -> torch.Tensor:
+        """A (out, in) with Cov(Y) = A Aᵀ for Y = X Wᵀ + b: A = W U Λ^½ from Cov(X) = U Λ Uᵀ.
+
+        For a widening layer (in < out) the output PCA then needs an SVD of A instead of an out×out eigh.
+        """
+        w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
+        evals, evecs = torch.linalg.eigh(self.covariance())  # (in,), (in, in)
+        return w @ (evecs * evals.clamp_min(0).sqrt())
+
+
+@dataclass
+class LayerStats:
+    """Output moments of one linear layer plus its shape (d_out = moments.dim)."""
+    d_in: int
+    bias: bool
+    moments: Moments
+
+    @property
+    def d_out(self) -> int:
+        return self.moments.dim
+
+
+@dataclass
+class ActivationStats:
+    """Per-layer output statistics, keyed by name relative to the encoder (e.g. `layers.0.fc1`).
+
+    metadata: model (name), signature (encoder shape), clips, windows, frames, windowing, frames_mode.
+    """
+    layers: dict[str, LayerStats]
+    metadata: dict[str, str] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # eigendecompositions (plan.py)
+
+    @property
+    def frames(self) -> int:
+        """Number of vectors each layer saw (the same for every layer)."""
+        return min((s.moments.count for s in self.layers.values()), default=0)
+
+    @property
+    def clips(self) -> int:
+        return int(self.metadata.get("clips", 0))
+
+    def mean(self, name: str) -> torch.Tensor:
+        return self.layers[name].moments.mean
+
+    def covariance(self, name: str) -> torch.Tensor:
+        return self.layers[name].moments.covariance()
+
+    def merge(self, other: "ActivationStats") -> "ActivationStats":
+        """Exact sum of two shards' statistics (same model, same layers, same windowing)."""
+        for key in ("signature", "windowing", "frames_mode"):
+            if self.metadata.get(key) != other.metadata.get(key):
+                raise CalibrationError(
+                    f"cannot merge statistics with different {key}: {self.metadata.get(key)!r} vs "
+                    f"{other.metadata.get(key)!r}; calibrate both shards with the same model and settings")
+        if self.layers.keys() != other.layers.keys():
+            raise CalibrationError("cannot merge statistics over different layers: "
+                                   f"{sorted(set(self.layers) ^ set(other.layers))[:5]} differ")
+        layers = {n: LayerStats(s.d_in, s.bias, s.moments + other.layers[n].moments)
+                  for n, s in self.layers.items()}
+        meta = dict(self.metadata)
+        for key in ("clips", "windows", "frames"):
+            meta[key] = str(int(self.metadata.get(key, 0)) + int(other.metadata.get(key, 0)))
+        return ActivationStats(layers, meta)
+
+    def signature_of(self) -> dict[str, tuple[int, int]]:
+        return {n: (s.d_in, s.d_out) for n, s in self.layers.items()}
+
+    def check_matches(self, encoder_linears: dict[str, nn.Module]) -> None:
+        """Raise CalibrationError unless these statistics cover exactly these layers with these shapes."""
+        model_shapes = {n: (m.in_features, m.out_features) for n, m in encoder_linears.items()}
+        mine = self.signature_of()
+        if model_shapes != mine:
+            diff = sorted(n for n in set(mine) | set(model_shapes) if mine.get(n) != model_shapes.get(n))
+            example = diff[0] if diff else "?"
+            raise CalibrationError(
+                f"statistics do not match this model (from model {self.metadata.get('model', '?')!r}, "
+                f"encoder {self.metadata.get('signature', '?')}): {len(diff)} layer(s) differ, e.g. {example}: "
+                f"stats {mine.get(example)} vs model {model_shapes.get(example)}. "
+                "Recalibrate with this model (litewhisper calibrate).")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write safetensors (atomically): `<name>.sum`, `<name>.gram`, `<name>.count` + JSON metadata."""
+        from safetensors.torch import save_file
+        tensors = {}
+        for name, s in self.layers.items():
+            tensors[f"{name}.sum"] = s.moments.sum.contiguous()
+            tensors[f"{name}.gram"] = s.moments.gram.contiguous()
+            tensors[f"{name}.count"] = torch.tensor([s.moments.count], dtype=torch.int64)
+        meta = {k: str(v) for k, v in self.metadata.items()}
+        meta["format"] = f"litewhisper-activation-stats/{FORMAT_VERSION}"
+        meta["layers"] = json.dumps({n: [s.d_in, s.bias] for n, s in self.layers.items()})
+        path = Path(path)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ActivationStats":
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.is_file():
+            raise CalibrationError(f"statistics file not found: {path}; create one with `litewhisper calibrate`")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                shapes = json.loads(meta.pop("layers"))
+                layers = {n: LayerStats(int(d_in), bool(bias), Moments(
+                    int(f.get_tensor(f"{n}.count")[0]), f.get_tensor(f"{n}.sum"), f.get_tensor(f"{n}.gram")))
+                    for n, (d_in, bias) in shapes.items()}
+        except Exception as exc:  # safetensors raises its own SafetensorError on a bad header
+            raise CalibrationError(f"{path} is not a litewhisper statistics file ({exc}); "
+                                   "create one with `litewhisper calibrate`") from exc
+        if not meta.get("format", "").startswith("litewhisper-activation-stats/"):
+            raise CalibrationError(f"{path} is not a litewhisper statistics file (format {meta.get('format')!r})")
+        meta.pop("format")
+        return cls(layers, meta)

@@ -1,0 +1,1 @@
+"""Decoding: audio -> text (the one decoder) and its output formats."""

@@ -1,0 +1,1 @@
+"""Evaluation: corpus WER/CER, text normalisation, reports and plots."""
