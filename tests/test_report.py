@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import require_shared_data, shared_manifest, tiny_whisper
-from litewhisper.evaluation.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
-from litewhisper.evaluation.plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
+from litewhisper.report.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
+from litewhisper.report.plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
                                       plot_theta_sweep)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

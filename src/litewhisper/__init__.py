@@ -45,8 +45,8 @@ _EXPORTS = {
     "evaluate_model": "evaluation.evaluate",
     "corpus_score": "evaluation.metrics",
     "BenchConfig": "bench.latency",
-    "ReportConfig": "evaluation.report",
-    "run_report": "evaluation.report",
+    "ReportConfig": "report.report",
+    "run_report": "report.report",
 }
 
 

@@ -57,7 +57,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from litewhisper.evaluation.report import ReportConfig, run_report
+    from litewhisper.report.report import ReportConfig, run_report
 
     split = {"all": None}
     config = ReportConfig(

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from litewhisper.errors import LiteWhisperError
 from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, ModelResult, evaluate_model, is_english_only, select_clips
-from litewhisper.evaluation.plots import LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap, plot_theta_sweep
+from litewhisper.report.plots import LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap, plot_theta_sweep
 
 log = logging.getLogger("litewhisper")
 
