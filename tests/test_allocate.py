@@ -68,36 +68,36 @@ def test_errors():
         LayerSpectrum("x", 4, 4, torch.ones(3))
 
 
-def test_budget_policy_from_stats(tiny_model):
+def test_plan_budget_from_stats(tiny_model):
     import numpy as np
 
     from litewhisper.compression.calibration import CalibrationConfig, calibrate
     from litewhisper.models.cost import encoder_params
-    from litewhisper.compression.plan import plan_ranks
-    from litewhisper.compression.budget import budget_policy
+    from litewhisper.compression.budget import plan_budget
+    from litewhisper.compression.policy import SizeBudget
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
-    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"), progress=False)
+    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"))
     total = encoder_params(tiny_model)
     # tiny model: d_model 32, ffn 64 -> only rank 16 on the 32x64 / 64x32 MLP layers can shrink anything
-    policy = budget_policy(stats, total, 0.95, multiple_of=16)
-    plan = plan_ranks(stats, policy)
+    plan = plan_budget(stats, SizeBudget(0.95, multiple_of=16), total)
     assert total - plan.totals()["params_before"] + plan.totals()["params_after"] <= 0.95 * total
     assert {e.rank for e in plan.low_rank} == {16}
 
 
-def test_compress_to_size_sequential_and_refined(tiny_model):
+def test_size_budget_sequential_and_refined(tiny_model):
     import numpy as np
 
-    from litewhisper.compression.budget import compress_to_size
+    from litewhisper.compression.api import compress
+    from litewhisper.compression.policy import SizeBudget
     from litewhisper.models.cost import encoder_params
     from litewhisper.models.linears import LowRankLinear
     from litewhisper.compression.refine import RefineConfig
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(3)]
     total = encoder_params(tiny_model)
-    result = compress_to_size(tiny_model, clips, 0.95, sequential=True, progress=False,
-                              refine_config=RefineConfig(max_steps=2, eval_every=1, val_fraction=0.34))
+    budget = SizeBudget(0.95, sequential=True, refine=RefineConfig(max_steps=2, eval_every=1, val_fraction=0.34))
+    result = compress(tiny_model, clips, budget)
     assert result.params_before == total and result.params_after <= 0.95 * total
     assert result.params_after == encoder_params(result.model)
     assert any(isinstance(m, LowRankLinear) for m in result.model.modules())

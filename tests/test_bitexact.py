@@ -22,22 +22,17 @@ def _audio():
 
 def _compress(case: str):
     from litewhisper.compression.api import compress
-    from litewhisper.compression.budget import compress_to_size
-    from litewhisper.compression.plan import RankPolicy
+    from litewhisper.compression.policy import RankPolicy, SizeBudget
     from litewhisper.compression.refine import RefineConfig
 
-    model = tiny_whisper(seed=3)
-    if case == "liteasr":
-        return compress(model, _audio(), RankPolicy(0.9, 0.95, multiple_of=4), progress=False)
-    if case == "budget":
-        return compress_to_size(model, _audio(), 0.8, multiple_of=4, progress=False)
-    if case == "budget-plain-clip":
-        from litewhisper.compression.calibration import CalibrationConfig
-        return compress_to_size(model, _audio(), 0.85, multiple_of=8, sensitivity=False,
-                                config=CalibrationConfig(windowing="clip"), progress=False)
-    assert case == "budget-sequential-refined"
-    return compress_to_size(model, _audio(), 0.8, multiple_of=4, sequential=True, progress=False,
-                            refine_config=RefineConfig(max_steps=3, eval_every=1, val_fraction=0.34))
+    policies = {
+        "liteasr": RankPolicy(0.9, 0.95, multiple_of=4),
+        "budget": SizeBudget(0.8, multiple_of=4),
+        "budget-plain-clip": SizeBudget(0.85, multiple_of=8, sensitivity=False, windows="clip"),
+        "budget-sequential-refined": SizeBudget(0.8, multiple_of=4, sequential=True,
+                                                refine=RefineConfig(max_steps=3, eval_every=1, val_fraction=0.34)),
+    }
+    return compress(tiny_whisper(seed=3), _audio(), policies[case])
 
 
 def tensor_hashes(path) -> dict[str, str]:

@@ -62,7 +62,7 @@ def run(args) -> int:
     items = discover_audio(args.calibration, split=args.split)
     bundle = load_bundle(args)
     start = time.perf_counter()
-    stats = calibrate(bundle, items, config, progress=not args.quiet)
+    stats = calibrate(bundle, items, config)
     stats.save(args.output)
     print(f"wrote {args.output}: {len(stats.layers)} layers, {stats.clips} clips, {stats.frames} frames "
           f"({time.perf_counter() - start:.1f}s)")

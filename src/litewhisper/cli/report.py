@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=224)
     p.add_argument("--bench-repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (as --quiet elsewhere)")
     p.set_defaults(func=run)
 
 
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
         split_dev=split.get(args.split_dev, args.split_dev), max_clips=args.max_clips,
         max_calib_clips=args.max_calib_clips, presets=tuple(p for p in args.presets.split(",") if p),
         thetas=args.thetas, target_sizes=args.target_sizes, multilingual=None if args.multilingual.lower() == "none" else args.multilingual,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats,
-        progress=not args.no_progress)
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats)
     command = _command(args)
     path = run_report(config, args.calibration, args.data, args.output, overwrite=args.overwrite, command=command)
     print(f"report written: {path}")

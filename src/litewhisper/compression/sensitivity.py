@@ -13,14 +13,18 @@ import logging
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
-from litewhisper.errors import LiteWhisperError
 from litewhisper.compression.factorize import factorize_linear
-from litewhisper.models.linears import encoder_linears, find_encoder
 from litewhisper.compression.plan import decompose
 from litewhisper.compression.refine import relative_mse
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.errors import LiteWhisperError
+from litewhisper.models.linears import encoder_linears, find_encoder
+from litewhisper.models.swap import swap_modules
+from litewhisper.progress import progress_bar
+
+__all__ = ["probe_rank", "layer_sensitivities", "PROBE_WINDOWS"]
+
+PROBE_WINDOWS = 8  # calibration windows the probes run on (compress's budget method)
 
 log = logging.getLogger("litewhisper")
 
@@ -41,7 +45,7 @@ def _final_states(encoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, probe_kept: float = 0.99,
-                        multiple_of: int = 16, progress: bool = True) -> dict[str, float]:
+                        multiple_of: int = 16) -> dict[str, float]:
     """{layer: relative final-state error per unit of lost variance fraction} for every layer of `stats`.
 
     features: (N, n_mels, frames) log-mel windows (a handful of calibration clips, one per window).
@@ -55,7 +59,7 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
     features = features.to(next(encoder.parameters()).device, next(encoder.parameters()).dtype)
     teacher = _final_states(encoder, features)
     weights: dict[str, float] = {}
-    for name in tqdm(list(stats.layers), desc="sensitivity", unit="layer", disable=not progress):
+    for name in progress_bar(list(stats.layers), desc="sensitivity", unit="layer"):
         spectrum = decompose(stats, name)
         explained = spectrum.explained()
         linear = linears[name]
@@ -63,13 +67,13 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
         lost = 1.0 - float(explained[rank - 1]) if rank is not None else 0.0
         if rank is None or lost <= 1e-9:
             continue
-        parent_name, _, child = name.rpartition(".")
-        parent = encoder.get_submodule(parent_name)
-        setattr(parent, child, factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank]))
+        probe = factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank])
+        only = lambda m, n, name=name: n == name  # noqa: E731
+        swap_modules(encoder, lambda *_: probe, only)
         try:
             weights[name] = float(relative_mse(_final_states(encoder, features), teacher)) / lost
         finally:
-            setattr(parent, child, linear)
+            swap_modules(encoder, lambda *_: linear, only)
     if not weights:
         raise LiteWhisperError("no layer could be probed: every layer is near full rank at "
                                f"probe_kept={probe_kept}; lower probe_kept")
