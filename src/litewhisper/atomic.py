@@ -10,6 +10,8 @@ from typing import Iterator
 
 from litewhisper.errors import LiteWhisperError
 
+__all__ = ["atomic_write_text", "atomic_file", "check_output_dir", "atomic_directory"]
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` via a temporary file in the same directory, then rename."""

@@ -13,6 +13,8 @@ import sys
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 log = logging.getLogger("litewhisper")
 
 # Sub-command modules, in the order `--help` lists them.

@@ -6,6 +6,9 @@ import logging
 import time
 from pathlib import Path
 
+__all__ = ["DTYPES", "add_model_args", "add_calibration_args", "add_parser", "calibration_config", "load_bundle",
+           "run"]
+
 log = logging.getLogger("litewhisper")
 
 DTYPES = ("float32", "float16", "bfloat16")

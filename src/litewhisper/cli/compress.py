@@ -7,6 +7,8 @@ from pathlib import Path
 from litewhisper.cli.calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
 from litewhisper.cli.plan import add_policy_args, policy_from_args
 
+__all__ = ["add_parser", "add_budget_args", "compress_policy", "run"]
+
 log = logging.getLogger("litewhisper")
 
 

@@ -5,6 +5,10 @@ import argparse
 import logging
 import shlex
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
+
+__all__ = ["add_parser", "run"]
+
 log = logging.getLogger("litewhisper")
 
 
@@ -37,7 +41,7 @@ def add_parser(subparsers) -> None:
                    help="θ values for Figure 7 (default 0.95,0.97,0.99,0.995,0.999; '' to skip)")
     p.add_argument("--multilingual", default="base", help="model for Table 2 (default base; 'none' to skip)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=224)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--bench-repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (as --quiet elsewhere)")

@@ -16,6 +16,8 @@ from torch import nn
 from litewhisper.atomic import atomic_file
 from litewhisper.errors import CalibrationError
 
+__all__ = ["FORMAT_VERSION", "Moments", "LayerStats", "ActivationStats"]
+
 FORMAT_VERSION = "1"
 
 
