@@ -117,9 +117,9 @@ def test_widening_layers_use_the_cheaper_factor_pca(calibrated):
     """fc1's spectrum from the SVD of its input-side factor equals the eigh of its output covariance."""
     from litewhisper.compression.stats import ActivationStats
     _, stats = calibrated
-    assert set(stats._cache["factors"]) == {"layers.0.fc1", "layers.1.fc1"}
+    assert set(stats.factors) == {"layers.0.fc1", "layers.1.fc1"}
     plain = ActivationStats(stats.layers, stats.metadata)  # no cached factors: eigh path
-    for name in stats._cache["factors"]:
+    for name in stats.factors:
         fast, slow = decompose(stats, name), decompose(plain, name)
         torch.testing.assert_close(fast.eigenvalues, slow.eigenvalues, rtol=0, atol=1e-12)
         v, w = fast.eigenvectors[:, :16], slow.eigenvectors[:, :16]

@@ -233,9 +233,7 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
             "windowing": config.windowing, "frames_mode": config.frames}
     log.info("calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
              len(sources), n_windows, n_frames, config.windowing, config.frames)
-    result = ActivationStats(stats, meta)
-    result._cache["factors"] = factors  # cheaper exact PCA for widening layers (plan.decompose)
-    return result
+    return ActivationStats(stats, meta, factors=factors)  # factors: cheaper exact PCA of widening layers
 
 
 def clip_features(bundle_or_model, audio: Sequence, max_windows: int = 48, seed: int = 0) -> torch.Tensor:

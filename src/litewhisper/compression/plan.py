@@ -43,9 +43,9 @@ class Spectrum:
 
 
 def decompose(stats: ActivationStats, name: str) -> Spectrum:
-    """Eigen-decomposition of a layer's output covariance, cached on the statistics object."""
-    cache = stats._cache.setdefault("spectra", {})
-    factor = stats._cache.get("factors", {}).get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
+    """Eigen-decomposition of a layer's output covariance, kept in `stats.spectra`."""
+    cache = stats.spectra
+    factor = stats.factors.get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
     if name in cache:
         pass
     elif factor is not None:
