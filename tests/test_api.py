@@ -69,3 +69,23 @@ def test_every_public_module_declares_all():
 # rewritten by the decoding issue (12) in parallel; they get `__all__` there (remove them from this list on merge)
 NOT_YET = ("decode/transcribe.py", "decode/formats.py", "evaluation/evaluate.py", "bench/latency.py",
            "bench/peers.py")
+
+
+# stage order of the package: a module imports only from its own stage or the stages before it
+STAGES = ("audio", "attention", "models", "compression", "decode", "evaluation", "bench", "report", "cli")
+BASE = ("errors", "atomic", "constants", "progress", "swap")  # imported by any stage, import no stage
+
+
+def test_imports_point_down_the_stages():
+    src = REPO_ROOT / "src" / "litewhisper"
+    rank = {**{name: 0 for name in BASE}, **{name: i + 1 for i, name in enumerate(STAGES)}}
+    upward = []
+    for path in sorted(src.rglob("*.py")):
+        stage = path.relative_to(src).parts[0].removesuffix(".py")
+        if stage in ("__init__", "__main__"):
+            continue
+        for target in re.findall(r"^\s*(?:from|import) litewhisper\.(\w+)", path.read_text(encoding="utf-8"), re.M):
+            if rank[target] > rank[stage] or (rank[stage] == 0 and target in BASE and target != stage
+                                               and target not in ("errors", "atomic")):
+                upward.append(f"{path.relative_to(src)} -> {target}")
+    assert not upward, f"imports pointing up the stage order: {upward}"

@@ -12,11 +12,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import tiny_whisper
-from litewhisper.attention.reduced import ReducedDimSelfAttention, use_reduced_attention
+from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs, use_reduced_attention
 from litewhisper.constants import ENCODER_POSITIONS, WINDOW_FRAMES
-from litewhisper.models.cost import attention_macs, encoder_flops, encoder_params, linear_macs, linear_params
+from litewhisper.models.cost import encoder_flops, encoder_params, linear_macs, linear_params
 from litewhisper.models.linears import LowRankLinear, encoder_linears
-from litewhisper.models.swap import swap_modules
+from litewhisper.swap import swap_modules
 
 
 def _counted_flops(model) -> int:

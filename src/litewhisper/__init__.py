@@ -37,7 +37,7 @@ _EXPORTS = {
     "factorize_linear": "compression.factorize",
     "encoder_params": "models.cost",
     "encoder_flops": "models.cost",
-    "swap_modules": "models.swap",
+    "swap_modules": "swap",
     "quiet": "progress",
     "layer_sensitivities": "compression.sensitivity",
     "save_checkpoint": "models.checkpoint",

@@ -32,8 +32,7 @@ from transformers.models.whisper.modeling_whisper import WhisperAttention
 
 from litewhisper.constants import ENCODER_POSITIONS
 from litewhisper.errors import LiteWhisperError
-from litewhisper.models.cost import attention_macs
-from litewhisper.models.swap import swap_modules
+from litewhisper.swap import swap_modules
 
 log = logging.getLogger("litewhisper")
 
@@ -42,7 +41,7 @@ Backend = Literal["auto", "torch", "triton"]
 ScoresPath = Literal["standard", "reduced_query", "reduced_key"]
 ValuesPath = Literal["standard", "reduced"]
 
-__all__ = ["AttentionConfigError", "ReducedAttentionConfig", "AttentionPlan", "plan_attention", "attend_torch",
+__all__ = ["AttentionConfigError", "ReducedAttentionConfig", "AttentionMacs", "attention_macs", "AttentionPlan", "plan_attention", "attend_torch",
            "ReducedDimSelfAttention", "use_reduced_attention"]
 _LOGGED: set[str] = set()
 
@@ -69,6 +68,32 @@ class ReducedAttentionConfig:
 
 
 @dataclass(frozen=True)
+class AttentionMacs:
+    """Multiply-adds per head and sequence of the two attention parts, (standard, reduced) each.
+
+    Beyond the shared first factors X·W1 (the same in every path): scores standard = the q/k second factors +
+    Q Kᵀ, reduced = A M_i (or B M_iᵀ) + the scores in min(k_Q, k_K) dimensions; values standard = the v second
+    factor + A V, reduced = A C in k_V dimensions + the per-head W_V2. A part whose projections are dense has no
+    reduced path (None).
+    """
+    scores: tuple[int, int | None]
+    values: tuple[int, int | None]
+
+
+def attention_macs(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
+                   seq_len: int) -> AttentionMacs:
+    """Per-head multiply-adds of the scores and values parts, standard and reduced (see AttentionMacs)."""
+    L, dh = seq_len, head_dim
+    scores: tuple[int, int | None] = (L * L * dh, None)
+    if q_rank is not None and k_rank is not None:
+        scores = (L * dh * (q_rank + k_rank) + L * L * dh, L * q_rank * k_rank + L * L * min(q_rank, k_rank))
+    values: tuple[int, int | None] = (L * L * dh, None)
+    if v_rank is not None:
+        values = (L * v_rank * dh + L * L * dh, L * L * v_rank + L * v_rank * dh)
+    return AttentionMacs(scores, values)
+
+
+@dataclass(frozen=True)
 class AttentionPlan:
     """Per-layer choice of path for the scores (q·kᵀ) and the values, with multiply-add counts per head."""
 
@@ -85,7 +110,7 @@ class AttentionPlan:
 def plan_attention(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
                    seq_len: int = ENCODER_POSITIONS, mode: Mode = "auto") -> AttentionPlan:
     """Choose the scores and values paths from the ranks (None = dense projection) by multiply-add count
-    (`litewhisper.models.cost.attention_macs`, per head and sequence).
+    (`attention_macs`, per head and sequence).
 
     The scores fold on the query side when k_K ≤ k_Q (the L² product runs in k_K dimensions), else on the key side.
     """
@@ -272,7 +297,7 @@ def use_reduced_attention(model: nn.Module, mode: Mode = "auto", backend: Backen
     """Swap encoder self-attention modules (chosen by `filter_fn(module, name)`) for ReducedDimSelfAttention.
 
     In mode "auto" a module is left untouched when neither its scores nor its values save FLOPs. In place;
-    returns the model (torchao `quantize_` style, through `models.swap.swap_modules`).
+    returns the model (torchao `quantize_` style, through `litewhisper.swap.swap_modules`).
     """
     config = ReducedAttentionConfig(mode=mode, backend=backend, seq_len=seq_len)
     chosen = filter_fn or _is_encoder_self_attention

@@ -1,5 +1,5 @@
 """Factorize linear layers onto the principal subspace of their outputs, and swap them in by name
-(`models.swap.swap_modules`).
+(`litewhisper.swap.swap_modules`).
 
 Y ≈ μ + (Y − μ) V Vᵀ with Y = X Wᵀ + b gives  Y ≈ X (Wᵀ V) Vᵀ + μ + (b − μ) V Vᵀ:
     weight1 = Wᵀ V (D_in×k), weight2 = Vᵀ (k×D_out), bias = μ + (b − μ) V Vᵀ.
@@ -15,7 +15,7 @@ from litewhisper.compression.plan import RankPlan, decompose
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import PlanError
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder, unwrap_model
-from litewhisper.models.swap import swap_modules
+from litewhisper.swap import swap_modules
 from litewhisper.progress import progress_bar
 
 __all__ = ["factorize_linear", "apply_plan"]

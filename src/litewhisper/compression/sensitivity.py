@@ -19,7 +19,7 @@ from litewhisper.compression.refine import relative_mse
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import encoder_linears, find_encoder
-from litewhisper.models.swap import swap_modules
+from litewhisper.swap import swap_modules
 from litewhisper.progress import progress_bar
 
 __all__ = ["probe_rank", "layer_sensitivities", "PROBE_WINDOWS"]

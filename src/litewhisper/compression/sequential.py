@@ -24,7 +24,7 @@ from litewhisper.compression.stats import ActivationStats
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import CalibrationError
 from litewhisper.models.linears import encoder_signature, find_encoder, model_name
-from litewhisper.models.swap import swap_modules
+from litewhisper.swap import swap_modules
 from litewhisper.progress import progress_bar
 
 __all__ = ["GROUPS", "compress_sequential"]

@@ -1,7 +1,8 @@
 """The cost model: encoder parameters and analytic FLOPs per 30-s window (a multiply-add counts as 2 FLOPs).
 
-The one place that counts: plan (per-layer table), budget (layer sizes), reduced attention (which path is
-cheaper), bench (the "ideal speedup" column) and report all ask this module.
+The one place that counts encoders: plan (per-layer table), budget (layer sizes), bench (the "ideal speedup"
+column) and report all ask this module. The per-head cost of each attention part, standard or reduced, is
+`attention.reduced.attention_macs` (reduced attention chooses its paths by it; this module sums it up).
 
 Counted: the two convolutions, every linear (dense or low-rank, x·W1·W2 for low-rank) and the attention matmuls:
 Q Kᵀ and A V per head in the standard path, or the reduced-dimension paths of `attention.reduced` (which replace
@@ -11,15 +12,13 @@ and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
+from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs
 from litewhisper.constants import ENCODER_POSITIONS
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder
 
-__all__ = ["linear_params", "linear_macs", "AttentionMacs", "attention_macs", "encoder_params", "encoder_macs",
-           "encoder_flops"]
+__all__ = ["linear_params", "linear_macs", "encoder_params", "encoder_macs", "encoder_flops"]
 
 CONV_KERNEL = 3  # Whisper's two encoder convolutions (conv2 has stride 2)
 
@@ -36,46 +35,15 @@ def linear_macs(d_in: int, d_out: int, rank: int | None, positions: int) -> int:
     return positions * (d_in * d_out if rank is None else rank * (d_in + d_out))
 
 
-@dataclass(frozen=True)
-class AttentionMacs:
-    """Multiply-adds per head and sequence of the two attention parts, (standard, reduced) each.
-
-    Beyond the shared first factors X·W1 (the same in every path): scores standard = the q/k second factors +
-    Q Kᵀ, reduced = A M_i (or B M_iᵀ) + the scores in min(k_Q, k_K) dimensions; values standard = the v second
-    factor + A V, reduced = A C in k_V dimensions + the per-head W_V2. A part whose projections are dense has no
-    reduced path (None).
-    """
-    scores: tuple[int, int | None]
-    values: tuple[int, int | None]
-
-
-def attention_macs(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
-                   seq_len: int) -> AttentionMacs:
-    """Per-head multiply-adds of the scores and values parts, standard and reduced (see AttentionMacs)."""
-    L, dh = seq_len, head_dim
-    scores: tuple[int, int | None] = (L * L * dh, None)
-    if q_rank is not None and k_rank is not None:
-        scores = (L * dh * (q_rank + k_rank) + L * L * dh, L * q_rank * k_rank + L * L * min(q_rank, k_rank))
-    values: tuple[int, int | None] = (L * L * dh, None)
-    if v_rank is not None:
-        values = (L * v_rank * dh + L * L * dh, L * L * v_rank + L * v_rank * dh)
-    return AttentionMacs(scores, values)
-
-
 def _rank(module: nn.Module) -> int | None:
     return module.rank if isinstance(module, LowRankLinear) else None
 
 
 def _reduced_parts(attn: nn.Module) -> tuple[bool, bool]:
-    """(scores reduced, values reduced) of a self-attention module.
-
-    A reduced-dimension module (attention.reduced.ReducedDimSelfAttention) says so through its `plan`
-    (`scores` != "standard", `values` == "reduced"); any other module runs the standard paths.
-    """
-    plan = getattr(attn, "plan", None)
-    if plan is None or not hasattr(plan, "scores"):
+    """(scores reduced, values reduced) of a self-attention module (standard unless ReducedDimSelfAttention)."""
+    if not isinstance(attn, ReducedDimSelfAttention):
         return False, False
-    return plan.scores != "standard", plan.values != "standard"
+    return attn.plan.scores != "standard", attn.plan.values != "standard"
 
 
 def _attention_core_macs(attn: nn.Module, positions: int) -> int:
