@@ -135,6 +135,9 @@ def probe_sensitivities(bundle, stats: ActivationStats, audio: Sequence, multipl
 
 def _calibration_config(policy: Policy, config: CalibrationConfig | None) -> CalibrationConfig:
     """The given config, or the policy's default windowing (SizeBudget.windows; one clip per window for θ)."""
+    if not isinstance(policy, (RankPolicy, SizeBudget)):
+        raise PlanError(f"policy must be a RankPolicy (θ rule) or a SizeBudget (target size), got "
+                        f"{type(policy).__name__}")
     if not isinstance(policy, SizeBudget):
         return config or CalibrationConfig()
     if config is None:
