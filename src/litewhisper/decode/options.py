@@ -29,7 +29,8 @@ class DecodeOptions:
     compression ratio exceeds `compression_ratio_threshold` or its average log-probability is below
     `logprob_threshold` (either threshold None: that test is off; one temperature: no fallback).
     no_speech_threshold: a window whose no-speech probability exceeds it and whose average log-probability is
-    below `logprob_threshold` is silence (no text). max_new_tokens: limit per 30-s window; a window that
+    below `logprob_threshold` is silence (no text); with it set, a clip whose peak stays below -60 dBFS (digital
+    silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per 30-s window; a window that
     reaches it without an end-of-text token is counted as a runaway loop. seed: makes the sampled fallback
     reproducible (the same clips and options give the same text).
     """
