@@ -28,7 +28,7 @@ def _threshold(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from exc
 
 
-def add_decoding_args(p: argparse.ArgumentParser, words: bool = True) -> None:
+def add_decoding_args(p: argparse.ArgumentParser, words: bool = True, batch: bool = True) -> None:
     """Register the decoding flags; a flag not given leaves the preset's value."""
     g = p.add_argument_group("decoding (the same decoder for transcribe, evaluate, bench and report)",
                              argument_default=argparse.SUPPRESS)
@@ -47,7 +47,8 @@ def add_decoding_args(p: argparse.ArgumentParser, words: bool = True) -> None:
                         "(default 0.6; none: off)")
     g.add_argument("--max-new-tokens", type=int, help="token limit per 30-s window (default 224)")
     g.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling, style)")
-    g.add_argument("--batch-size", type=int, help="clips decoded together (default 8)")
+    if batch:
+        g.add_argument("--batch-size", type=int, help="clips decoded together (default 8)")
     g.add_argument("--vad", action="store_true",
                    help="skip non-speech with Silero VAD first (needs: pip install 'litewhisper[vad]')")
     if words:

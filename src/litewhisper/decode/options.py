@@ -86,6 +86,19 @@ class DecodeOptions:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
+    def describe(self) -> str:
+        """One line for reports, e.g. 'greedy, timestamps, temperature fallback 0-1 (gzip > 2.4, logprob < -1)'."""
+        parts = [f"beam {self.beam_size}" if self.beam_size > 1 else "greedy",
+                 "timestamps" if self.timestamps else "no timestamps"]
+        if self.fallback:
+            parts.append(f"temperature fallback {self.temperature[0]:g}-{self.temperature[-1]:g} (gzip > "
+                         f"{self.compression_ratio_threshold}, logprob < {self.logprob_threshold})")
+        if self.no_speech_threshold is not None:
+            parts.append(f"no-speech > {self.no_speech_threshold}")
+        parts += [f"max_new_tokens={self.max_new_tokens}", f"batch {self.batch_size}"]
+        return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt))
+                                  if on])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (written into evaluate's results)."""
         out = asdict(self)
