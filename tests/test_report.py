@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import require_shared_data, shared_manifest, tiny_whisper
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.report.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
 from litewhisper.report.plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
                                       plot_theta_sweep)
@@ -49,11 +50,11 @@ def test_markdown_tables():
     rows = [{"name": "orig", "wer": 6.0, "macro_wer": 7.0, "domains": {"a": 5.0, "b": 9.0}, "params": 8e6,
              "flops": 3.7e10, "speedup": 1.0, "n_hit": 0},
             {"name": "fast", "wer": 8.0, "macro_wer": 9.5, "domains": {"a": 7.0}, "params": 4e6, "flops": 2e10,
-             "speedup": 1.6, "n_hit": 1}]
+             "speedup": 1.6, "n_hit": 1, "n_loops": 1, "loop_share": 0.25}]
     text = table1(rows)
     lines = text.splitlines()
     assert lines[0].startswith("| model | a | b | pooled WER")
-    assert "| fast | 7.00 | – | **8.00** | 9.50 | 4.00 M | 50.0 | 20.00 | 1.60× | 1 |" in text
+    assert "| fast | 7.00 | – | **8.00** | 9.50 | 4.00 M | 50.0 | 20.00 | 1.60× | 1 (25) |" in text
     t2 = table2([{"id": "ja1", "lang": "ja", "metric": "cer", "rate": 12.5, "reference": "今日", "hypothesis": "今"}])
     assert "| ja1 | ja | CER | 12.5 | 今日 | 今 |" in t2
 
@@ -74,7 +75,8 @@ def test_small_report_end_to_end_on_random_model(tmp_path, litewhisper_cache):
     manifest = tmp_path / "dev.jsonl"
     manifest.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
     config = ReportConfig(max_clips=2, max_calib_clips=3, presets=("acc", "fast"), thetas=(0.9,), target_sizes=(0.8,),
-                          multilingual=None, max_new_tokens=3, bench_repeats=1)
+                          multilingual=None, decoding=DecodeOptions.preset("leaderboard", max_new_tokens=3),
+                          bench_repeats=1)
     readme = run_report(config, data / "manifest.jsonl", manifest, tmp_path / "rep", bundle=bundle,
                         command="litewhisper report ...")
     out = readme.parent

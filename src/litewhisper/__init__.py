@@ -24,6 +24,7 @@ _EXPORTS = {
     "Segment": "decode.transcribe",
     "transcribe_iter": "decode.transcribe",
     "TranscriptionFailure": "decode.transcribe",
+    "DecodeOptions": "decode.options",
     "calibrate": "compression.calibration",
     "ActivationStats": "compression.calibration",
     "CalibrationConfig": "compression.calibration",
