@@ -70,8 +70,8 @@ def _cut(segments: list[Segment], length_s: float, last: bool, margin_s: float) 
 
 
 def _windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[tuple[np.ndarray, bool]]:
-    """Fill a window of `window` samples from the blocks (the last one may be shorter; True when it is the
-    last); the caller sends back how many samples to drop before the next window is filled."""
+    """Windows of `window` samples from the blocks (the last one may be shorter; True when it is the last);
+    the caller sends back how many samples of the window to drop before the next one starts."""
     it = iter(blocks)
     buffer = np.zeros(0, dtype=np.float32)
     exhausted = False
@@ -82,7 +82,7 @@ def _windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[tuple[np.nda
             exhausted = block is None
             parts += [] if block is None else [block]
         buffer = np.concatenate(parts)  # (samples,) at most one window plus one block
-        drop = yield buffer, exhausted
+        drop = yield buffer[:window], exhausted and buffer.size <= window
         buffer = buffer[drop:].copy()  # the old window is freed
 
 
