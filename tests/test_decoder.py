@@ -48,7 +48,7 @@ def test_cli_flags_build_options_and_none_switches_a_threshold_off():
 def test_loop_stats_count_high_compression_and_their_error_share():
     loop = "the cat sat " * 40
     hyps = [Hypothesis("m", "a", "hello world", "hello world"), Hypothesis("m", "b", loop, "the cat sat"),
-            Hypothesis("m", "c", "x", "one two three", hit_token_limit=True)]
+            Hypothesis("m", "c", "x", "red green blue", hit_token_limit=True)]
     assert compression_ratio(loop) > 2.4 > compression_ratio("hello world")
     stats = loop_stats(hyps, "english")
     assert stats.high_compression_ids == ("b",) and stats.hit_token_limit_ids == ("c",) and stats.ids == ("c", "b")
@@ -67,7 +67,7 @@ def test_unknown_split_lists_the_splits_and_default_is_every_row(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- real tiny.en
 
-def _real_manifest(tmp_path, n: int = 6):
+def _real_manifest(tmp_path, n: int = 3):
     data = require_shared_data()
     by_domain: dict[str, dict] = {}
     for r in shared_manifest("dev", "en"):
@@ -98,7 +98,7 @@ def test_transcribe_and_evaluate_agree_and_wer_matches_jiwer(real_tiny_en, tmp_p
     refs = [normalize(r["text"], "english") for r in rows]
     independent = 100 * jiwer.wer(refs, [normalize(p["text"], "english") for p in printed])
     assert result["wer"] == pytest.approx(independent, abs=0.1)
-    assert result["n_loops"] == 0 and result["wer"] < 25
+    assert result["n_loops"] == 0 and result["wer"] < 30
 
 
 @pytest.mark.real
