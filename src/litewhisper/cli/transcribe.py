@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
                     "directory or hub id). Bad files are reported and skipped; the exit code is 1 if any failed.")
     p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
     p.add_argument("audio", metavar="AUDIO", nargs="+",
-                   help="audio files, folders of audio (searched recursively) or JSONL manifests")
+                   help="audio files (any format FFmpeg decodes: wav, flac, mp3, m4a, webm, mp4...), folders of "
+                        "audio (searched recursively), JSONL manifests, or - for standard input")
     p.add_argument("--language", help="language code (e.g. en, de); default: detected per file")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="txt", help="output format (default txt)")
@@ -54,7 +55,9 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
                 inputs.append((item.path, (rel if ".." not in rel.parts else Path(item.path.name)).with_suffix("")
                                .as_posix()))
         else:
-            inputs.append((source, source.stem))
+            inputs.append((source, "stdin" if str(source) == "-" else source.stem))  # '-': read standard input
+    if sum(str(path) == "-" for path, _ in inputs) > 1:
+        raise LiteWhisperError("standard input (-) was given more than once: it can be read only once")
     seen: dict[str, Path] = {}
     for path, name in inputs:
         if name in seen and seen[name] != path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterable, Iterator, Sequence, Union
 
@@ -40,29 +39,27 @@ class _Clip:
     index: int
     name: str
     source: AudioInput
-    duration_s: float
+    duration_s: float | None  # None: unknown until read (standard input)
 
 
 def _probe(index: int, item: AudioInput) -> _Clip | TranscriptionFailure:
-    """Name and duration of an input, read from the file header (no decoding) or the array."""
+    """Name and duration of an input, read from the file header (no decoding) or the array; '-' is standard
+    input (length unknown: streamed)."""
     if isinstance(item, np.ndarray):
         name = f"<array {index}>"
         if item.ndim != 1 or item.size == 0:
             return TranscriptionFailure(name, f"audio array {index} has shape {item.shape}: expected a "
                                         "non-empty 1-D float array of 16 kHz mono samples")
         return _Clip(index, name, item, item.size / SAMPLE_RATE)
-    import soundfile as sf
+    from litewhisper.audio.load import STDIN, probe_audio, source_name
 
-    path = Path(item)
-    if not path.is_file():
-        return TranscriptionFailure(str(path), f"audio file not found: {path}")
+    if str(item) == STDIN:
+        return _Clip(index, source_name(item), item, None)
     try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        return TranscriptionFailure(str(path), f"cannot read audio {path}: {exc}")
-    if info.frames <= 0:
-        return TranscriptionFailure(str(path), f"audio file {path} is empty (0 samples)")
-    return _Clip(index, str(path), item, info.frames / info.samplerate)
+        info = probe_audio(item)
+    except AudioError as exc:
+        return TranscriptionFailure(str(item), str(exc))
+    return _Clip(index, str(item), item, info.duration_s)
 
 
 def _load(clip: _Clip) -> np.ndarray:
@@ -123,10 +120,40 @@ def _run(backend: Backend, items: list[AudioInput], options: DecodeOptions, vad
             yield index, probed
         else:
             clips.append(probed)
-    total = round(sum(c.duration_s for c in clips), 1)
-    with progress_bar(total=total, unit="audio-s", desc="transcribing") as bar:
-        for _, batch in plan_batches(clips, options.batch_size):
+    streamed = [c for c in clips if _streamed(c)]  # long recordings: window by window, bounded memory
+    batched = [c for c in clips if not _streamed(c)]
+    known = None if any(c.duration_s is None for c in clips) else round(sum(c.duration_s for c in clips), 1)
+    with progress_bar(total=known, unit="audio-s", desc="transcribing") as bar:
+        for _, batch in plan_batches(batched, options.batch_size):
             yield from _decode_batch(backend, batch, options, vad, bar)
+        for clip in streamed:
+            yield clip.index, _decode_streamed(backend, clip, options, vad, bar)
+
+
+def _streamed(clip: _Clip) -> bool:
+    from litewhisper.decode.stream import STREAM_WINDOW_S
+
+    return not isinstance(clip.source, np.ndarray) and (clip.duration_s is None or clip.duration_s > STREAM_WINDOW_S)
+
+
+def _decode_streamed(backend: Backend, clip: _Clip, options: DecodeOptions, vad, bar
+                     ) -> Transcription | TranscriptionFailure:
+    """Decode one long recording as a stream of windows (`litewhisper.decode.stream`)."""
+    from litewhisper.audio.load import stream_audio
+    from litewhisper.decode.stream import READ_BLOCK_S, decode_stream
+
+    start = bar.n
+
+    def advance(seconds: float) -> None:
+        bar.n = round(start + seconds, 1)
+        bar.refresh()
+
+    try:
+        done = decode_stream(backend, stream_audio(clip.source, READ_BLOCK_S), options, vad, advance)
+    except AudioError as exc:
+        return TranscriptionFailure(clip.name, str(exc))
+    advance(done.duration_s)
+    return _result(clip, done.duration_s, done.decoded, None, options, backend)
 
 
 def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, vad, bar
@@ -154,17 +181,17 @@ def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, 
                    if todo else [])
     for clip, samples, speech in loaded:
         out = next(decoded) if speech is None or speech.samples.size else None
-        yield clip.index, _result(clip, samples, out, speech, options, backend)
+        yield clip.index, _result(clip, samples.size / SAMPLE_RATE, out, speech, options, backend)
     advance(sum(c.duration_s for c in batch))
 
 
 _NO_SPEECH = SimpleNamespace(samples=np.zeros(0, dtype=np.float32))  # like a VAD result with no speech
 
 
-def _result(clip: _Clip, samples: np.ndarray, out: DecodedClip | None, speech, options: DecodeOptions,
+def _result(clip: _Clip, duration_s: float, out: DecodedClip | None, speech, options: DecodeOptions,
             backend: Backend) -> Transcription:
     """The Transcription of one clip; times mapped back to the original audio when a VAD cut it."""
-    duration = round(samples.size / SAMPLE_RATE, 3)
+    duration = round(duration_s, 3)
     if out is None:  # the VAD found no speech at all
         language = language_code(options.language) if options.language else None
         return Transcription(clip.name, "", language if backend.is_multilingual else "en", [], duration)

@@ -196,10 +196,10 @@ def spread_over_domains(items: Sequence[AudioItem], n: int) -> list[AudioItem]:
 def _duration(it: AudioItem) -> float:
     if it.duration_s is not None:
         return float(it.duration_s)
-    import soundfile as sf
+    from litewhisper.audio.load import probe_audio
     try:
-        return float(sf.info(str(it.path)).duration)
-    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return float(probe_audio(it.path).duration_s or 0.0)
+    except AudioError:
         return 0.0  # unreadable: the decoder reports it
 
 
