@@ -46,6 +46,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _chmod_tree(root: Path, umask: int) -> None:
+    """Give `root` and everything in it the modes of newly created files and directories."""
+    os.chmod(root, 0o777 & ~umask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
 def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporaries of `path` (`.NAME.[<pid>-]<random>.tmp|.old`) left by writers that are gone."""
     path = Path(path)
@@ -119,7 +129,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+        _chmod_tree(tmp, _umask())  # mkdtemp creates 0700, some writers (safetensors) 0600 files
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old / "x")
