@@ -343,3 +343,7 @@ def test_real_tiny_en_bundle_round_trip(tmp_path, monkeypatch):
     assert all(torch.equal(value.half().float(), loaded[key]) for key, value in original.items())
     assert prompts == []  # loading our own checkpoint never asks about remote code
     assert reloaded.processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])
+    from transformers import AutoProcessor, WhisperProcessor
+    processor = AutoProcessor.from_pretrained(out)  # no trust_remote_code: a stock Whisper processor
+    assert isinstance(processor, WhisperProcessor) and prompts == []
+    assert processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])

@@ -43,6 +43,25 @@ class CheckpointError(ModelSourceError):
     """A lite-whisper checkpoint that cannot be written, verified or loaded."""
 
 
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes know `lite-whisper` as local code (done when this module is imported).
+
+    Without it, AutoProcessor / AutoTokenizer.from_pretrained(checkpoint) read config.json's auto_map and ask
+    interactively whether to run the shipped remote code, although the processor is a stock WhisperProcessor.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+
+    from litewhisper.models.hf_lite.configuration_lite_whisper import LiteWhisperConfig
+    from litewhisper.models.hf_lite.modeling_lite_whisper import LiteWhisperForConditionalGeneration
+
+    AutoConfig.register(LiteWhisperConfig.model_type, LiteWhisperConfig, exist_ok=True)
+    for auto in (AutoModel, AutoModelForSpeechSeq2Seq):
+        auto.register(LiteWhisperConfig, LiteWhisperForConditionalGeneration, exist_ok=True)
+
+
+register_auto_classes()
+
+
 # ----------------------------------------------------------------------------------------------------- layout
 def _linear_dims(config: Mapping[str, Any], name: str) -> tuple[int, int]:
     """(in_features, out_features) of encoder linear `name`."""
