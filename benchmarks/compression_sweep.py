@@ -71,7 +71,7 @@ def main() -> None:
             stats = calibrate(bundle, calib, CalibrationConfig(windowing=windowing, frames=frames))
         calib_s = time.perf_counter() - start
         for preset in args.presets:
-            result = compress(bundle, None, RankPolicy.preset(preset), stats=stats, progress=False)
+            result = compress(bundle, None, RankPolicy.preset(preset), stats=stats)
             row = {"mode": mode, "preset": preset, "encoder_params": result.params_after,
                    "gflops": round(result.flops_after / 1e9, 3), "frames": stats.frames,
                    "windows": int(stats.metadata["windows"]), "calibrate_s": round(calib_s, 1),

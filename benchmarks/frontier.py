@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from litewhisper.compression.budget import compress_to_size
-from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.compression.api import compress
+from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.audio.datasets import read_manifest
 from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, score_hypotheses
 from litewhisper.models.cost import encoder_flops, encoder_params
 from litewhisper.models.load import load_model
-from litewhisper.compression.plan import RankPolicy
+from litewhisper.compression.policy import RankPolicy, SizeBudget
 from litewhisper.compression.refine import RefineConfig, relative_mse
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.progress import quiet
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -67,17 +67,28 @@ def cached_stats(bundle, calib: list, windowing: str, path: Path) -> ActivationS
     return stats
 
 
+_SENSITIVITIES: dict[str, dict[str, float]] = {}
+
+
 def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig,
           min_kept: float = 0.0):
     """The compressed bundle for one point: knob = θ (liteasr*) or target size fraction (budget*)."""
+    with quiet():
+        return _compressed(bundle, variant, knob, stats, calib, refine_cfg, min_kept)
+
+
+def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig,
+                min_kept: float):
     if variant.startswith("liteasr"):
         policy = RankPolicy.preset(knob) if isinstance(knob, str) else RankPolicy(theta_attn=knob, theta_mlp=knob)
-        return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"],
-                        progress=False).bundle
+        return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"]).bundle
     windows = "clip" if "-clip" in variant else "pack"
-    return compress_to_size(bundle, calib, knob, stats=stats[windows], sequential="-seq" in variant,
-                            refine_config=refine_cfg if variant.endswith("refine") else None,
-                            min_kept=min_kept, sensitivity="-sens" in variant, progress=False).bundle
+    budget = SizeBudget(knob, sensitivity="-sens" in variant, windows=windows, sequential="-seq" in variant,
+                        refine=refine_cfg if variant.endswith("refine") else None, min_kept=min_kept)
+    result = compress(bundle, calib, budget, stats=stats[windows], sensitivities=_SENSITIVITIES.get(windows))
+    if result.sensitivities is not None:
+        _SENSITIVITIES[windows] = result.sensitivities  # probed once per statistics, re-used for every size
+    return result.bundle
 
 
 class Proxy:

@@ -68,36 +68,36 @@ def test_errors():
         LayerSpectrum("x", 4, 4, torch.ones(3))
 
 
-def test_budget_policy_from_stats(tiny_model):
+def test_plan_budget_from_stats(tiny_model):
     import numpy as np
 
     from litewhisper.compression.calibration import CalibrationConfig, calibrate
     from litewhisper.models.cost import encoder_params
-    from litewhisper.compression.plan import plan_ranks
-    from litewhisper.compression.budget import budget_policy
+    from litewhisper.compression.budget import plan_budget
+    from litewhisper.compression.policy import SizeBudget
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
-    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"), progress=False)
+    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"))
     total = encoder_params(tiny_model)
     # tiny model: d_model 32, ffn 64 -> only rank 16 on the 32x64 / 64x32 MLP layers can shrink anything
-    policy = budget_policy(stats, total, 0.95, multiple_of=16)
-    plan = plan_ranks(stats, policy)
+    plan = plan_budget(stats, SizeBudget(0.95, multiple_of=16), total)
     assert total - plan.totals()["params_before"] + plan.totals()["params_after"] <= 0.95 * total
     assert {e.rank for e in plan.low_rank} == {16}
 
 
-def test_compress_to_size_sequential_and_refined(tiny_model):
+def test_size_budget_sequential_and_refined(tiny_model):
     import numpy as np
 
-    from litewhisper.compression.budget import compress_to_size
+    from litewhisper.compression.api import compress
+    from litewhisper.compression.policy import SizeBudget
     from litewhisper.models.cost import encoder_params
     from litewhisper.models.linears import LowRankLinear
     from litewhisper.compression.refine import RefineConfig
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(3)]
     total = encoder_params(tiny_model)
-    result = compress_to_size(tiny_model, clips, 0.95, sequential=True, progress=False,
-                              refine_config=RefineConfig(max_steps=2, eval_every=1, val_fraction=0.34))
+    budget = SizeBudget(0.95, sequential=True, refine=RefineConfig(max_steps=2, eval_every=1, val_fraction=0.34))
+    result = compress(tiny_model, clips, budget)
     assert result.params_before == total and result.params_after <= 0.95 * total
     assert result.params_after == encoder_params(result.model)
     assert any(isinstance(m, LowRankLinear) for m in result.model.modules())
@@ -109,3 +109,42 @@ def test_min_kept_floor():
     kept = spec.kept_variance()
     opts = layer_options(spec, 16, min_kept=float(kept[31]))
     assert [o.rank for o in opts] == [32, 48, None]
+
+
+def test_size_budget_is_validated_in_one_place():
+    from litewhisper.compression.policy import SizeBudget
+    from litewhisper.compression.refine import RefineConfig
+    from litewhisper.errors import PlanError
+
+    assert SizeBudget(0.8, refine=5).refine == RefineConfig(max_steps=5) and SizeBudget(0.8, refine=0).refine is None
+    assert SizeBudget.preset("balanced").target_size == 0.8 and SizeBudget(0.8).windows == "pack"
+    assert SizeBudget(0.8).needs_audio and not SizeBudget(0.8, sensitivity=False).needs_audio
+    for kwargs, message in (({"target_size": 1.5}, "fraction in"), ({"target_size": 0.8, "windows": "x"}, "windows"),
+                            ({"target_size": 0.8, "multiple_of": 0}, "multiple_of"),
+                            ({"target_size": 0.8, "refine": -1}, "refine steps"),
+                            ({"target_size": 0.8, "min_kept": 1.0}, "min_kept")):
+        with pytest.raises(PlanError, match=message):
+            SizeBudget(**kwargs)
+
+
+def test_budget_plan_round_trips_and_policy_conflicts(tiny_model, tmp_path):
+    import numpy as np
+
+    from litewhisper.compression.api import compress
+    from litewhisper.compression.calibration import CalibrationConfig, calibrate
+    from litewhisper.compression.plan import RankPlan
+    from litewhisper.compression.policy import SizeBudget
+    from litewhisper.errors import PlanError
+
+    clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
+    stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"))
+    budget = SizeBudget(0.9, sensitivity=False, multiple_of=8, refine=3)
+    plan = compress(tiny_model, None, SizeBudget(0.9, sensitivity=False, multiple_of=8), stats=stats).plan
+    assert all(e.target == e.rank for e in plan.entries)  # explicit ranks, no θ
+    loaded = RankPlan.load(RankPlan(plan.entries, budget, plan.metadata).save(tmp_path / "plan.json"))
+    assert loaded.policy == budget and [e.rank for e in loaded.entries] == [e.rank for e in plan.entries]
+    assert "fixed rank per layer (budget allocation)" in plan.table()
+    with pytest.raises(PlanError, match="windows"):
+        compress(tiny_model, clips, SizeBudget(0.9), config=CalibrationConfig(windowing="clip"))
+    with pytest.raises(PlanError, match="RankPolicy .* or a SizeBudget"):
+        compress(tiny_model, clips, 0.9)

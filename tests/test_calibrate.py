@@ -48,8 +48,8 @@ def test_output_moments_through_linear_equal_direct():
 
 def test_qkv_from_shared_inputs_equals_direct_outputs(tiny_model):
     audio = clips()
-    shared = calibrate(tiny_model, audio, CalibrationConfig(share_inputs=True), progress=False)
-    direct = calibrate(tiny_model, audio, CalibrationConfig(share_inputs=False), progress=False)
+    shared = calibrate(tiny_model, audio, CalibrationConfig(share_inputs=True))
+    direct = calibrate(tiny_model, audio, CalibrationConfig(share_inputs=False))
     assert shared.layers.keys() == direct.layers.keys() and len(shared.layers) == 12
     for name, s in shared.layers.items():
         d = direct.layers[name]
@@ -61,9 +61,9 @@ def test_qkv_from_shared_inputs_equals_direct_outputs(tiny_model):
 def test_merge_of_shards_equals_one_pass(tiny_model):
     audio = clips((3, 5, 7, 2))
     config = CalibrationConfig(batch_size=1)
-    whole = calibrate(tiny_model, audio, config, progress=False)
-    a = calibrate(tiny_model, audio[:2], config, progress=False)
-    b = calibrate(tiny_model, audio[2:], config, progress=False)
+    whole = calibrate(tiny_model, audio, config)
+    a = calibrate(tiny_model, audio[:2], config)
+    b = calibrate(tiny_model, audio[2:], config)
     merged = a.merge(b)
     assert merged.metadata["clips"] == "4" and merged.frames == whole.frames == 4 * 1500
     for name, s in whole.layers.items():
@@ -74,7 +74,7 @@ def test_merge_of_shards_equals_one_pass(tiny_model):
 
 
 def test_save_load_round_trip_is_exact(tiny_model, tmp_path):
-    stats = calibrate(tiny_model, clips((2,)), progress=False)
+    stats = calibrate(tiny_model, clips((2,)))
     path = stats.save(tmp_path / "stats.safetensors")
     loaded = ActivationStats.load(path)
     assert loaded.metadata == stats.metadata
@@ -96,7 +96,7 @@ def test_load_rejects_other_files(tmp_path):
 
 
 def test_audio_frames_count_only_positions_with_audio(tiny_model):
-    stats = calibrate(tiny_model, clips((3, 5.5)), CalibrationConfig(frames="audio"), progress=False)
+    stats = calibrate(tiny_model, clips((3, 5.5)), CalibrationConfig(frames="audio"))
     assert stats.frames == 150 + math.ceil(5.5 * SR / 320)
 
 
@@ -110,8 +110,7 @@ def test_windows_clip_and_pack():
 
 
 def test_max_clips_and_metadata(tiny_model):
-    stats = calibrate(tiny_model, clips((1, 1, 1)), CalibrationConfig(max_clips=2, windowing="pack"),
-                      progress=False)
+    stats = calibrate(tiny_model, clips((1, 1, 1)), CalibrationConfig(max_clips=2, windowing="pack"))
     assert stats.metadata["clips"] == "2" and stats.metadata["windows"] == "1"
     assert stats.metadata["windowing"] == "pack" and stats.frames == 1500
 
@@ -129,15 +128,15 @@ def test_nan_activations_raise_and_remove_hooks(tiny_model):
     with torch.no_grad():
         tiny_model.model.encoder.layers[1].fc1.weight[0, 0] = float("nan")
     with pytest.raises(CalibrationError, match="non-finite"):
-        calibrate(tiny_model, clips((1,)), progress=False)
+        calibrate(tiny_model, clips((1,)))
     assert no_hooks(tiny_model)
 
 
 def test_bad_input_errors(tiny_model):
     with pytest.raises(CalibrationError, match="empty"):
-        calibrate(tiny_model, [], progress=False)
+        calibrate(tiny_model, [])
     with pytest.raises(CalibrationError, match="NaN"):
-        calibrate(tiny_model, [np.array([0.0, np.nan], dtype=np.float32)], progress=False)
+        calibrate(tiny_model, [np.array([0.0, np.nan], dtype=np.float32)])
     with pytest.raises(CalibrationError, match="windowing"):
         CalibrationConfig(windowing="slide")
     with pytest.raises(CalibrationError, match="frames"):
@@ -149,14 +148,14 @@ def test_bad_input_errors(tiny_model):
 
 
 def test_merge_refuses_other_model(tiny_model):
-    a = calibrate(tiny_model, clips((1,)), progress=False)
-    b = calibrate(tiny_whisper(d_model=48), clips((1,)), progress=False)
+    a = calibrate(tiny_model, clips((1,)))
+    b = calibrate(tiny_whisper(d_model=48), clips((1,)))
     with pytest.raises(CalibrationError, match="signature"):
         a.merge(b)
 
 
 def test_check_matches(tiny_model):
-    stats = calibrate(tiny_model, clips((1,)), progress=False)
+    stats = calibrate(tiny_model, clips((1,)))
     stats.check_matches(encoder_linears(tiny_model.model.encoder))
     other = tiny_whisper(d_model=48)
     with pytest.raises(CalibrationError, match="do not match"):

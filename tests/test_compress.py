@@ -23,7 +23,7 @@ def audio(seconds=(4, 6), seed=0):
 
 def test_compress_leaves_the_input_untouched(tiny_model):
     before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
-    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), progress=False)
+    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4))
     assert isinstance(result, CompressionResult) and result.model is not tiny_model
     assert all(torch.equal(before[k], v) for k, v in tiny_model.state_dict().items())
     n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(result.model.model.encoder).values())
@@ -35,29 +35,29 @@ def test_compress_leaves_the_input_untouched(tiny_model):
 
 
 def test_compress_reuses_statistics(tiny_model):
-    stats = calibrate(tiny_model, audio(), progress=False)
-    a = compress(tiny_model, None, RankPolicy(0.9, 0.9, multiple_of=4), stats=stats, progress=False)
-    b = compress(tiny_model, None, RankPolicy(0.8, 0.8, multiple_of=4), stats=stats, progress=False)
+    stats = calibrate(tiny_model, audio())
+    a = compress(tiny_model, None, RankPolicy(0.9, 0.9, multiple_of=4), stats=stats)
+    b = compress(tiny_model, None, RankPolicy(0.8, 0.8, multiple_of=4), stats=stats)
     assert "calibrate" not in a.timings and a.stats is stats
     assert b.params_after <= a.params_after
 
 
 def test_compress_bad_input(tiny_model):
     with pytest.raises(CalibrationError, match="calibration audio or precomputed statistics"):
-        compress(tiny_model, None, progress=False)
-    other = calibrate(tiny_whisper(d_model=48), audio((2,)), progress=False)
+        compress(tiny_model, None)
+    other = calibrate(tiny_whisper(d_model=48), audio((2,)))
     with pytest.raises(CalibrationError, match="do not match this model"):
-        compress(tiny_model, None, stats=other, progress=False)
+        compress(tiny_model, None, stats=other)
 
 
 def test_compress_inplace(tiny_model):
-    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), inplace=True, progress=False)
+    result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), inplace=True)
     assert result.model is tiny_model
     assert result.params_after < result.params_before
 
 
 def test_cli_plan_prints_table_and_validates(tiny_model, tmp_path, capsys):
-    stats_file = calibrate(tiny_model, audio(), progress=False).save(tmp_path / "s.safetensors")
+    stats_file = calibrate(tiny_model, audio()).save(tmp_path / "s.safetensors")
     assert main(["plan", str(stats_file), "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4",
                  "--json", str(tmp_path / "plan.json")]) == 0
     out = capsys.readouterr().out
@@ -79,7 +79,8 @@ def _words(text: str) -> str:
     return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
-def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
+@pytest.mark.real
+def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys, litewhisper_cache):
     """Real tiny.en, 16 real `calib` clips packed into 2 windows, `acc` plan: the checkpoint transcribes jfk.flac.
 
     (8 clips one per window, padding counted, gave "And so am I fellow Americans": padding dominates the PCA.)
@@ -98,7 +99,7 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
     bundle = load_model(out)
     n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(bundle.encoder).values())
     assert n_low > 0 and encoder_params(bundle.model) < 7_632_384
-    text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac", progress=False)[0].text
+    text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac")[0].text
     assert _words(text) == _words("And so my fellow Americans, ask not what your country can do for you, "
                                   "ask what you can do for your country.")
 

@@ -19,7 +19,7 @@ def calibrated():
     model = tiny_whisper()
     rng = np.random.default_rng(0)
     audio = [(0.1 * rng.standard_normal(16_000 * s)).astype(np.float32) for s in (4, 9)]
-    return model, calibrate(model, audio, progress=False)
+    return model, calibrate(model, audio)
 
 
 def test_full_rank_factorization_reproduces_every_layer(calibrated):
@@ -96,7 +96,7 @@ def test_apply_plan_refuses_stats_of_another_model(calibrated):
 
 def test_swap_modules_is_generic():
     net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Linear(2, 2)))
-    swapped = swap_modules(net, lambda name, m: nn.Identity(), lambda name, m: isinstance(m, nn.Linear))
+    swapped = swap_modules(net, lambda m, name: nn.Identity(), lambda m, name: isinstance(m, nn.Linear))
     assert swapped == ["0", "2.0"] and isinstance(net[0], nn.Identity) and isinstance(net[2][0], nn.Identity)
 
 
@@ -117,9 +117,9 @@ def test_widening_layers_use_the_cheaper_factor_pca(calibrated):
     """fc1's spectrum from the SVD of its input-side factor equals the eigh of its output covariance."""
     from litewhisper.compression.stats import ActivationStats
     _, stats = calibrated
-    assert set(stats._cache["factors"]) == {"layers.0.fc1", "layers.1.fc1"}
+    assert set(stats.factors) == {"layers.0.fc1", "layers.1.fc1"}
     plain = ActivationStats(stats.layers, stats.metadata)  # no cached factors: eigh path
-    for name in stats._cache["factors"]:
+    for name in stats.factors:
         fast, slow = decompose(stats, name), decompose(plain, name)
         torch.testing.assert_close(fast.eigenvalues, slow.eigenvalues, rtol=0, atol=1e-12)
         v, w = fast.eigenvectors[:, :16], slow.eigenvectors[:, :16]

@@ -21,10 +21,10 @@ def _clips(n: int) -> list[np.ndarray]:
 def setup():
     from helpers import tiny_whisper
     model = tiny_whisper()
-    stats = calibrate(model, _clips(2), CalibrationConfig(windowing="pack"), progress=False)
-    from litewhisper.compression.calibration import _feature_extractor
+    stats = calibrate(model, _clips(2), CalibrationConfig(windowing="pack"))
+    from litewhisper.compression.calibration import feature_extractor
     from litewhisper.models.linears import find_encoder
-    extractor = _feature_extractor(model, find_encoder(model))
+    extractor = feature_extractor(model, find_encoder(model))
     features = extractor(_clips(2), sampling_rate=16000, return_tensors="pt").input_features
     return model, stats, features
 
@@ -39,7 +39,7 @@ def test_probe_rank():
 def test_weights_match_a_single_layer_probe(setup):
     model, stats, features = setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    weights = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, progress=False)
+    weights = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8)
     assert set(weights) == set(stats.layers)
     assert all(math.isfinite(w) and w > 0 for w in weights.values())
     # the model is exactly as it was
@@ -66,8 +66,8 @@ def test_weights_match_a_single_layer_probe(setup):
 
 def test_batching_does_not_change_weights(setup):
     model, stats, features = setup
-    one = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, progress=False, batch_size=1)
-    two = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, progress=False, batch_size=2)
+    one = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, batch_size=1)
+    two = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, batch_size=2)
     assert one == pytest.approx(two, rel=1e-4)
 
 
@@ -77,28 +77,30 @@ def test_bad_probe_is_refused(setup):
         layer_sensitivities(model, stats, features, probe_kept=1.0)
 
 
-def test_compress_to_size_with_sensitivity(tiny_model):
-    from litewhisper.compression.budget import compress_to_size
+def test_size_budget_with_sensitivity(tiny_model):
+    from litewhisper.compression.api import compress
+    from litewhisper.compression.policy import SizeBudget
     from litewhisper.models.cost import encoder_params
 
-    result = compress_to_size(tiny_model, _clips(3), 0.95, sensitivity=True, progress=False)
+    result = compress(tiny_model, _clips(3), SizeBudget(0.95, sensitivity=True))
     assert result.params_after <= 0.95 * result.params_before
     assert "sensitivity" in result.timings
     with pytest.raises(LiteWhisperError, match="calibration audio is needed"):
-        compress_to_size(tiny_model, None, 0.95, stats=result.stats, sensitivity=True, progress=False)
+        compress(tiny_model, None, SizeBudget(0.95, sensitivity=True), stats=result.stats)
     assert encoder_params(result.model) == result.params_after
 
 
-def test_sensitivities_are_probed_once_per_statistics(tiny_model, monkeypatch):
-    import litewhisper.compression.sensitivity as sensitivity
-    from litewhisper.compression.budget import compress_to_size
+def test_sensitivities_are_reused_when_passed_back(tiny_model, monkeypatch):
+    import litewhisper.compression.api as api
+    from litewhisper.compression.policy import SizeBudget
 
     clips = _clips(3)
     calls = []
-    real = sensitivity.layer_sensitivities
-    monkeypatch.setattr(sensitivity, "layer_sensitivities", lambda *a, **k: calls.append(1) or real(*a, **k))
-    stats = compress_to_size(tiny_model, clips, 0.95, progress=False).stats
-    compress_to_size(tiny_model, clips, 0.96, stats=stats, progress=False)
-    assert len(calls) == 1
-    compress_to_size(tiny_model, clips[:2], 0.96, stats=stats, progress=False)  # other audio: probed again
+    real = api.layer_sensitivities
+    monkeypatch.setattr(api, "layer_sensitivities", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = api.compress(tiny_model, clips, SizeBudget(0.95))
+    again = api.compress(tiny_model, clips, SizeBudget(0.96), stats=first.stats, sensitivities=first.sensitivities)
+    assert len(calls) == 1 and again.sensitivities is first.sensitivities and "sensitivity" not in again.timings
+    api.compress(tiny_model, clips[:2], SizeBudget(0.96), stats=first.stats)  # not passed back: probed again
     assert len(calls) == 2
+    assert api.compress(tiny_model, clips, SizeBudget(0.95, sensitivity=False)).sensitivities is None

@@ -19,9 +19,9 @@ def _clips(n: int = 2) -> list[np.ndarray]:
 @pytest.mark.parametrize("frames", ["all", "audio"])
 def test_full_rank_equals_plain_calibration(tiny_model, frames):
     config = CalibrationConfig(windowing="clip", frames=frames, batch_size=2)
-    plain = calibrate(tiny_model, _clips(), config, progress=False)
+    plain = calibrate(tiny_model, _clips(), config)
     dense = RankPolicy(overrides=(("*", None),))
-    plan, seq = compress_sequential(copy.deepcopy(tiny_model), _clips(), dense, config, progress=False)
+    plan, seq = compress_sequential(copy.deepcopy(tiny_model), _clips(), dense, config)
     assert not plan.low_rank and seq.layers.keys() == plain.layers.keys()
     for name, s in plain.layers.items():
         assert seq.layers[name].moments.count == s.moments.count
@@ -33,12 +33,12 @@ def test_low_rank_is_sequential(tiny_model):
     config = CalibrationConfig(windowing="pack", batch_size=1)
     model = copy.deepcopy(tiny_model)
     policy = RankPolicy(overrides=(("*fc1", 16), ("*", None)))
-    plan, seq = compress_sequential(model, _clips(), policy, config, progress=False)
+    plan, seq = compress_sequential(model, _clips(), policy, config)
     enc = model.model.encoder
     assert [e.name for e in plan.low_rank] == ["layers.0.fc1", "layers.1.fc1"]
     assert all(isinstance(layer.fc1, LowRankLinear) and layer.fc1.rank == 16 for layer in enc.layers)
     assert all(p.requires_grad for p in enc.layers[0].fc1.parameters())  # trainable, not inference tensors
-    plain = calibrate(tiny_model, _clips(), config, progress=False)
+    plain = calibrate(tiny_model, _clips(), config)
     # layer 0 saw the original model's inputs; layer 0's fc2 and everything after saw a compressed fc1
     torch.testing.assert_close(seq.layers["layers.0.fc1"].moments.gram, plain.layers["layers.0.fc1"].moments.gram)
     assert not torch.allclose(seq.layers["layers.0.fc2"].moments.gram, plain.layers["layers.0.fc2"].moments.gram)
@@ -48,4 +48,4 @@ def test_low_rank_is_sequential(tiny_model):
 
 def test_empty_audio(tiny_model):
     with pytest.raises(CalibrationError, match="empty"):
-        compress_sequential(tiny_model, [], progress=False)
+        compress_sequential(tiny_model, [])

@@ -1,7 +1,8 @@
 """litewhisper: compress Whisper's encoder with LiteASR and export lite-whisper checkpoints.
 
 Public API (imported lazily, so `import litewhisper` stays fast):
-    load_model, transcribe, calibrate, plan_ranks, compress, save_checkpoint, evaluate, ...
+    load_model, transcribe, calibrate, plan_ranks, compress(model, audio, RankPolicy | SizeBudget),
+    save_checkpoint, evaluate_model, ... (`__all__` lists them all)
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ _EXPORTS = {
     "ActivationStats": "compression.calibration",
     "CalibrationConfig": "compression.calibration",
     "plan_ranks": "compression.plan",
-    "RankPolicy": "compression.plan",
+    "RankPolicy": "compression.policy",
+    "SizeBudget": "compression.policy",
     "RankPlan": "compression.plan",
     "compress": "compression.api",
     "CompressionResult": "compression.api",
@@ -35,7 +37,8 @@ _EXPORTS = {
     "factorize_linear": "compression.factorize",
     "encoder_params": "models.cost",
     "encoder_flops": "models.cost",
-    "compress_to_size": "compression.budget",
+    "swap_modules": "swap",
+    "quiet": "progress",
     "layer_sensitivities": "compression.sensitivity",
     "save_checkpoint": "models.checkpoint",
     "use_reduced_attention": "attention.reduced",
@@ -45,9 +48,11 @@ _EXPORTS = {
     "evaluate_model": "evaluation.evaluate",
     "corpus_score": "evaluation.metrics",
     "BenchConfig": "bench.latency",
-    "ReportConfig": "evaluation.report",
-    "run_report": "evaluation.report",
+    "ReportConfig": "report.report",
+    "run_report": "report.report",
 }
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,8 @@
 """User-facing errors: each says what was received, what was expected, and how to fix it."""
 from __future__ import annotations
 
+__all__ = ["LiteWhisperError", "ModelSourceError", "AudioError", "CalibrationError", "PlanError"]
+
 
 class LiteWhisperError(Exception):
     """Base class for errors caused by user input; the CLI prints them without a traceback."""

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
+from litewhisper.constants import ENCODER_POSITIONS
 from litewhisper.errors import LiteWhisperError
+from litewhisper.swap import swap_modules
 
 log = logging.getLogger("litewhisper")
 
@@ -38,6 +40,9 @@ Mode = Literal["auto", "reduced", "standard"]
 Backend = Literal["auto", "torch", "triton"]
 ScoresPath = Literal["standard", "reduced_query", "reduced_key"]
 ValuesPath = Literal["standard", "reduced"]
+
+__all__ = ["AttentionConfigError", "ReducedAttentionConfig", "AttentionMacs", "attention_macs", "AttentionPlan", "plan_attention", "attend_torch",
+           "ReducedDimSelfAttention", "use_reduced_attention"]
 _LOGGED: set[str] = set()
 
 
@@ -63,6 +68,32 @@ class ReducedAttentionConfig:
 
 
 @dataclass(frozen=True)
+class AttentionMacs:
+    """Multiply-adds per head and sequence of the two attention parts, (standard, reduced) each.
+
+    Beyond the shared first factors X·W1 (the same in every path): scores standard = the q/k second factors +
+    Q Kᵀ, reduced = A M_i (or B M_iᵀ) + the scores in min(k_Q, k_K) dimensions; values standard = the v second
+    factor + A V, reduced = A C in k_V dimensions + the per-head W_V2. A part whose projections are dense has no
+    reduced path (None).
+    """
+    scores: tuple[int, int | None]
+    values: tuple[int, int | None]
+
+
+def attention_macs(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
+                   seq_len: int) -> AttentionMacs:
+    """Per-head multiply-adds of the scores and values parts, standard and reduced (see AttentionMacs)."""
+    L, dh = seq_len, head_dim
+    scores: tuple[int, int | None] = (L * L * dh, None)
+    if q_rank is not None and k_rank is not None:
+        scores = (L * dh * (q_rank + k_rank) + L * L * dh, L * q_rank * k_rank + L * L * min(q_rank, k_rank))
+    values: tuple[int, int | None] = (L * L * dh, None)
+    if v_rank is not None:
+        values = (L * v_rank * dh + L * L * dh, L * L * v_rank + L * v_rank * dh)
+    return AttentionMacs(scores, values)
+
+
+@dataclass(frozen=True)
 class AttentionPlan:
     """Per-layer choice of path for the scores (q·kᵀ) and the values, with multiply-add counts per head."""
 
@@ -77,24 +108,22 @@ class AttentionPlan:
 
 
 def plan_attention(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
-                   seq_len: int = 1500, mode: Mode = "auto") -> AttentionPlan:
-    """Choose the scores and values paths from the ranks (None = dense projection) by multiply-add count.
+                   seq_len: int = ENCODER_POSITIONS, mode: Mode = "auto") -> AttentionPlan:
+    """Choose the scores and values paths from the ranks (None = dense projection) by multiply-add count
+    (`attention_macs`, per head and sequence).
 
-    Per head and sequence (the shared X·W1 products cost the same in every path and are left out):
-      scores standard L·D_h·(k_Q + k_K) + L²·D_h;  reduced_query L·k_Q·k_K + L²·k_K;  reduced_key … + L²·k_Q
-      values standard L·k_V·D_h + L²·D_h;          reduced L²·k_V + L·k_V·D_h
+    The scores fold on the query side when k_K ≤ k_Q (the L² product runs in k_K dimensions), else on the key side.
     """
-    L, dh = seq_len, head_dim
+    cost = attention_macs(q_rank, k_rank, v_rank, head_dim, seq_len)
     scores, s_macs = "standard", (0, 0)
-    if q_rank is not None and k_rank is not None:
-        std = L * dh * (q_rank + k_rank) + L * L * dh
+    if cost.scores[1] is not None:
+        std, red = cost.scores
         fold = "reduced_query" if k_rank <= q_rank else "reduced_key"
-        red = L * q_rank * k_rank + L * L * min(q_rank, k_rank)
         use = mode == "reduced" or (mode == "auto" and red < std)
         scores, s_macs = (fold, (std, red)) if use else ("standard", (std, std))
     values, v_macs = "standard", (0, 0)
-    if v_rank is not None:
-        std, red = L * v_rank * dh + L * L * dh, L * L * v_rank + L * v_rank * dh
+    if cost.values[1] is not None:
+        std, red = cost.values
         use = mode == "reduced" or (mode == "auto" and red < std)
         values, v_macs = ("reduced", (std, red)) if use else ("standard", (std, std))
     return AttentionPlan(scores, values, s_macs, v_macs)
@@ -156,7 +185,7 @@ class ReducedDimSelfAttention(nn.Module):
         self.embed_dim, self.dropout, self.backend = attn.embed_dim, attn.dropout, config.backend
         self.config, self.layer_idx = attn.config, getattr(attn, "layer_idx", None)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
-        seq_len = config.seq_len or getattr(attn.config, "max_source_positions", None) or 1500
+        seq_len = config.seq_len or getattr(attn.config, "max_source_positions", None) or ENCODER_POSITIONS
         ranks = [_rank(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
         self.plan = plan_attention(*ranks, head_dim=self.head_dim, seq_len=seq_len, mode=config.mode)
         self._build_buffers()
@@ -268,21 +297,27 @@ def use_reduced_attention(model: nn.Module, mode: Mode = "auto", backend: Backen
     """Swap encoder self-attention modules (chosen by `filter_fn(module, name)`) for ReducedDimSelfAttention.
 
     In mode "auto" a module is left untouched when neither its scores nor its values save FLOPs. In place;
-    returns the model (torchao `quantize_` style).
+    returns the model (torchao `quantize_` style, through `litewhisper.swap.swap_modules`).
     """
     config = ReducedAttentionConfig(mode=mode, backend=backend, seq_len=seq_len)
-    filter_fn = filter_fn or _is_encoder_self_attention
-    targets = [(name, m) for name, m in model.named_modules() if name and filter_fn(m, name)]
-    swapped = 0
-    for name, module in targets:
+    chosen = filter_fn or _is_encoder_self_attention
+    candidates: list[str] = []
+
+    def pick(module: nn.Module, name: str) -> bool:
+        if chosen(module, name):
+            candidates.append(name)
+            return True
+        return False
+
+    def make(module: nn.Module, name: str) -> nn.Module | None:
         new = ReducedDimSelfAttention(module, config)
         if config.mode == "auto" and not new.plan.reduced:
             log.debug("reduced attention: %s keeps the standard path (no FLOP saving)", name)
-            continue
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+            return None
         log.debug("reduced attention: %s -> scores %s, values %s", name, new.plan.scores, new.plan.values)
-        swapped += 1
+        return new
+
+    swapped = swap_modules(model, make, pick)
     log.info("reduced attention: %d of %d self-attention modules swapped (mode %s, backend %s)",
-             swapped, len(targets), config.mode, config.backend)
+             len(swapped), len(candidates), config.mode, config.backend)
     return model

@@ -9,6 +9,8 @@ from pathlib import Path
 from litewhisper.audio.load import AUDIO_EXTENSIONS
 from litewhisper.errors import LiteWhisperError
 
+__all__ = ["AudioItem", "read_manifest", "discover_audio"]
+
 
 @dataclass(frozen=True)
 class AudioItem:

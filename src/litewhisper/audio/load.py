@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import AudioError
+
+__all__ = ["SAMPLE_RATE", "AUDIO_EXTENSIONS", "load_audio"]
 
 log = logging.getLogger("litewhisper")
 
-SAMPLE_RATE = 16_000  # Whisper's input rate
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif")
 
 

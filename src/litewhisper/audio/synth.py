@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import CalibrationError
+
+__all__ = ["DEFAULT_CLIPS", "SENTENCES", "VOICES", "VARIANTS", "SynthClip", "clip_plan",
+           "builtin_calibration_audio"]
 
 log = logging.getLogger("litewhisper")
 
-SAMPLE_RATE = 16_000
 DEFAULT_CLIPS = 48
 
 SENTENCES = (

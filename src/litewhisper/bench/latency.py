@@ -16,12 +16,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, WINDOW_FRAMES, WINDOW_S
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.load import ATTENTION_MODES, load_model
 
 log = logging.getLogger("litewhisper")
 
-WINDOW_FRAMES = 3000  # log-mel frames in a 30-s window
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class BenchConfig:
     device: str = "cpu"
     max_clips: int = 16  # end-to-end clips (when data is given)
     e2e_batch_size: int = 8
-    max_new_tokens: int = 224
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     progress: bool = True
     attention: str = "auto"  # lite-whisper models: reduced-dimension attention where it saves FLOPs, or "standard"
 
@@ -211,7 +211,7 @@ def _english_arrays(data, split: str | None, max_clips: int) -> tuple[list[np.nd
     from litewhisper.audio.datasets import discover_audio
 
     items = [it for it in discover_audio(data, split=split) if it.lang in (None, "en")
-             and (it.duration_s is None or it.duration_s <= 30.0)][:max_clips]
+             and (it.duration_s is None or it.duration_s <= WINDOW_S)][:max_clips]
     if not items:
         raise LiteWhisperError(f"no English clips of at most 30 s in {data} (split {split!r}) for the "
                                "end-to-end benchmark")

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, SAMPLE_RATE, WINDOW_FRAMES
 from litewhisper.errors import LiteWhisperError
 
 COMPUTE_TYPES = ("int8", "float32")
@@ -63,12 +64,12 @@ class CT2Peer:
         self.eot = tok.convert_tokens_to_ids("<|endoftext|>")
 
     def _features(self, arrays: list[np.ndarray]):
-        feats = self.processor.feature_extractor(arrays, sampling_rate=16_000, return_tensors="np")
+        feats = self.processor.feature_extractor(arrays, sampling_rate=SAMPLE_RATE, return_tensors="np")
         return self.ct2.StorageView.from_array(np.ascontiguousarray(feats.input_features, dtype=np.float32))
 
     def encoder_fn(self, batch_size: int, seed: int = 0) -> Callable[[], None]:
         rng = np.random.default_rng(seed)
-        feats = rng.standard_normal((batch_size, self.model.n_mels, 3000)).astype(np.float32)  # (B, n_mels, 3000)
+        feats = rng.standard_normal((batch_size, self.model.n_mels, WINDOW_FRAMES)).astype(np.float32)  # (B, n_mels, 3000)
         view = self.ct2.StorageView.from_array(feats)
         return lambda: self.model.encode(view, to_cpu=True)
 
@@ -83,7 +84,7 @@ class CT2Peer:
             return t1 - t0, time.perf_counter() - t1
         return run
 
-    def transcribe(self, arrays: list[np.ndarray], max_new_tokens: int = 224) -> list[str]:
+    def transcribe(self, arrays: list[np.ndarray], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
         """Greedy transcripts (for checking the peer decodes sensibly)."""
         out = self.model.generate(self._features(arrays), [self.prompt] * len(arrays), beam_size=1,
                                   max_length=max_new_tokens + len(self.prompt))

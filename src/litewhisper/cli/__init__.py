@@ -11,6 +11,9 @@ import logging
 import sys
 
 from litewhisper.errors import LiteWhisperError
+from litewhisper.progress import quiet
+
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 log = logging.getLogger("litewhisper")
 
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with quiet(getattr(args, "quiet", False) or getattr(args, "no_progress", False)):
+            return int(args.func(args) or 0)
     except LiteWhisperError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

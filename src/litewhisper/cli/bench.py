@@ -5,6 +5,8 @@ import argparse
 import json
 import logging
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
+
 log = logging.getLogger("litewhisper")
 
 
@@ -32,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", default=None, help="manifest or folder for the end-to-end real-time factor")
     p.add_argument("--split", default="dev", help="manifest split for --data (default dev; 'all' for every clip)")
     p.add_argument("--max-clips", type=int, default=16, help="end-to-end clips (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=224)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--peer", choices=("faster-whisper", "ctranslate2"), default=None,
                    help="also time the first model's original checkpoint in CTranslate2 (int8 and float32)")
     p.add_argument("--json", dest="json_out", default=None, help="write the measurements as JSON here")

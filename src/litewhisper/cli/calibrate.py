@@ -6,6 +6,9 @@ import logging
 import time
 from pathlib import Path
 
+__all__ = ["DTYPES", "add_model_args", "add_calibration_args", "add_parser", "calibration_config", "load_bundle",
+           "run"]
+
 log = logging.getLogger("litewhisper")
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -62,7 +65,7 @@ def run(args) -> int:
     items = discover_audio(args.calibration, split=args.split)
     bundle = load_bundle(args)
     start = time.perf_counter()
-    stats = calibrate(bundle, items, config, progress=not args.quiet)
+    stats = calibrate(bundle, items, config)
     stats.save(args.output)
     print(f"wrote {args.output}: {len(stats.layers)} layers, {stats.clips} clips, {stats.frames} frames "
           f"({time.perf_counter() - start:.1f}s)")

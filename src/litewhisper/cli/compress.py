@@ -7,6 +7,8 @@ from pathlib import Path
 from litewhisper.cli.calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
 from litewhisper.cli.plan import add_policy_args, policy_from_args
 
+__all__ = ["add_parser", "add_budget_args", "compress_policy", "run"]
+
 log = logging.getLogger("litewhisper")
 
 
@@ -61,22 +63,14 @@ def _method(args) -> str:
     return args.method or ("liteasr" if theta_given else "budget")
 
 
-def _compress_budget(args, bundle, audio, stats, config):
-    from litewhisper.compression.budget import BUDGET_PRESETS, compress_to_size
-    from litewhisper.compression.refine import RefineConfig
+def compress_policy(args):
+    """The policy the flags ask for: a SizeBudget (budget method) or a RankPolicy (--method liteasr)."""
+    from litewhisper.compression.policy import BUDGET_PRESETS, SizeBudget
+    if _method(args) == "liteasr":
+        return policy_from_args(args)
     target = args.target_size if args.target_size is not None else BUDGET_PRESETS[args.preset]
-    log.info("budget method: target encoder size %.2f of the original", target)
-    refine_config = RefineConfig(max_steps=args.refine_steps) if args.refine_steps > 0 else None
-    return compress_to_size(bundle, audio, target, stats=stats, config=config, sequential=args.sequential,
-                            refine_config=refine_config, multiple_of=args.multiple_of, sensitivity=args.sensitivity,
-                            progress=not args.quiet)
-
-
-def _needs_audio(args, stats) -> bool:
-    """Calibration audio is read unless statistics alone suffice (plain LiteASR or the unweighted budget)."""
-    if stats is None:
-        return True
-    return _method(args) == "budget" and (args.sensitivity or args.sequential or args.refine_steps > 0)
+    return SizeBudget(target_size=target, sensitivity=args.sensitivity, windows=args.windows or "pack",
+                      sequential=args.sequential, refine=args.refine_steps, multiple_of=args.multiple_of)
 
 
 def _calibration_audio(args):
@@ -91,21 +85,21 @@ def _calibration_audio(args):
 
 def run(args) -> int:
     from litewhisper.atomic import check_output_dir
-    from litewhisper.models.checkpoint import save_checkpoint
     from litewhisper.compression.api import compress
+    from litewhisper.compression.policy import SizeBudget
     from litewhisper.compression.stats import ActivationStats
+    from litewhisper.models.checkpoint import save_checkpoint
 
     check_output_dir(args.output, args.overwrite)  # fail before the long work
-    method = _method(args)
-    policy = policy_from_args(args)
-    config = calibration_config(args, default_windows="pack" if method == "budget" else "clip")
+    policy = compress_policy(args)
+    budget = isinstance(policy, SizeBudget)
+    if budget:
+        log.info("budget method: target encoder size %.2f of the original", policy.target_size)
+    config = calibration_config(args, default_windows="pack" if budget else "clip")
     stats = ActivationStats.load(args.stats) if args.stats else None
-    audio = _calibration_audio(args) if _needs_audio(args, stats) else None
-    bundle = load_bundle(args)
-    if method == "budget":
-        result = _compress_budget(args, bundle, audio, stats, config)
-    else:
-        result = compress(bundle, audio, policy, stats=stats, config=config, progress=not args.quiet)
+    needs_audio = stats is None or (budget and policy.needs_audio)
+    audio = _calibration_audio(args) if needs_audio else None
+    result = compress(load_bundle(args), audio, policy, stats=stats, config=config)
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())

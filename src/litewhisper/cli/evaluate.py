@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
+
 log = logging.getLogger("litewhisper")
 
 
@@ -20,7 +22,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--normalizer", choices=("auto", "english", "basic"), default="auto",
                    help="text normaliser (auto: Whisper's English one for en clips, basic otherwise)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=224, help="decoding limit per clip (default 224)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"decoding limit per clip (default {DEFAULT_MAX_NEW_TOKENS})")
     p.add_argument("--max-clips", type=int, default=None,
                    help="evaluate N clips only, spread round-robin over domains")
     p.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+__all__ = ["PRESET_NAMES", "add_policy_args", "policy_from_args", "add_parser", "run"]
+
 PRESET_NAMES = ("acc", "balanced", "fast")
 
 

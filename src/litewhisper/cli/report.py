@@ -5,6 +5,10 @@ import argparse
 import logging
 import shlex
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
+
+__all__ = ["add_parser", "run"]
+
 log = logging.getLogger("litewhisper")
 
 
@@ -37,10 +41,10 @@ def add_parser(subparsers) -> None:
                    help="θ values for Figure 7 (default 0.95,0.97,0.99,0.995,0.999; '' to skip)")
     p.add_argument("--multilingual", default="base", help="model for Table 2 (default base; 'none' to skip)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=224)
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--bench-repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (as --quiet elsewhere)")
     p.set_defaults(func=run)
 
 
@@ -57,7 +61,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from litewhisper.evaluation.report import ReportConfig, run_report
+    from litewhisper.report.report import ReportConfig, run_report
 
     split = {"all": None}
     config = ReportConfig(
@@ -65,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         split_dev=split.get(args.split_dev, args.split_dev), max_clips=args.max_clips,
         max_calib_clips=args.max_calib_clips, presets=tuple(p for p in args.presets.split(",") if p),
         thetas=args.thetas, target_sizes=args.target_sizes, multilingual=None if args.multilingual.lower() == "none" else args.multilingual,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats,
-        progress=not args.no_progress)
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats)
     command = _command(args)
     path = run_report(config, args.calibration, args.data, args.output, overwrite=args.overwrite, command=command)
     print(f"report written: {path}")

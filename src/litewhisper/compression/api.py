@@ -1,4 +1,5 @@
-"""compress(): calibrate (or reuse statistics), plan ranks, factorize — one call, with timings and memory."""
+"""compress(model, audio, policy): the one entry point — calibrate (or reuse statistics), choose ranks by the
+θ rule (RankPolicy) or for a size budget (SizeBudget), factorize (optionally sequentially, then refined)."""
 from __future__ import annotations
 
 import copy
@@ -11,13 +12,20 @@ from typing import Sequence
 
 import torch
 
-from litewhisper.compression.calibration import CalibrationConfig, calibrate
-from litewhisper.errors import CalibrationError
+from litewhisper.compression.budget import plan_budget
+from litewhisper.compression.calibration import CalibrationConfig, calibrate, clip_features
 from litewhisper.compression.factorize import apply_plan
+from litewhisper.compression.plan import RankPlan, plan_ranks
+from litewhisper.compression.policy import Policy, RankPolicy, SizeBudget
+from litewhisper.compression.refine import refine
+from litewhisper.compression.sensitivity import PROBE_WINDOWS, layer_sensitivities
+from litewhisper.compression.sequential import compress_sequential
+from litewhisper.compression.stats import ActivationStats
+from litewhisper.errors import CalibrationError, PlanError
 from litewhisper.models.cost import encoder_flops, encoder_params
 from litewhisper.models.linears import encoder_linears, find_encoder, unwrap_model
-from litewhisper.compression.plan import RankPlan, RankPolicy, plan_ranks
-from litewhisper.compression.stats import ActivationStats
+
+__all__ = ["compress", "CompressionResult", "PeakMemory", "measured_calibration", "probe_sensitivities"]
 
 log = logging.getLogger("litewhisper")
 
@@ -78,6 +86,7 @@ class CompressionResult:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
+    sensitivities: dict[str, float] | None = None  # layer weights the budget used (pass back to re-use them)
 
     @property
     def model(self):
@@ -107,44 +116,104 @@ def _replace_model(bundle, model):
 
 
 def measured_calibration(bundle, audio: Sequence, config: CalibrationConfig, timings: dict[str, float],
-                         memory: dict[str, int], progress: bool = True) -> ActivationStats:
+                         memory: dict[str, int]) -> ActivationStats:
     """calibrate(), recording its time in `timings` and its peak resident memory in `memory`."""
     start = time.perf_counter()
     with PeakMemory() as peak:
-        stats = calibrate(bundle, audio, config, progress=progress)
+        stats = calibrate(bundle, audio, config)
     timings["calibrate"] = time.perf_counter() - start
     memory.update(calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase,
                   calibrate_cuda_peak=peak.cuda_peak)
     return stats
 
 
-def compress(bundle, calibration: Sequence | None = None, policy: RankPolicy = RankPolicy(), *,
-             stats: ActivationStats | None = None, config: CalibrationConfig = CalibrationConfig(),
-             inplace: bool = False, progress: bool = True) -> CompressionResult:
+def probe_sensitivities(bundle, stats: ActivationStats, audio: Sequence, multiple_of: int = 16) -> dict[str, float]:
+    """Layer sensitivities as the budget method measures them (probes on a few calibration windows)."""
+    return layer_sensitivities(bundle, stats, clip_features(bundle, audio, max_windows=PROBE_WINDOWS),
+                               multiple_of=multiple_of)
+
+
+def _calibration_config(policy: Policy, config: CalibrationConfig | None) -> CalibrationConfig:
+    """The given config, or the policy's default windowing (SizeBudget.windows; one clip per window for θ)."""
+    if not isinstance(policy, (RankPolicy, SizeBudget)):
+        raise PlanError(f"policy must be a RankPolicy (θ rule) or a SizeBudget (target size), got "
+                        f"{type(policy).__name__}")
+    if not isinstance(policy, SizeBudget):
+        return config or CalibrationConfig()
+    if config is None:
+        return CalibrationConfig(windowing=policy.windows)
+    if config.windowing != policy.windows:
+        raise PlanError(f"the calibration config packs windows by {config.windowing!r} but the budget says "
+                        f"windows={policy.windows!r}: set SizeBudget(windows=...) and leave it out of the config")
+    return config
+
+
+def _timed(timings: dict[str, float], stage: str, fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    timings[stage] = time.perf_counter() - start
+    return out
+
+
+def _factorized(model, stats: ActivationStats, plan: RankPlan, inplace: bool, timings: dict[str, float]):
+    target = model if inplace else copy.deepcopy(model)
+    _timed(timings, "factorize", apply_plan, target, plan, stats)
+    return target
+
+
+def _budget_student(bundle, model, audio, stats, policy: SizeBudget, config: CalibrationConfig,
+                    weights: dict[str, float] | None, inplace: bool, timings: dict[str, float]):
+    """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refine."""
+    teacher = copy.deepcopy(model) if inplace and policy.refine is not None else model
+    plan = _timed(timings, "plan", plan_budget, stats, policy, encoder_params(model), weights)
+    if policy.sequential:
+        student = model if inplace else copy.deepcopy(model)
+        plan, stats = _timed(timings, "sequential", compress_sequential, student, audio, plan, config)
+    else:
+        student = _factorized(model, stats, plan, inplace, timings)
+    if policy.refine is not None:
+        _timed(timings, "refine", refine, student.get_encoder(), teacher.get_encoder(),
+               clip_features(bundle, audio), policy.refine)
+    return student, plan, stats
+
+
+def compress(bundle, audio: Sequence | None = None, policy: Policy = RankPolicy(), *,
+             stats: ActivationStats | None = None, config: CalibrationConfig | None = None,
+             sensitivities: dict[str, float] | None = None, inplace: bool = False) -> CompressionResult:
     """Compress the encoder of `bundle` (a WhisperBundle or a Whisper model) with LiteASR.
 
-    Give either calibration audio (AudioItems, paths or arrays) or precomputed `stats` (a θ sweep re-uses one
-    calibration). The input model is left untouched unless `inplace`.
+    policy: RankPolicy (the paper's θ rule) or SizeBudget (ranks allocated for a target encoder size).
+    audio: calibration clips (AudioItems, paths or arrays); `stats` (precomputed statistics) replace the
+    calibration pass, e.g. for a θ sweep; a SizeBudget with sensitivity, sequential fitting or refinement still
+    reads the audio. sensitivities: the layer weights of an earlier budget run on the same statistics and audio
+    (`CompressionResult.sensitivities`), so a sweep over sizes probes once. config: how to calibrate (default:
+    one clip per window for RankPolicy, SizeBudget.windows for a budget). The input model is left untouched
+    unless `inplace`.
     """
     model = unwrap_model(bundle)
-    linears = encoder_linears(find_encoder(model))
+    config = _calibration_config(policy, config)
+    needs_audio = stats is None or (isinstance(policy, SizeBudget) and policy.needs_audio)
+    if audio is None and needs_audio:
+        raise CalibrationError("give calibration audio or precomputed statistics (stats=...)" if stats is None else
+                               "calibration audio is needed (statistics alone serve only the plain budget method)")
     params_before, flops_before = encoder_params(model), encoder_flops(model)
     timings: dict[str, float] = {}
     memory: dict[str, int] = {}
     if stats is None:
-        if calibration is None:
-            raise CalibrationError("give calibration audio or precomputed statistics (stats=...)")
-        stats = measured_calibration(bundle, calibration, config, timings, memory, progress)
-    stats.check_matches(linears)
-    start = time.perf_counter()
-    plan = plan_ranks(stats, policy)
-    timings["plan"] = time.perf_counter() - start
-    start = time.perf_counter()
-    target = model if inplace else copy.deepcopy(model)
-    apply_plan(target, plan, stats, progress=progress)
-    timings["factorize"] = time.perf_counter() - start
+        stats = measured_calibration(bundle, audio, config, timings, memory)
+    stats.check_matches(encoder_linears(find_encoder(model)))
+    if isinstance(policy, SizeBudget):
+        if policy.sensitivity and sensitivities is None:
+            sensitivities = _timed(timings, "sensitivity", probe_sensitivities, bundle, stats, audio,
+                                   policy.multiple_of)
+        weights = sensitivities if policy.sensitivity else None
+        target, plan, stats = _budget_student(bundle, model, audio, stats, policy, config, weights, inplace, timings)
+    else:
+        plan = _timed(timings, "plan", plan_ranks, stats, policy)
+        target = _factorized(model, stats, plan, inplace, timings)
     result = CompressionResult(
-        _replace_model(bundle, target) if not inplace else bundle, plan, stats, timings, memory,
-        params_before, encoder_params(target), flops_before, encoder_flops(target))
+        bundle if target is model else _replace_model(bundle, target), plan, stats, timings, memory,
+        params_before, encoder_params(target), flops_before, encoder_flops(target),
+        sensitivities if isinstance(policy, SizeBudget) and policy.sensitivity else None)
     log.info("%s", result.summary())
     return result

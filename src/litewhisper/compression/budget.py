@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from litewhisper.compression.plan import RankPlan, decompose, plan_fixed_ranks
+from litewhisper.compression.policy import BUDGET_PRESETS, SizeBudget
+from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import LiteWhisperError
+from litewhisper.models.cost import linear_params
+
+__all__ = ["BUDGET_PRESETS", "BudgetError", "LayerSpectrum", "Option", "Allocation", "layer_options",
+           "allocate_ranks", "linear_budget", "allocate_for_size", "spectra_from_stats", "plan_budget"]
 
 log = logging.getLogger("litewhisper")
-
-
-# --preset for the budget method: target encoder size (fraction of the original parameters)
-BUDGET_PRESETS = {"acc": 0.9, "balanced": 0.8, "fast": 0.7}
 
 
 class BudgetError(LiteWhisperError):
@@ -44,10 +47,10 @@ class LayerSpectrum:
 
     @property
     def dense_params(self) -> int:
-        return self.d_in * self.d_out + (self.d_out if self.dense_bias else 0)
+        return linear_params(self.d_in, self.d_out, None, self.dense_bias)
 
     def lowrank_params(self, rank: int) -> int:
-        return rank * (self.d_in + self.d_out) + self.d_out  # weight1 + weight2 + bias
+        return linear_params(self.d_in, self.d_out, rank)
 
     def kept_variance(self) -> torch.Tensor:
         """(d_out,) fraction of variance kept by rank 1..d_out."""
@@ -156,93 +159,19 @@ def allocate_for_size(spectra: list[LayerSpectrum], encoder_params: int, target_
     return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of, min_kept)
 
 
-def spectra_from_stats(stats, weights: dict[str, float] | None = None) -> list[LayerSpectrum]:
+def spectra_from_stats(stats: ActivationStats, weights: dict[str, float] | None = None) -> list[LayerSpectrum]:
     """One LayerSpectrum per layer of ActivationStats (eigendecompositions cached on `stats`), weighted by
     `weights` (e.g. `sensitivity.layer_sensitivities`; default 1 for every layer)."""
-    from litewhisper.compression.plan import decompose
     weights = weights or {}
     return [LayerSpectrum(name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias,
                           weight=weights.get(name, 1.0))
             for name, s in stats.layers.items()]
 
 
-def budget_policy(stats, encoder_params: int, target_size: float, multiple_of: int = 16, min_kept: float = 0.0,
-                  weights: dict[str, float] | None = None):
-    """A RankPolicy fixing every layer's rank (or dense) so the encoder is `target_size` of `encoder_params`."""
-    from litewhisper.compression.plan import RankPolicy
-    alloc = allocate_for_size(spectra_from_stats(stats, weights), encoder_params, target_size, multiple_of,
-                              min_kept)
-    return RankPolicy(multiple_of=multiple_of, overrides=tuple(alloc.ranks.items()))
-
-
-def refine_windows(bundle, audio, max_windows: int = 48, seed: int = 0) -> torch.Tensor:
-    """(N, n_mels, 3000) log-mel windows, one calibration clip each (as the model sees clips in real use)."""
-    import random
-
-    from litewhisper.compression.calibration import _feature_extractor, _load, iter_windows
-    from litewhisper.models.linears import find_encoder
-    clips = list(audio)
-    clips = random.Random(seed).sample(clips, min(max_windows, len(clips)))
-    windows = [w.samples for w in iter_windows(clips, "clip")][:max_windows]
-    extractor = _feature_extractor(bundle, find_encoder(bundle))
-    param = next(find_encoder(bundle).parameters())
-    return extractor(windows, sampling_rate=16000, return_tensors="pt").input_features.to(param.device, param.dtype)
-
-
-def _cached_sensitivities(bundle, stats, audio, multiple_of: int, progress: bool) -> dict[str, float]:
-    """Layer sensitivities, cached on `stats` per (audio, multiple_of): a sweep over sizes probes once."""
-    from litewhisper.compression.sensitivity import layer_sensitivities
-    key = (multiple_of, tuple(str(getattr(a, "path", id(a))) for a in audio))
-    cache = stats._cache.setdefault("sensitivity", {})
-    if key not in cache:
-        cache[key] = layer_sensitivities(bundle, stats, refine_windows(bundle, audio, max_windows=8),
-                                         multiple_of=multiple_of, progress=progress)
-    return cache[key]
-
-
-def compress_to_size(bundle, audio, target_size: float, *, stats=None, config=None, sequential: bool = False,
-                     refine_config=None, multiple_of: int = 16, min_kept: float = 0.0, sensitivity: bool = True,
-                     progress: bool = True):
-    """Compress the encoder to `target_size` × its parameters: budgeted ranks from calibration statistics,
-    optionally weighting layers by measured sensitivity, re-fitting the bases sequentially and distilling the
-    factors. Returns a CompressionResult; the input bundle is left untouched."""
-    import copy
-    import time
-
-    from litewhisper.compression.calibration import CalibrationConfig
-    from litewhisper.compression.api import CompressionResult, _replace_model, compress, measured_calibration
-    from litewhisper.models.cost import encoder_flops, encoder_params
-    from litewhisper.models.linears import unwrap_model
-    from litewhisper.compression.refine import refine
-    from litewhisper.compression.sequential import compress_sequential
-
-    config = config or CalibrationConfig(windowing="pack")  # packed windows: lower WER on tiny.en and base here
-    if audio is None and (stats is None or sequential or sensitivity or refine_config is not None):
-        raise LiteWhisperError("calibration audio is needed (statistics alone serve only the plain budget method)")
-    model = unwrap_model(bundle)
-    timings, memory = {}, {}
-    if stats is None:
-        stats = measured_calibration(bundle, audio, config, timings, memory, progress)
-    weights = None
-    if sensitivity:
-        start = time.perf_counter()
-        weights = _cached_sensitivities(bundle, stats, audio, multiple_of, progress)
-        timings["sensitivity"] = time.perf_counter() - start
-    policy = budget_policy(stats, encoder_params(model), target_size, multiple_of, min_kept, weights)
-    if not sequential:
-        result = compress(bundle, policy=policy, stats=stats, progress=progress)
-        student = result.model
-        plan = result.plan
-    else:
-        start = time.perf_counter()
-        student = copy.deepcopy(model)
-        plan, stats = compress_sequential(student, audio, policy, config, progress=progress)
-        timings["sequential"] = time.perf_counter() - start
-    if refine_config is not None:
-        start = time.perf_counter()
-        refine(student.get_encoder(), model.get_encoder(), refine_windows(bundle, audio), refine_config)
-        timings["refine"] = time.perf_counter() - start
-    result = CompressionResult(_replace_model(bundle, student), plan, stats, timings, memory, encoder_params(model),
-                               encoder_params(student), encoder_flops(model), encoder_flops(student))
-    log.info("%s", result.summary())
-    return result
+def plan_budget(stats: ActivationStats, budget: SizeBudget, encoder_params: int,
+                weights: dict[str, float] | None = None) -> RankPlan:
+    """The rank plan that brings the encoder (of `encoder_params` parameters, positional table excluded) to
+    `budget.target_size` of its size: every layer's rank (or dense) chosen by the allocation, explicitly."""
+    alloc = allocate_for_size(spectra_from_stats(stats, weights), encoder_params, budget.target_size,
+                              budget.multiple_of, budget.min_kept)
+    return plan_fixed_ranks(stats, alloc.ranks, budget)

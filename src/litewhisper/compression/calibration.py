@@ -9,25 +9,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from litewhisper.audio.load import SAMPLE_RATE, load_audio
-from litewhisper.errors import CalibrationError
-from litewhisper.models.linears import SHARED_INPUT, encoder_linears, encoder_signature, find_encoder, model_name, short_name
+from litewhisper.audio.load import load_audio
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
+from litewhisper.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from litewhisper.errors import CalibrationError
+from litewhisper.models.linears import (SHARED_INPUT, encoder_linears, encoder_signature, find_encoder, model_name,
+                                        short_name)
+from litewhisper.progress import progress_bar
 
 log = logging.getLogger("litewhisper")
 
-__all__ = ["CalibrationConfig", "ActivationStats", "calibrate", "iter_windows", "moment_hooks"]
+__all__ = ["CalibrationConfig", "ActivationStats", "Window", "calibrate", "load_samples", "iter_windows", "batched",
+           "moment_hooks", "feature_extractor", "position_mask", "clip_features"]
 
-WINDOW_SAMPLES = 30 * SAMPLE_RATE  # one encoder window
-SAMPLES_PER_POSITION = 320         # hop 160 samples per mel frame x conv2 stride 2
+SAMPLES_PER_POSITION = 320  # hop 160 samples per mel frame x conv2 stride 2
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Window:
     audio_samples: int   # how many samples carry audio
 
 
-def _load(source) -> np.ndarray:
+def load_samples(source) -> np.ndarray:
     """Samples of an AudioItem, a path, or an array (float32 mono 16 kHz)."""
     if isinstance(source, np.ndarray) or torch.is_tensor(source):
         samples = np.asarray(source, dtype=np.float32).reshape(-1)
@@ -79,7 +82,7 @@ def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
     pending: list[np.ndarray] = []
     pending_len = 0
     for source in sources:
-        samples = _load(source)
+        samples = load_samples(source)
         if windowing == "clip":
             for start in range(0, len(samples), WINDOW_SAMPLES):
                 chunk = samples[start:start + WINDOW_SAMPLES]
@@ -95,7 +98,7 @@ def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
         yield Window(np.concatenate(pending), pending_len)
 
 
-def _batched(items: Iterator, size: int) -> Iterator[list]:
+def batched(items: Iterator, size: int) -> Iterator[list]:
     batch = []
     for item in items:
         batch.append(item)
@@ -181,7 +184,8 @@ def moment_hooks(encoder: nn.Module, share_inputs: bool = True) -> Iterator[_Mom
         yield collector
 
 
-def _feature_extractor(bundle_or_model, encoder: nn.Module):
+def feature_extractor(bundle_or_model, encoder: nn.Module):
+    """The bundle's log-mel feature extractor, or Whisper's default for the encoder's mel bins."""
     processor = getattr(bundle_or_model, "processor", None)
     if processor is not None:
         return getattr(processor, "feature_extractor", processor)
@@ -189,7 +193,7 @@ def _feature_extractor(bundle_or_model, encoder: nn.Module):
     return WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
 
 
-def _position_mask(windows: Sequence[Window], positions: int, frames: str, device) -> torch.Tensor | None:
+def position_mask(windows: Sequence[Window], positions: int, frames: str, device) -> torch.Tensor | None:
     """(B, T) bool: positions carrying audio, or None to count every position."""
     if frames == "all":
         return None
@@ -197,14 +201,13 @@ def _position_mask(windows: Sequence[Window], positions: int, frames: str, devic
     return (torch.arange(positions)[None, :] < valid[:, None]).to(device)
 
 
-def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig(),
-              progress: bool = True) -> ActivationStats:
+def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig()) -> ActivationStats:
     """Stream output statistics of every encoder linear over `audio` (AudioItems, paths or arrays)."""
     sources = list(audio)[: config.max_clips]
     if not sources:
         raise CalibrationError("the calibration set is empty: give at least one audio clip")
     encoder = find_encoder(bundle_or_model)
-    extractor = _feature_extractor(bundle_or_model, encoder)
+    extractor = feature_extractor(bundle_or_model, encoder)
     param = next(encoder.parameters())
     device = torch.device(config.device) if config.device else param.device
     positions = encoder.config.max_source_positions
@@ -213,11 +216,11 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
     encoder.eval().to(device)
     try:
         with moment_hooks(encoder, config.share_inputs) as collector, torch.inference_mode():
-            bar = tqdm(sources, desc="calibrating", unit="clip", disable=not progress)
-            for batch in _batched(iter_windows(bar, config.windowing), config.batch_size):
+            bar = progress_bar(sources, desc="calibrating", unit="clip")
+            for batch in batched(iter_windows(bar, config.windowing), config.batch_size):
                 feats = extractor([w.samples for w in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt")
                 mel = feats.input_features.to(device, param.dtype)  # (B, n_mels, 3000)
-                collector.mask = _position_mask(batch, positions, config.frames, device)
+                collector.mask = position_mask(batch, positions, config.frames, device)
                 encoder(mel)
                 n_windows += len(batch)
             stats = collector.layer_stats()
@@ -230,6 +233,17 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
             "windowing": config.windowing, "frames_mode": config.frames}
     log.info("calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
              len(sources), n_windows, n_frames, config.windowing, config.frames)
-    result = ActivationStats(stats, meta)
-    result._cache["factors"] = factors  # cheaper exact PCA for widening layers (plan.decompose)
-    return result
+    return ActivationStats(stats, meta, factors=factors)  # factors: cheaper exact PCA of widening layers
+
+
+def clip_features(bundle_or_model, audio: Sequence, max_windows: int = 48, seed: int = 0) -> torch.Tensor:
+    """(N, n_mels, 3000) log-mel windows of up to `max_windows` clips drawn at random (`seed`), one clip per
+    window (as the model sees clips in real use): the inputs of sensitivity probes and refinement."""
+    clips = list(audio)
+    clips = random.Random(seed).sample(clips, min(max_windows, len(clips)))
+    windows = [w.samples for w in iter_windows(clips, "clip")][:max_windows]
+    encoder = find_encoder(bundle_or_model)
+    extractor = feature_extractor(bundle_or_model, encoder)
+    param = next(encoder.parameters())
+    return extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(param.device,
+                                                                                               param.dtype)

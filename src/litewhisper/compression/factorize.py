@@ -1,4 +1,5 @@
-"""Factorize linear layers onto the principal subspace of their outputs, and swap them in by name.
+"""Factorize linear layers onto the principal subspace of their outputs, and swap them in by name
+(`litewhisper.swap.swap_modules`).
 
 Y ≈ μ + (Y − μ) V Vᵀ with Y = X Wᵀ + b gives  Y ≈ X (Wᵀ V) Vᵀ + μ + (b − μ) V Vᵀ:
     weight1 = Wᵀ V (D_in×k), weight2 = Vᵀ (k×D_out), bias = μ + (b − μ) V Vᵀ.
@@ -6,17 +7,18 @@ Y ≈ μ + (Y − μ) V Vᵀ with Y = X Wᵀ + b gives  Y ≈ X (Wᵀ V) Vᵀ + 
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from litewhisper.errors import PlanError
-from litewhisper.models.linears import encoder_linears, find_encoder, unwrap_model
-from litewhisper.models.linears import LowRankLinear
 from litewhisper.compression.plan import RankPlan, decompose
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.errors import PlanError
+from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder, unwrap_model
+from litewhisper.swap import swap_modules
+from litewhisper.progress import progress_bar
+
+__all__ = ["factorize_linear", "apply_plan"]
 
 log = logging.getLogger("litewhisper")
 
@@ -39,23 +41,7 @@ def factorize_linear(linear: nn.Linear, mean: torch.Tensor, basis: torch.Tensor)
     return low
 
 
-def swap_modules(root: nn.Module, make: Callable[[str, nn.Module], nn.Module | None],
-                 filter_fn: Callable[[str, nn.Module], bool]) -> list[str]:
-    """Replace every submodule for which filter_fn(name, module) holds by make(name, module) (if not None)."""
-    swapped = []
-    for name, module in list(root.named_modules()):
-        if not name or not filter_fn(name, module):
-            continue
-        new = make(name, module)
-        if new is None:
-            continue
-        parent_name, _, child = name.rpartition(".")
-        setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-        swapped.append(name)
-    return swapped
-
-
-def apply_plan(model, plan: RankPlan, stats: ActivationStats, progress: bool = False) -> nn.Module:
+def apply_plan(model, plan: RankPlan, stats: ActivationStats) -> nn.Module:
     """Swap each planned encoder linear for its factorization (in place); returns the model.
 
     Eigenvectors come from the plan when it holds them, else from the (cached) decomposition of `stats`.
@@ -67,15 +53,15 @@ def apply_plan(model, plan: RankPlan, stats: ActivationStats, progress: bool = F
     missing = sorted(set(planned) - set(linears))
     if missing:
         raise PlanError(f"the plan names layers this model lacks: {missing[:3]}")
-    bar = tqdm(total=len(planned), desc="factorizing", unit="layer", disable=not progress)
+    bar = progress_bar(total=len(planned), desc="factorizing", unit="layer")
 
-    def make(name: str, linear: nn.Module) -> nn.Module:
+    def make(linear: nn.Module, name: str) -> nn.Module:
         entry = planned[name]
         basis = entry.basis if entry.basis is not None else decompose(stats, name).eigenvectors[:, :entry.rank]
         bar.update()
         return factorize_linear(linear, stats.mean(name), basis)
 
-    swapped = swap_modules(encoder, make, lambda name, m: name in planned and isinstance(m, nn.Linear))
+    swapped = swap_modules(encoder, make, lambda m, name: name in planned and isinstance(m, nn.Linear))
     bar.close()
     log.debug("factorized %d encoder layers", len(swapped))
     return unwrap_model(model)

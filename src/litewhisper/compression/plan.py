@@ -5,7 +5,6 @@ when k(D_in + D_out) ≥ D_in·D_out or when no multiple reaches θ: a plan neve
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
@@ -16,13 +15,17 @@ import torch
 
 from litewhisper.atomic import atomic_write_text
 from litewhisper.errors import CalibrationError, PlanError
-from litewhisper.models.linears import layer_index, layer_kind, short_name
+from litewhisper.compression.refine import RefineConfig
+from litewhisper.compression.policy import PRESETS, Policy, RankPolicy, SizeBudget
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.constants import ENCODER_POSITIONS
+from litewhisper.models.cost import linear_macs, linear_params
+from litewhisper.models.linears import layer_index, short_name
+
+__all__ = ["Spectrum", "decompose", "RankPolicy", "SizeBudget", "PRESETS", "LayerPlan", "plan_layer",
+           "plan_ranks", "plan_fixed_ranks", "RankPlan"]
 
 log = logging.getLogger("litewhisper")
-
-POSITIONS = 1500  # encoder positions per 30-s window
-PRESETS = {"acc": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,9 @@ class Spectrum:
 
 
 def decompose(stats: ActivationStats, name: str) -> Spectrum:
-    """Eigen-decomposition of a layer's output covariance, cached on the statistics object."""
-    cache = stats._cache.setdefault("spectra", {})
-    factor = stats._cache.get("factors", {}).get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
+    """Eigen-decomposition of a layer's output covariance, kept in `stats.spectra`."""
+    cache = stats.spectra
+    factor = stats.factors.get(name)  # (d_out, r) with Cov = A Aᵀ, set by calibrate()
     if name in cache:
         pass
     elif factor is not None:
@@ -54,60 +57,6 @@ def decompose(stats: ActivationStats, name: str) -> Spectrum:
         evals, evecs = torch.linalg.eigh(stats.covariance(name))  # ascending
         cache[name] = Spectrum(evals.flip(0).clamp_min(0), evecs.flip(1))
     return cache[name]
-
-
-def _check_override(pattern, value) -> None:
-    if not isinstance(pattern, str):
-        raise PlanError(f"override patterns are layer-name globs (str), got {pattern!r}")
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PlanError(f"override {pattern!r}: expected θ in (0, 1], a rank ≥ 1, or None (dense), got {value!r}")
-    if isinstance(value, float) and not 0 < value <= 1:
-        raise PlanError(f"override {pattern!r}: θ must be in (0, 1], got {value}")
-    if isinstance(value, int) and value < 1:
-        raise PlanError(f"override {pattern!r}: a fixed rank must be ≥ 1, got {value}")
-
-
-@dataclass(frozen=True)
-class RankPolicy:
-    """Thresholds for attention (q/k/v/out) and MLP (fc1/fc2) layers, and per-layer overrides.
-
-    overrides: (glob pattern, value) pairs matched against names like `layers.0.self_attn.q_proj`; the first
-    match wins; value is a float θ, an int fixed rank, or None to keep the layer dense.
-    """
-    theta_attn: float = 0.999
-    theta_mlp: float = 0.999
-    multiple_of: int = 16
-    overrides: tuple = ()
-
-    def __post_init__(self) -> None:
-        for label, theta in (("theta_attn", self.theta_attn), ("theta_mlp", self.theta_mlp)):
-            if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta <= 1:
-                raise PlanError(f"{label} must be in (0, 1] (e.g. 0.99 keeps 99% of the variance), got {theta!r}")
-        if isinstance(self.multiple_of, bool) or not isinstance(self.multiple_of, int) or self.multiple_of < 1:
-            raise PlanError(f"multiple_of must be an integer ≥ 1 (16 in the paper), got {self.multiple_of!r}")
-        overrides = tuple(self.overrides.items()) if isinstance(self.overrides, dict) else tuple(
-            tuple(pair) for pair in self.overrides)
-        for pair in overrides:
-            if len(pair) != 2:
-                raise PlanError(f"each override is a (pattern, value) pair, got {pair!r}")
-            _check_override(*pair)
-        object.__setattr__(self, "overrides", overrides)
-
-    @classmethod
-    def preset(cls, name: str, **kwargs) -> "RankPolicy":
-        if name not in PRESETS:
-            raise PlanError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-        theta_attn, theta_mlp = PRESETS[name]
-        return cls(theta_attn=theta_attn, theta_mlp=theta_mlp, **kwargs)
-
-    def target(self, name: str) -> float | int | None:
-        """θ (float) or fixed rank (int) or None (dense) for a layer."""
-        for pattern, value in self.overrides:
-            if fnmatch.fnmatchcase(name, pattern):
-                return value
-        return self.theta_attn if layer_kind(name) == "attn" else self.theta_mlp
 
 
 @dataclass(frozen=True)
@@ -145,23 +94,21 @@ def _choose_rank(spectrum: Spectrum, d_in: int, d_out: int, target, multiple_of:
     return rank, float(explained[rank - 1])
 
 
-def plan_layer(stats: ActivationStats, name: str, policy: RankPolicy, positions: int = POSITIONS) -> LayerPlan:
+def plan_layer(stats: ActivationStats, name: str, target: float | int | None, multiple_of: int,
+               positions: int = ENCODER_POSITIONS) -> LayerPlan:
+    """One layer's plan for a target: θ (float), a fixed rank (int) or None (dense)."""
     layer = stats.layers[name]
     d_in, d_out = layer.d_in, layer.d_out
     spectrum = decompose(stats, name)
-    target = policy.target(name)
-    rank, kept = _choose_rank(spectrum, d_in, d_out, target, policy.multiple_of)
-    bias = d_out if layer.bias else 0
-    before = d_in * d_out + bias
-    after = before if rank is None else rank * (d_in + d_out) + d_out  # a low-rank layer always has a bias
+    rank, kept = _choose_rank(spectrum, d_in, d_out, target, multiple_of)
     basis = None if rank is None else spectrum.eigenvectors[:, :rank].contiguous()
-    flops_before = 2 * positions * d_in * d_out
-    flops_after = flops_before if rank is None else 2 * positions * rank * (d_in + d_out)
-    return LayerPlan(name, d_in, d_out, rank, kept, target, before, after, flops_before, flops_after, basis)
+    return LayerPlan(name, d_in, d_out, rank, kept, target,
+                     linear_params(d_in, d_out, None, layer.bias), linear_params(d_in, d_out, rank, layer.bias),
+                     2 * linear_macs(d_in, d_out, None, positions), 2 * linear_macs(d_in, d_out, rank, positions),
+                     basis)
 
 
-def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> "RankPlan":
-    """Choose every layer's rank from the statistics (eigendecompositions are cached on `stats`)."""
+def _check_enough_frames(stats: ActivationStats) -> None:
     widest = max((s.d_out for s in stats.layers.values()), default=0)
     if not stats.layers:
         raise CalibrationError("the statistics hold no layers")
@@ -169,14 +116,33 @@ def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> "Ra
         raise CalibrationError(
             f"the statistics hold {stats.frames} frames but the widest layer has {widest} outputs: PCA needs at "
             f"least as many frames as dimensions. Calibrate on more audio (more clips or frames='all').")
-    entries = tuple(plan_layer(stats, name, policy) for name in stats.layers)
-    return RankPlan(entries, policy, {k: stats.metadata[k] for k in ("model", "signature") if k in stats.metadata})
+
+
+def _plan_metadata(stats: ActivationStats) -> dict:
+    return {k: stats.metadata[k] for k in ("model", "signature") if k in stats.metadata}
+
+
+def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> "RankPlan":
+    """Choose every layer's rank by the θ rule (eigendecompositions are cached on `stats`)."""
+    _check_enough_frames(stats)
+    entries = tuple(plan_layer(stats, name, policy.target(name), policy.multiple_of) for name in stats.layers)
+    return RankPlan(entries, policy, _plan_metadata(stats))
+
+
+def plan_fixed_ranks(stats: ActivationStats, ranks: dict[str, int | None], policy: Policy) -> "RankPlan":
+    """The plan keeping each layer's given rank (None = dense), e.g. a budget allocation; `policy` is recorded."""
+    _check_enough_frames(stats)
+    missing = sorted(set(stats.layers) - set(ranks))
+    if missing:
+        raise PlanError(f"no rank given for {len(missing)} layer(s), e.g. {missing[0]}")
+    entries = tuple(plan_layer(stats, name, ranks[name], policy.multiple_of) for name in stats.layers)
+    return RankPlan(entries, policy, _plan_metadata(stats))
 
 
 @dataclass(frozen=True)
 class RankPlan:
     entries: tuple[LayerPlan, ...]
-    policy: RankPolicy
+    policy: Policy
     metadata: dict = field(default_factory=dict, compare=False)
 
     def __getitem__(self, name: str) -> LayerPlan:
@@ -215,13 +181,7 @@ class RankPlan:
         lines.append(f"{'total (linears)':<28} {'':>5} {'':>5} {len(self.low_rank):>5} {'':>8} "
                      f"{t['params_before']:>8}→{t['params_after']:<8} "
                      f"{t['flops_before'] / 1e6:>8.0f}→{t['flops_after'] / 1e6:<8.0f}")
-        p = self.policy
-        fixed = {pattern for pattern, _ in p.overrides}
-        rule = (f"fixed rank per layer (budget allocation), multiple_of={p.multiple_of}"
-                if all(e.name in fixed for e in self.entries) else
-                f"theta_attn={p.theta_attn} theta_mlp={p.theta_mlp} multiple_of={p.multiple_of}"
-                f"{' overrides=' + str(list(p.overrides)) if p.overrides else ''}")
-        lines.append(f"policy: {rule}; "
+        lines.append(f"policy: {self.policy.describe()}; "
                      f"{len(self.low_rank)}/{len(self.entries)} layers low-rank; "
                      f"linear params x{t['params_after'] / max(t['params_before'], 1):.3f}")
         return "\n".join(lines)
@@ -229,7 +189,10 @@ class RankPlan:
     def to_json(self) -> str:
         entries = [{k: v for k, v in asdict(replace(e, basis=None)).items() if k != "basis"} for e in self.entries]
         policy = asdict(self.policy)
-        policy["overrides"] = [list(pair) for pair in self.policy.overrides]
+        if isinstance(self.policy, RankPolicy):
+            policy["overrides"] = [list(pair) for pair in self.policy.overrides]
+        else:
+            policy["kind"] = "size_budget"
         return json.dumps({"metadata": self.metadata, "policy": policy, "layers": entries,
                            "low_rank_config": self.to_low_rank_config()}, indent=2)
 
@@ -241,8 +204,17 @@ class RankPlan:
         """Read a plan saved by `save` (without eigenvectors: factorizing recomputes them from statistics)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            policy = RankPolicy(**{**data["policy"], "overrides": tuple(map(tuple, data["policy"]["overrides"]))})
+            policy = _policy_from_json(data["policy"])
             entries = tuple(LayerPlan(**e) for e in data["layers"])
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read rank plan {path}: {exc}") from exc
         return cls(entries, policy, data.get("metadata", {}))
+
+
+def _policy_from_json(data: dict) -> Policy:
+    if data.get("kind") == "size_budget":
+        fields = {k: v for k, v in data.items() if k != "kind"}
+        if fields.get("refine") is not None:
+            fields["refine"] = RefineConfig(**fields["refine"])
+        return SizeBudget(**fields)
+    return RankPolicy(**{**data, "overrides": tuple(map(tuple, data["overrides"]))})

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear
+from litewhisper.progress import progress_bar
+
+__all__ = ["RefineConfig", "RefineResult", "trainable_parameters", "relative_mse", "distillation_loss", "refine"]
 
 log = logging.getLogger("litewhisper")
 
@@ -162,7 +164,7 @@ def _train(student: nn.Module, targets: _Targets, features: torch.Tensor, train_
     best_val = initial_val = distillation_loss(student, targets, features, val_idx, config)
     best_state = {k: p.detach().clone() for k, p in params.items()}
     best_step, bad, train_losses, val_losses = 0, 0, [], [initial_val]
-    bar = tqdm(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
+    bar = progress_bar(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
     step = 0
     for step in bar:
         pick = torch.randint(len(train_idx), (config.batch_size,), generator=gen).tolist()

@@ -27,9 +27,12 @@ from litewhisper.compression.refine import relative_mse
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import MLP_LAYERS, encoder_linears, find_encoder, layer_index, short_name
-from litewhisper.progress import progress_bar, quiet
+from litewhisper.progress import progress_bar
+from litewhisper.swap import swap_modules
 
-__all__ = ["layer_sensitivities", "probe_rank"]
+__all__ = ["probe_rank", "layer_sensitivities", "PROBE_WINDOWS"]
+
+PROBE_WINDOWS = 8  # calibration windows the probes run on (compress's budget method)
 
 log = logging.getLogger("litewhisper")
 
@@ -105,7 +108,7 @@ def _probe_error(encoder: nn.Module, cache: _TeacherCache, block: int, mlp: bool
 
 @torch.no_grad()
 def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, probe_kept: float = 0.99,
-                        multiple_of: int = 16, progress: bool = True, batch_size: int = 4) -> dict[str, float]:
+                        multiple_of: int = 16, batch_size: int = 4) -> dict[str, float]:
     """{layer: relative final-state error per unit of lost variance fraction} for every layer of `stats`.
 
     features: (N, n_mels, frames) log-mel windows (a handful of calibration clips, one per window).
@@ -122,23 +125,22 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
     features = features.to(param.device, param.dtype)
     cache = _TeacherCache(encoder, features, batch_size)
     weights: dict[str, float] = {}
-    with quiet(not progress):
-        for name in progress_bar(list(stats.layers), desc="sensitivity", unit="layer"):
-            spectrum = decompose(stats, name)
-            explained = spectrum.explained()
-            linear = linears[name]
-            rank = probe_rank(explained, linear.in_features, probe_kept, multiple_of)
-            lost = 1.0 - float(explained[rank - 1]) if rank is not None else 0.0
-            if rank is None or lost <= 1e-9:
-                continue
-            parent_name, _, child = name.rpartition(".")
-            parent = encoder.get_submodule(parent_name)
-            setattr(parent, child, factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank]))
-            try:
-                error = _probe_error(encoder, cache, layer_index(name), short_name(name) in MLP_LAYERS, batch_size)
-                weights[name] = error / lost
-            finally:
-                setattr(parent, child, linear)
+    for name in progress_bar(list(stats.layers), desc="sensitivity", unit="layer"):
+        spectrum = decompose(stats, name)
+        explained = spectrum.explained()
+        linear = linears[name]
+        rank = probe_rank(explained, linear.in_features, probe_kept, multiple_of)
+        lost = 1.0 - float(explained[rank - 1]) if rank is not None else 0.0
+        if rank is None or lost <= 1e-9:
+            continue
+        probe = factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank])
+        only = lambda m, n, name=name: n == name  # noqa: E731
+        swap_modules(encoder, lambda *_: probe, only)
+        try:
+            error = _probe_error(encoder, cache, layer_index(name), short_name(name) in MLP_LAYERS, batch_size)
+            weights[name] = error / lost
+        finally:
+            swap_modules(encoder, lambda *_: linear, only)
     if not weights:
         raise LiteWhisperError("no layer could be probed: every layer is near full rank at "
                                f"probe_kept={probe_kept}; lower probe_kept")

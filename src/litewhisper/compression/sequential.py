@@ -4,7 +4,8 @@ compressed, so every factorisation sees the errors before it (as GPTQ / SVD-LLM 
 One pass over the encoder, block by block: the inputs of the current block are cached for all calibration
 windows (only one block's inputs in memory), then within the block the linears are calibrated and factorized
 group by group — q/k/v (shared input), out_proj, fc1, fc2 — each on the outputs of the already compressed ones.
-Ranks come from a RankPolicy: θ thresholds, or fixed ranks per layer (e.g. from `allocate.budget_policy`).
+Ranks come from a RankPolicy (θ thresholds, chosen on the sequential statistics) or from a RankPlan (its fixed
+ranks, e.g. a budget allocation from `budget.plan_budget`; only the bases are re-fitted).
 """
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from litewhisper.compression.calibration import (CalibrationConfig, _batched, _feature_extractor, _position_mask, iter_windows,
-                        moment_hooks)
-from litewhisper.audio.load import SAMPLE_RATE
-from litewhisper.errors import CalibrationError
-from litewhisper.compression.factorize import factorize_linear, swap_modules
-from litewhisper.models.linears import encoder_signature, find_encoder, model_name
+from litewhisper.compression.calibration import (CalibrationConfig, batched, feature_extractor, iter_windows,
+                                                 moment_hooks, position_mask)
+from litewhisper.compression.factorize import factorize_linear
 from litewhisper.compression.plan import RankPlan, RankPolicy, plan_layer
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.constants import SAMPLE_RATE
+from litewhisper.errors import CalibrationError
+from litewhisper.models.linears import encoder_signature, find_encoder, model_name
+from litewhisper.swap import swap_modules
+from litewhisper.progress import progress_bar
+
+__all__ = ["GROUPS", "compress_sequential"]
 
 log = logging.getLogger("litewhisper")
 
@@ -89,29 +93,30 @@ def _group_stats(index: int, block: nn.Module, names: Sequence[str], batches: li
         return ActivationStats(collector.layer_stats())
 
 
-def _prepare(encoder: nn.Module, extractor, sources: Sequence, config: CalibrationConfig,
-             progress: bool) -> list[_Batch]:
+def _prepare(encoder: nn.Module, extractor, sources: Sequence, config: CalibrationConfig) -> list[_Batch]:
     positions = encoder.config.max_source_positions
     param = next(encoder.parameters())
     batches = []
-    bar = tqdm(sources, desc="embedding windows", unit="clip", disable=not progress)
-    for windows in _batched(iter_windows(bar, config.windowing), config.batch_size):
+    bar = progress_bar(sources, desc="embedding windows", unit="clip")
+    for windows in batched(iter_windows(bar, config.windowing), config.batch_size):
         feats = extractor([w.samples for w in windows], sampling_rate=SAMPLE_RATE, return_tensors="pt")
         mel = feats.input_features.to(param.device, param.dtype)  # (B, n_mels, 3000)
-        batches.append(_Batch(_block_inputs(encoder, mel), _position_mask(windows, positions, config.frames,
+        batches.append(_Batch(_block_inputs(encoder, mel), position_mask(windows, positions, config.frames,
                                                                            param.device)))
     return batches
 
 
 @torch.no_grad()  # not inference_mode: the new factors must stay trainable (refine)
-def compress_sequential(bundle_or_model, audio: Sequence, policy: RankPolicy = RankPolicy(),
-                        config: CalibrationConfig = CalibrationConfig(),
-                        progress: bool = True) -> tuple[RankPlan, ActivationStats]:
+def compress_sequential(bundle_or_model, audio: Sequence, ranks: RankPolicy | RankPlan = RankPolicy(),
+                        config: CalibrationConfig = CalibrationConfig()) -> tuple[RankPlan, ActivationStats]:
     """Calibrate and factorize the encoder IN PLACE, layer by layer; returns the plan and the statistics.
 
+    ranks: a RankPolicy (θ rule on each layer's sequential statistics) or a RankPlan (its ranks kept fixed).
     The statistics of each layer are those it was factorized from (collected with everything before it already
     compressed); with a policy that keeps every layer dense they equal plain `calibrate`'s.
     """
+    policy = ranks.policy if isinstance(ranks, RankPlan) else ranks
+    target = (lambda name: ranks[name].rank) if isinstance(ranks, RankPlan) else policy.target
     sources = list(audio)[: config.max_clips]
     if not sources:
         raise CalibrationError("the calibration set is empty: give at least one audio clip")
@@ -119,17 +124,17 @@ def compress_sequential(bundle_or_model, audio: Sequence, policy: RankPolicy = R
     was_training = encoder.training
     encoder.eval()
     try:
-        batches = _prepare(encoder, _feature_extractor(bundle_or_model, encoder), sources, config, progress)
+        batches = _prepare(encoder, feature_extractor(bundle_or_model, encoder), sources, config)
         entries, layers = [], {}
-        for index, block in enumerate(tqdm(encoder.layers, desc="sequential", unit="block", disable=not progress)):
+        for index, block in enumerate(progress_bar(encoder.layers, desc="sequential", unit="block")):
             for group in GROUPS:
                 stats = _group_stats(index, block, group, batches, config)
                 for name in group:
                     full = f"layers.{index}.{name}"
-                    entry = plan_layer(stats, full, policy)
+                    entry = plan_layer(stats, full, target(full), policy.multiple_of)
                     if entry.rank is not None:
-                        swap_modules(block, lambda _, linear: factorize_linear(linear, stats.mean(full), entry.basis),
-                                     lambda n, _: n == name)
+                        swap_modules(block, lambda linear, _: factorize_linear(linear, stats.mean(full), entry.basis),
+                                     lambda _, n: n == name)
                     entries.append(entry)
                     layers[full] = stats.layers[full]
             for batch in batches:

@@ -16,6 +16,8 @@ from torch import nn
 from litewhisper.atomic import atomic_file
 from litewhisper.errors import CalibrationError
 
+__all__ = ["FORMAT_VERSION", "Moments", "LayerStats", "ActivationStats"]
+
 FORMAT_VERSION = "1"
 
 
@@ -94,10 +96,14 @@ class ActivationStats:
     """Per-layer output statistics, keyed by name relative to the encoder (e.g. `layers.0.fc1`).
 
     metadata: model (name), signature (encoder shape), clips, windows, frames, windowing, frames_mode.
+    factors: {layer: A (d_out, r)} with Cov(Y) = A Aᵀ for widening layers measured at their input (set by
+      `calibrate`; a cheaper exact PCA); not saved, not merged.
+    spectra: eigendecompositions computed by `plan.decompose`, kept here so a θ sweep decomposes once.
     """
     layers: dict[str, LayerStats]
     metadata: dict[str, str] = field(default_factory=dict)
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # eigendecompositions (plan.py)
+    factors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    spectra: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def frames(self) -> int:

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from litewhisper.audio.load import SAMPLE_RATE, load_audio
+from litewhisper.constants import WINDOW_S
 from litewhisper.errors import AudioError, LiteWhisperError
 
 log = logging.getLogger("litewhisper")
 
-CHUNK_S = 30.0  # Whisper's window: longer clips need long-form decoding
+CHUNK_S = WINDOW_S  # Whisper's window: longer clips need long-form decoding
 TASKS = ("transcribe", "translate")
 AudioInput = Union[str, os.PathLike, np.ndarray]
 

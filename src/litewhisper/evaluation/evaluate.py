@@ -20,13 +20,14 @@ import torch
 
 from litewhisper.atomic import atomic_write_text
 from litewhisper.audio.datasets import AudioItem, discover_audio
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, MULTILINGUAL_VOCAB_SIZE, WINDOW_S
 from litewhisper.errors import LiteWhisperError
 from litewhisper.evaluation.metrics import CorpusScore, corpus_score, score_utterance, uses_cer
 from litewhisper.evaluation.normalize import NORMALIZERS, describe, normalize, resolve_normalizer
 
 log = logging.getLogger("litewhisper")
 
-CHUNK_S = 30.0  # clips up to one Whisper window are decoded short-form here; longer ones via transcribe
+CHUNK_S = WINDOW_S  # clips up to one Whisper window are decoded short-form here; longer ones via transcribe
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class EvalConfig:
     language: str | None = None  # keep only clips in this language (and force it on multilingual models)
     normalizer: str = "auto"  # auto: english for English clips, basic otherwise
     batch_size: int = 8
-    max_new_tokens: int = 224
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     bootstrap: int = 0  # resamples for the 95 % CI of the pooled WER (0: none)
     seed: int = 0
     max_clips: int | None = None  # spread round-robin over domains
@@ -340,7 +341,7 @@ def is_english_only(model: Any) -> bool:
     if path.is_file():
         vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
         if vocab is not None:
-            return vocab < 51865  # openai/whisper: multilingual iff n_vocab >= 51865
+            return vocab < MULTILINGUAL_VOCAB_SIZE  # openai/whisper: multilingual iff n_vocab >= 51865
     return str(model).endswith(".en")
 
 

@@ -12,6 +12,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+__all__ = ["CER_LANGUAGES", "ErrorCounts", "total", "word_counts", "char_counts", "uses_cer", "UtteranceScore",
+           "score_utterance", "bootstrap_ci", "GroupScore", "CorpusScore", "corpus_score"]
+
 CER_LANGUAGES = frozenset({"ja", "zh", "ko", "yue", "th"})  # written without word spaces
 
 

@@ -13,6 +13,9 @@ from typing import Callable
 
 from litewhisper.errors import LiteWhisperError
 
+__all__ = ["NORMALIZERS", "DESCRIPTIONS", "english_spelling_mapping", "get_normalizer", "resolve_normalizer",
+           "normalize", "describe"]
+
 NORMALIZERS = ("auto", "english", "basic")
 DESCRIPTIONS = {
     "english": "whisper-english (EnglishTextNormalizer + openai/whisper english.json spellings)",

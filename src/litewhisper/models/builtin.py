@@ -15,6 +15,9 @@ from pathlib import Path
 from litewhisper.atomic import atomic_directory
 from litewhisper.errors import ModelSourceError
 
+__all__ = ["CACHE_ENV", "CACHE_FORMAT", "MARKER", "REQUIRED_FILES", "BuiltinModel", "BUILTIN_MODELS", "is_builtin",
+           "cache_root", "builtin_source", "convert_builtin", "builtin_model_dir"]
+
 logger = logging.getLogger("litewhisper")
 
 CACHE_ENV = "LITEWHISPER_CACHE"

@@ -22,6 +22,10 @@ from litewhisper.atomic import atomic_directory
 from litewhisper.errors import ModelSourceError
 from litewhisper.models.hf_lite.modeling_lite_whisper import ATTENTION_NAMES, LOW_RANK_NAMES
 
+__all__ = ["HF_LITE_DIR", "REMOTE_CODE_FILES", "ARCHITECTURE", "AUTO_MAP", "CheckpointError",
+           "check_low_rank_config", "check_checkpoint", "load_lite_whisper_model", "low_rank_config_of",
+           "verify_checkpoint", "save_checkpoint"]
+
 log = logging.getLogger("litewhisper")
 
 HF_LITE_DIR = Path(__file__).resolve().parent / "hf_lite"

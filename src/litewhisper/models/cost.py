@@ -1,15 +1,68 @@
-"""Encoder size and analytic FLOPs per 30-s window (a multiply-add counts as 2 FLOPs).
+"""The cost model: encoder parameters and analytic FLOPs per 30-s window (a multiply-add counts as 2 FLOPs).
 
-Counted: the two convolutions, every linear (dense or low-rank) and the two attention matmuls (Q Kᵀ, A V).
-Not counted: layer norms, GELU, softmax, bias adds and the positional-embedding add (all O(T·D)).
+The one place that counts encoders: plan (per-layer table), budget (layer sizes), bench (the "ideal speedup"
+column) and report all ask this module. The per-head cost of each attention part, standard or reduced, is
+`attention.reduced.attention_macs` (reduced attention chooses its paths by it; this module sums it up).
+
+Counted: the two convolutions, every linear (dense or low-rank, x·W1·W2 for low-rank) and the attention matmuls:
+Q Kᵀ and A V per head in the standard path, or the reduced-dimension paths of `attention.reduced` (which replace
+the q/k/v second factors and the L² products by products in the rank dimensions).
+Not counted (all O(T·D) or smaller): layer norms, GELU, softmax, scaling, bias adds, the positional-embedding add,
+and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from litewhisper.models.linears import encoder_linears, find_encoder
-from litewhisper.models.linears import LowRankLinear
-from litewhisper.compression.plan import POSITIONS
+from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs
+from litewhisper.constants import ENCODER_POSITIONS
+from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder
+
+__all__ = ["linear_params", "linear_macs", "encoder_params", "encoder_macs", "encoder_flops"]
+
+CONV_KERNEL = 3  # Whisper's two encoder convolutions (conv2 has stride 2)
+
+
+def linear_params(d_in: int, d_out: int, rank: int | None = None, bias: bool = True) -> int:
+    """Weights + bias of a dense (rank None) or low-rank linear; a low-rank linear always has a bias."""
+    if rank is None:
+        return d_in * d_out + (d_out if bias else 0)
+    return rank * (d_in + d_out) + d_out  # weight1 + weight2 + bias
+
+
+def linear_macs(d_in: int, d_out: int, rank: int | None, positions: int) -> int:
+    """Multiply-adds of one linear over `positions` vectors (x·W, or (x·W1)·W2 when low-rank)."""
+    return positions * (d_in * d_out if rank is None else rank * (d_in + d_out))
+
+
+def _rank(module: nn.Module) -> int | None:
+    return module.rank if isinstance(module, LowRankLinear) else None
+
+
+def _reduced_parts(attn: nn.Module) -> tuple[bool, bool]:
+    """(scores reduced, values reduced) of a self-attention module (standard unless ReducedDimSelfAttention)."""
+    if not isinstance(attn, ReducedDimSelfAttention):
+        return False, False
+    return attn.plan.scores != "standard", attn.plan.values != "standard"
+
+
+def _attention_core_macs(attn: nn.Module, positions: int) -> int:
+    """Q Kᵀ and A V over all heads, adjusted for the reduced paths a module runs."""
+    heads, head_dim = attn.num_heads, attn.head_dim
+    d_model = heads * head_dim
+    macs = 2 * positions * positions * d_model  # standard Q Kᵀ and A V, summed over heads
+    scores_reduced, values_reduced = _reduced_parts(attn)
+    if scores_reduced or values_reduced:
+        cost = attention_macs(_rank(attn.q_proj), _rank(attn.k_proj), _rank(attn.v_proj), head_dim, positions)
+        for reduced, (standard, red) in ((scores_reduced, cost.scores), (values_reduced, cost.values)):
+            if reduced:  # the standard count includes the second factors (in the linears) and the L² product
+                macs += heads * (red - standard)
+    return macs
+
+
+def _conv_macs(num_mel_bins: int, d_model: int, positions: int) -> int:
+    mel_frames = 2 * positions  # conv2 has stride 2
+    return mel_frames * num_mel_bins * CONV_KERNEL * d_model + positions * d_model * CONV_KERNEL * d_model
 
 
 def encoder_params(model, include_positional: bool = False) -> int:
@@ -19,36 +72,26 @@ def encoder_params(model, include_positional: bool = False) -> int:
                if include_positional or not name.startswith("embed_positions."))
 
 
-def _linear_macs(module: nn.Module, positions: int) -> int:
-    if isinstance(module, LowRankLinear):
-        return positions * module.rank * (module.in_features + module.out_features)
-    return positions * module.in_features * module.out_features
+def encoder_macs(model_or_config, positions: int = ENCODER_POSITIONS) -> int:
+    """Encoder multiply-adds for one window of `positions` (1500 = 30 s): see the module docstring.
 
-
-def _attention_macs(cfg, positions: int) -> int:
-    """Q Kᵀ and A V: T·T·d_model multiply-adds each, summed over heads."""
-    return 2 * positions * positions * cfg.d_model
-
-
-def _conv_macs(cfg, positions: int) -> int:
-    mel_frames = 2 * positions  # conv2 has stride 2
-    k = 3
-    return mel_frames * cfg.num_mel_bins * k * cfg.d_model + positions * cfg.d_model * k * cfg.d_model
-
-
-def encoder_flops(model_or_config, frames: int = POSITIONS) -> int:
-    """Encoder FLOPs for one window of `frames` positions (1500 = 30 s), aware of LowRankLinear layers.
-
-    Given a config (WhisperConfig), the encoder is assumed dense.
+    Given a config (WhisperConfig), the encoder is assumed dense with standard attention.
     """
     if isinstance(model_or_config, nn.Module) or hasattr(model_or_config, "model"):
         encoder = find_encoder(model_or_config)
         cfg = encoder.config
-        linear_macs = sum(_linear_macs(m, frames) for m in encoder_linears(encoder).values())
+        linears = sum(linear_macs(m.in_features, m.out_features, _rank(m), positions)
+                      for m in encoder_linears(encoder).values())
+        attention = sum(_attention_core_macs(layer.self_attn, positions) for layer in encoder.layers)
     else:
         cfg = model_or_config
         d, f = cfg.d_model, cfg.encoder_ffn_dim
-        linear_macs = cfg.encoder_layers * frames * (4 * d * d + 2 * d * f)
-    attention = cfg.encoder_layers * _attention_macs(cfg, frames)
-    return 2 * (_conv_macs(cfg, frames) + linear_macs + attention)
+        linears = cfg.encoder_layers * positions * (4 * d * d + 2 * d * f)
+        attention = cfg.encoder_layers * 2 * positions * positions * d
+    return _conv_macs(cfg.num_mel_bins, cfg.d_model, positions) + linears + attention
 
+
+def encoder_flops(model_or_config, frames: int = ENCODER_POSITIONS) -> int:
+    """Encoder FLOPs (2 per multiply-add) for one window of `frames` positions, dense, low-rank or with
+    reduced-dimension attention."""
+    return 2 * encoder_macs(model_or_config, frames)

@@ -22,7 +22,11 @@ from typing import Sequence
 
 import torch
 
+from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import ModelSourceError
+
+__all__ = ["BINARY_VERSION", "DTYPES", "FLOAT_DTYPES", "HEAD_DIM", "CT2Model", "read_model_bin",
+           "whisper_state_dict", "whisper_config", "whisper_from_ct2", "load_ct2_directory"]
 
 logger = logging.getLogger("litewhisper")
 
@@ -262,8 +266,8 @@ def whisper_config(ct2: CT2Model, eot_id: int | None = None, sot_id: int | None 
             max_target_positions=v["decoder/position_encodings/encodings"].shape[0])
     except KeyError as e:
         raise ModelSourceError(f"model.bin lacks Whisper variable {e}; expected a CTranslate2 Whisper model") from e
-    if eot_id is None:  # multilingual vocabularies (>= 51865) put <|endoftext|> at 50257
-        eot_id = 50257 if vocab_size >= 51865 else 50256
+    if eot_id is None:  # multilingual vocabularies put <|endoftext|> at 50257
+        eot_id = 50257 if vocab_size >= MULTILINGUAL_VOCAB_SIZE else 50256
     sot_id = eot_id + 1 if sot_id is None else sot_id
     tied = "decoder/projection/weight" not in v or torch.equal(v["decoder/projection/weight"],
                                                               v["decoder/embeddings/weight"])

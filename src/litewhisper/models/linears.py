@@ -9,6 +9,9 @@ from litewhisper.errors import LiteWhisperError
 # the low-rank linear of the lite-whisper format (defined once, in the shipped remote code)
 from litewhisper.models.hf_lite.modeling_lite_whisper import LinearLowRank as LowRankLinear
 
+__all__ = ["LowRankLinear", "ATTENTION_LAYERS", "MLP_LAYERS", "SHARED_INPUT", "unwrap_model", "find_encoder", "encoder_linears",
+           "short_name", "layer_index", "layer_kind", "encoder_signature", "model_name"]
+
 ATTENTION_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_LAYERS = ("fc1", "fc2")
 SHARED_INPUT = ("q_proj", "k_proj", "v_proj")  # siblings that read the same hidden states

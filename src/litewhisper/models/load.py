@@ -21,7 +21,10 @@ from urllib.parse import urlparse
 import torch
 
 from litewhisper.models.builtin import BUILTIN_MODELS, builtin_model_dir, is_builtin
+from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import LiteWhisperError, ModelSourceError
+
+__all__ = ["HF_WEIGHT_FILES", "ATTENTION_MODES", "WhisperBundle", "load_model"]
 
 logger = logging.getLogger("litewhisper")
 
@@ -47,7 +50,7 @@ class WhisperBundle:
     @property
     def is_multilingual(self) -> bool:
         flag = getattr(self.model.generation_config, "is_multilingual", None)
-        return bool(flag) if flag is not None else self.model.config.vocab_size >= 51865
+        return bool(flag) if flag is not None else self.model.config.vocab_size >= MULTILINGUAL_VOCAB_SIZE
 
     @property
     def device(self) -> torch.device:

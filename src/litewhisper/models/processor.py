@@ -14,13 +14,16 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from litewhisper.constants import MAX_TARGET_POSITIONS, MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import ModelSourceError
+
+__all__ = ["NUM_TIMESTAMP_TOKENS", "build_tokenizer", "build_generation_config",
+           "read_ct2_config", "generation_config_from_ct2", "build_processor"]
 
 logger = logging.getLogger("litewhisper")
 
 _LANG_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")
 NUM_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>
-MULTILINGUAL_VOCAB_SIZE = 51865  # openai/whisper: multilingual iff n_vocab >= 51865
 
 
 def _tokenizer_json(source: str | os.PathLike) -> Path:
@@ -71,7 +74,7 @@ def build_generation_config(tokenizer, *, vocab_size: int | None = None,
                             begin_suppress_tokens: Sequence[int] | None = None,
                             lang_ids: Sequence[int] | None = None,
                             alignment_heads: Sequence[Sequence[int]] | None = None,
-                            max_length: int = 448):
+                            max_length: int = MAX_TARGET_POSITIONS):
     """A Whisper `GenerationConfig` (special ids, language/task maps, suppression lists) from a tokenizer."""
     from transformers import GenerationConfig
 

@@ -30,6 +30,8 @@ import os
 
 import torch
 
+__all__ = ["MAX_DIM", "unsupported_reason", "reduced_attention", "compile_for_target"]
+
 try:  # triton is optional: without it every call falls back to the PyTorch path
     import triton
     import triton.language as tl

@@ -14,9 +14,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
 from litewhisper.errors import LiteWhisperError
-from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, ModelResult, evaluate_model, is_english_only, select_clips
-from litewhisper.evaluation.plots import LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap, plot_theta_sweep
+from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, ModelResult, evaluate_model, select_clips
+from litewhisper.report.plots import (LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap,
+                                      plot_theta_sweep)
+from litewhisper.progress import quiet
+
+__all__ = ["ReportConfig", "Variant", "rank_ratios", "sweep_policies", "md_table", "table1", "table2",
+           "write_markdown", "run_report"]
 
 log = logging.getLogger("litewhisper")
 
@@ -34,9 +40,8 @@ class ReportConfig:
     thetas: tuple[float, ...] = (0.95, 0.97, 0.99, 0.995, 0.999)
     multilingual: str | None = "base"  # model for Table 2 (None: skip)
     batch_size: int = 8
-    max_new_tokens: int = 224
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     bench_repeats: int = 5
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if any(not 0 < t <= 1 for t in self.thetas):
@@ -119,8 +124,7 @@ class _Runner:
     def __init__(self, config: ReportConfig, data: Any, out: Path):
         self.config, self.data, self.out = config, data, out
         self.eval_cfg = EvalConfig(split=config.split_dev, language="en", batch_size=config.batch_size,
-                                   max_new_tokens=config.max_new_tokens, max_clips=config.max_clips,
-                                   progress=config.progress)
+                                   max_new_tokens=config.max_new_tokens, max_clips=config.max_clips)
         self.dev = select_clips(data, self.eval_cfg)
         self.hyps = HypothesisLog(out / "hypotheses.jsonl", resume=False)
 
@@ -128,9 +132,10 @@ class _Runner:
         log.info("report: evaluating %s on %d clips", name, len(items or self.dev))
         return evaluate_model(bundle, items or self.dev, self.eval_cfg, name=name, log_file=self.hyps)
 
-    def compress(self, bundle, stats, policy):
+    def compress(self, bundle, stats, policy, audio=None, sensitivities=None):
         from litewhisper.compression.api import compress
-        return compress(bundle, stats=stats, policy=policy, progress=False)
+        with quiet():
+            return compress(bundle, audio, policy, stats=stats, sensitivities=sensitivities)
 
 
 def _calibrate(bundle, calibration: Any, config: ReportConfig):
@@ -143,24 +148,24 @@ def _calibrate(bundle, calibration: Any, config: ReportConfig):
         else list(calibration)
     items = items[: config.max_calib_clips] if config.max_calib_clips else items
     windowings = ("clip", "pack") if config.target_sizes else ("clip",)
-    return items, {w: calibrate(bundle, items, CalibrationConfig(windowing=w), progress=config.progress)
-                   for w in windowings}
+    return items, {w: calibrate(bundle, items, CalibrationConfig(windowing=w)) for w in windowings}
 
 
 def _variants(run: _Runner, bundle, name: str, stats: dict, calib: list) -> tuple[list[Variant], dict[str, Any]]:
     """The original, one plain-LiteASR variant per preset and one budget variant per target size (all from
     the one calibration pass per windowing)."""
-    from litewhisper.compression.budget import compress_to_size
+    from litewhisper.compression.policy import RankPolicy, SizeBudget
     from litewhisper.models.cost import encoder_flops
-    from litewhisper.compression.plan import RankPolicy
 
     variants = [Variant(name, run.evaluate(bundle, name), encoder_flops(bundle.model))]
     bundles = {name: bundle}
     built = [(f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats["clip"], RankPolicy.preset(preset)))
              for preset in run.config.presets]
-    built += [(f"{name}-size{size:g}", "litewhisper budget",
-               compress_to_size(bundle, calib, size, stats=stats["pack"], progress=False))
-              for size in run.config.target_sizes]
+    sensitivities = None  # probed by the first budget variant, re-used by the others (same statistics, audio)
+    for size in run.config.target_sizes:
+        res = run.compress(bundle, stats["pack"], SizeBudget(size), calib, sensitivities)
+        sensitivities = res.sensitivities
+        built.append((f"{name}-size{size:g}", "litewhisper budget", res))
     for vname, group, res in built:
         bundles[vname] = res.bundle
         variants.append(Variant(vname, run.evaluate(res.bundle, vname), res.flops_after, res.plan, group))

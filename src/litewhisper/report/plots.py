@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+__all__ = ["LINEAR_COLUMNS", "Point", "SweepPoint", "pareto_frontier", "plot_pareto", "plot_rank_heatmap",
+           "plot_theta_sweep"]
+
 LINEAR_COLUMNS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 

@@ -1,0 +1,1 @@
+"""Report stage: tables and figures from evaluations and benchmarks (the bottom of the pipeline)."""
