@@ -123,9 +123,9 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
     assert "wrote" in capsys.readouterr().out
 
     saved = {}
-    monkeypatch.setattr(cli_compress, "load_bundle", lambda args: tiny_model)
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: tiny_model)
     monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
-                        lambda bundle, out, overwrite=False: saved.update(model=bundle, out=out))
+                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle, out=out))
     assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
                  "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4", "--quiet"]) == 0
     assert saved["out"] == tmp_path / "out" and saved["model"] is not tiny_model
@@ -148,3 +148,29 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
 def test_cli_method_conflicts_are_clear_errors(tmp_path, capsys, args, message):
     assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-size", "0"], "target size must be a fraction in (0, 1]"),
+    (["--target-size", "1.5"], "got 1.5"),
+    (["--target-size", "-1"], "got -1.0"),
+    (["--refine-steps", "-3"], "refine steps must be ≥ 0"),
+    (["--multiple-of", "0"], "multiple_of must be an integer ≥ 1"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+])
+def test_cli_compress_validates_before_the_model_loads(tmp_path, monkeypatch, capsys, args, message):
+    import litewhisper.cli.compress as cli_compress
+
+    loads = []
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and loads == [] and "Traceback" not in err
+
+
+def test_cli_errors_name_flags_not_python_arguments(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep me")
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace" in err and "overwrite=True" not in err

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = BenchConfig(batch_sizes=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                          threads=args.threads, device=args.device, max_clips=args.max_clips,
-                         max_new_tokens=args.max_new_tokens, attention=args.attention)
+                         max_new_tokens=args.max_new_tokens, attention=args.attention, progress=not args.quiet)
     report = bench(args.models, config, data=args.data, split=None if args.split == "all" else args.split,
                    peer=args.peer)
     print(format_bench(report))
