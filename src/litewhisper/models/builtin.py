@@ -107,5 +107,11 @@ def builtin_model_dir(name: str) -> Path:
         raise ModelSourceError(f"unknown built-in model {name!r}; built-in names are {sorted(BUILTIN_MODELS)}")
     target = cache_root() / name
     if _is_complete(target, name):
-        return target
+        from litewhisper.models.checkpoint import safetensors_damage
+
+        damage = safetensors_damage(target / "model.safetensors")
+        if damage is None:
+            return target
+        logger.warning("the cached built-in model %s is damaged (%s); rebuilding it", target / "model.safetensors",
+                       damage)
     return convert_builtin(name, target)

@@ -24,7 +24,8 @@ from litewhisper.models.hf_lite.modeling_lite_whisper import ATTENTION_NAMES, LO
 
 __all__ = ["HF_LITE_DIR", "REMOTE_CODE_FILES", "ARCHITECTURE", "AUTO_MAP", "CheckpointError",
            "check_low_rank_config", "check_checkpoint", "load_lite_whisper_model", "low_rank_config_of",
-           "verify_checkpoint", "save_checkpoint"]
+           "verify_checkpoint", "save_checkpoint", "register_auto_classes", "stored_dtype", "weights_size",
+           "safetensors_damage", "check_safetensors"]
 
 log = logging.getLogger("litewhisper")
 
@@ -128,6 +129,39 @@ def check_low_rank_config(low_rank_config: Any, shapes: Mapping[str, tuple[int, 
             "with `litewhisper compress` or fix low_rank_config to list the rank of every low-rank linear.")
 
 
+def safetensors_damage(file: str | Path) -> str | None:
+    """Why a .safetensors file is unreadable (truncated, bad header), or None if its layout is whole.
+
+    Reads only the header: the data section must be exactly as long as the tensors' offsets say.
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with open(file, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if 8 + header_len > size:
+            return f"truncated: {size:,} bytes, the header alone needs {8 + header_len:,}"
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            return "the header is not valid JSON"
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        return f"truncated: {size:,} bytes of the {needed:,} its header describes"
+    return None
+
+
+def check_safetensors(path: str | Path, fix: str) -> None:
+    """Raise CheckpointError naming every damaged .safetensors file of directory `path`, and `fix`."""
+    damaged = [(f, why) for f in sorted(Path(path).glob("*.safetensors")) if (why := safetensors_damage(f))]
+    if damaged:
+        listing = "; ".join(f"{f} ({why})" for f, why in damaged)
+        raise CheckpointError(f"damaged weights file: {listing}. {fix}")
+
+
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of a (possibly sharded) safetensors checkpoint, read from the headers only."""
     from safetensors import safe_open
@@ -158,6 +192,8 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     if config.get("model_type") != "lite-whisper":
         raise CheckpointError(f"{path}: config.json has model_type {config.get('model_type')!r}, "
                               "expected 'lite-whisper'")
+    check_safetensors(path, "The checkpoint was not completely written or copied: copy it again, or re-export it "
+                            "with `litewhisper compress`.")
     check_low_rank_config(config.get("low_rank_config"), _safetensors_shapes(path), config, source=str(path))
     return config
 
