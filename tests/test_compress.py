@@ -174,3 +174,31 @@ def test_cli_errors_name_flags_not_python_arguments(tmp_path, capsys):
     assert main(["compress", "tiny.en", "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "pass --overwrite to replace" in err and "overwrite=True" not in err
+
+
+def test_cli_plan_previews_what_compress_applies(tiny_model, tmp_path, monkeypatch, capsys):
+    """`plan MODEL` with compress's flags gives compress's ranks (budget method, sensitivity probes); validation
+    comes before anything loads."""
+    import soundfile as sf
+    import litewhisper.cli.compress as cli_compress
+    from litewhisper.compression.plan import RankPlan
+    from litewhisper.models.checkpoint import low_rank_config_of
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, clip in enumerate(audio((3, 4, 5))):
+        sf.write(folder / f"{i}.wav", clip, 16_000)
+    loads, saved = [], {}
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: loads.append(dtype) or tiny_model)
+    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
+                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle))
+    flags = ["--calibration", str(folder), "--target-size", "0.85", "--multiple-of", "4", "--quiet"]
+    assert main(["plan", "random", *flags, "--json", str(tmp_path / "plan.json")]) == 0
+    assert main(["compress", "random", "-o", str(tmp_path / "out"), *flags]) == 0
+    planned = {e.name: e.rank for e in RankPlan.load(tmp_path / "plan.json").entries}
+    applied = {f"layers.{i}.{'self_attn.' if n.endswith('proj') else ''}{n}": r
+               for i, ranks in enumerate(low_rank_config_of(saved["model"])) for n, r in ranks.items()}
+    assert {n: r for n, r in planned.items() if r is not None} == applied and applied
+    assert loads == ["float32", "float32"]
+    assert main(["plan", "random", "--target-size", "1.5"]) == 2 and len(loads) == 2  # refused before loading
+    assert "got 1.5" in capsys.readouterr().err

@@ -32,7 +32,10 @@ from litewhisper.swap import swap_modules
 
 __all__ = ["probe_rank", "layer_sensitivities", "PROBE_WINDOWS"]
 
-PROBE_WINDOWS = 8  # calibration windows the probes run on (compress's budget method)
+# Calibration windows the probes run on (compress's budget method). 6 instead of 8: on tiny.en at 0.9 / 0.8 two
+# and four of 24 ranks move by one step of 16, weights within 10 %, encoder-output error on 12 dev clips
+# 0.01198 vs 0.01209 (0.9) and 0.0375 vs 0.0371 (0.8); a quarter less probe time.
+PROBE_WINDOWS = 6
 
 log = logging.getLogger("litewhisper")
 
