@@ -202,3 +202,22 @@ def test_cli_plan_previews_what_compress_applies(tiny_model, tmp_path, monkeypat
     assert loads == ["float32", "float32"]
     assert main(["plan", "random", "--target-size", "1.5"]) == 2 and len(loads) == 2  # refused before loading
     assert "got 1.5" in capsys.readouterr().err
+
+
+def test_cli_compress_from_stats_summary_once_no_calibration_warning(tiny_model, tmp_path, monkeypatch, capsys,
+                                                                      caplog):
+    import litewhisper.audio.synth as synth
+    import litewhisper.cli.compress as cli_compress
+
+    stats_file = calibrate(tiny_model, audio()).save(tmp_path / "s.safetensors")
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: tiny_model)
+    monkeypatch.setattr(synth, "builtin_calibration_audio", lambda: audio((3, 4)))  # probes' audio
+    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint", lambda *a, **k: None)
+    with caplog.at_level("INFO", logger="litewhisper"):
+        assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
+                     "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # the statistics were given
+    assert "sensitivity probes run on the built-in synthetic" in caplog.text
+    summaries = out.count("encoder params") + caplog.text.count("encoder params")
+    assert summaries == 1 and "time sensitivity" in out
