@@ -90,7 +90,7 @@ def _calibration_audio(args):
 
 
 def _size_line(source, output: Path) -> str:
-    """`checkpoint size on disk: SOURCE MB (source) -> OUTPUT MB (dtype)`."""
+    """`weights on disk: SOURCE MB (source) -> OUTPUT MB (dtype) (xRATIO)`; empty if nothing was written."""
     import json
 
     from litewhisper.models.checkpoint import weights_size
@@ -125,7 +125,8 @@ def run(args) -> int:
         result.stats.save(args.save_stats)
     print(result.plan.table())
     save_checkpoint(result.bundle, args.output, overwrite=args.overwrite, dtype=args.dtype)
-    print(f"{args.model} -> {args.output}: {result.summary()}\n{_size_line(getattr(result.bundle, 'path', None), args.output)}")
+    print(f"{args.model} -> {args.output}: {result.summary()}")
+    print(_size_line(getattr(result.bundle, "path", None), args.output))
     return 0
 
 

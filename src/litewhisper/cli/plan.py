@@ -56,8 +56,6 @@ def _is_stats(source: str) -> bool:
 
 def _preview(args, policy):
     """(plan, stats): the ranks `compress` would apply with these flags (calibrating / probing as it does)."""
-    import argparse as _argparse
-
     from litewhisper.cli import compress as cli_compress
     from litewhisper.cli.calibrate import calibration_config
     from litewhisper.compression.api import probe_sensitivities
@@ -81,7 +79,7 @@ def _preview(args, policy):
                                "sensitivity probes run on it)")
     args.stats = args.source if stats is not None else None  # what compress would have been given
     audio = cli_compress._calibration_audio(args) if stats is None or policy.needs_audio else None
-    bundle = cli_compress.load_bundle(_argparse.Namespace(model=model, device=args.device), dtype="float32")
+    bundle = cli_compress.load_bundle(argparse.Namespace(model=model, device=args.device), dtype="float32")
     if stats is None:
         stats = calibrate(bundle, audio, config)
     if not budget:
