@@ -39,3 +39,11 @@ def test_no_progress_is_a_hidden_alias_of_quiet(monkeypatch):
 def test_python_dash_m():
     out = subprocess.run([sys.executable, "-m", "litewhisper", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f"litewhisper {__version__}"
+
+
+def test_report_refuses_a_non_empty_output_before_any_work(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep").write_text("x")
+    assert main(["report", "--calibration", "c.jsonl", "--data", "d.jsonl", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace" in err and "overwrite=True" not in err
