@@ -267,8 +267,8 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 
     export = ckpt._export_state_dict
 
-    def corrupted(model, low_rank_config):
-        state = export(model, low_rank_config)
+    def corrupted(model, low_rank_config, dtype):
+        state = export(model, low_rank_config, dtype)
         state["model.encoder.layers.0.fc1.weight1"] = state["model.encoder.layers.0.fc1.weight1"] * 1.5
         return state
     monkeypatch.setattr(ckpt, "_export_state_dict", corrupted)
