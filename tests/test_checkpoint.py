@@ -211,6 +211,34 @@ def test_published_layout_loads_through_load_model(tmp_path):
         litewhisper.load_model(str(path), attention="fast")
 
 
+class _Bundle:
+    """A WhisperBundle stand-in: a model, no processor, and the source directory its config.json is read from."""
+
+    def __init__(self, model, path):
+        self.model, self.processor, self.path = model, None, path
+
+
+@pytest.mark.parametrize("source_dtype, asked, stored", [
+    ("float16", None, torch.float16), ("bfloat16", None, torch.bfloat16), (None, None, torch.float32),
+    ("float16", "float32", torch.float32), (None, torch.float16, torch.float16)])
+def test_checkpoint_dtype_follows_the_source_unless_asked(tmp_path, source_dtype, asked, stored):
+    model = lite_model()
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"dtype": source_dtype} if source_dtype else {}))
+    out = save_checkpoint(_Bundle(model, source), tmp_path / "out", dtype=asked)
+    weights = load_file(str(out / "model.safetensors"))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {stored}
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(stored).removeprefix("torch.")
+    full = save_checkpoint(model, tmp_path / "full", dtype="float32")
+    ratio = (out / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert ratio == pytest.approx(1.0 if stored == torch.float32 else 0.5, abs=0.02)
+    reloaded = load_lite_whisper_model(out)
+    for key, value in model.state_dict().items():
+        if key in reloaded.state_dict() and value.is_floating_point():
+            assert torch.equal(reloaded.state_dict()[key], value.to(stored).float()), key
+
+
 def test_existing_output_refused_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -239,8 +267,8 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
 
     export = ckpt._export_state_dict
 
-    def corrupted(model, low_rank_config):
-        state = export(model, low_rank_config)
+    def corrupted(model, low_rank_config, dtype):
+        state = export(model, low_rank_config, dtype)
         state["model.encoder.layers.0.fc1.weight1"] = state["model.encoder.layers.0.fc1.weight1"] * 1.5
         return state
     monkeypatch.setattr(ckpt, "_export_state_dict", corrupted)
@@ -303,12 +331,19 @@ def test_real_tiny_en_bundle_round_trip(tmp_path, monkeypatch):
         if dense.bias is not None:
             low.bias.data = dense.bias.detach().clone()
         setattr(parent, name, low)
-    out = save_checkpoint(bundle, tmp_path / "lite-tiny.en")
+    out = save_checkpoint(bundle, tmp_path / "lite-tiny.en")  # float16, as the source (loaded as float32)
     assert (out / "tokenizer.json").is_file()
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    source_size = (bundle.path / "model.safetensors").stat().st_size
+    assert 0.9 * source_size < (out / "model.safetensors").stat().st_size < 1.05 * source_size  # not twice
     reloaded = litewhisper.load_model(str(out))
     assert reloaded.model.config.low_rank_config == [{"fc1": 64, "k_proj": 64}, {}, {}, {}]
     original, loaded = bundle.model.state_dict(), reloaded.model.state_dict()
     assert set(original) == set(loaded)  # both low-rank linears had a bias: nothing added
-    assert all(torch.equal(value, loaded[key]) for key, value in original.items())
+    assert all(torch.equal(value.half().float(), loaded[key]) for key, value in original.items())
     assert prompts == []  # loading our own checkpoint never asks about remote code
     assert reloaded.processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])
+    from transformers import AutoProcessor, WhisperProcessor
+    processor = AutoProcessor.from_pretrained(out)  # no trust_remote_code: a stock Whisper processor
+    assert isinstance(processor, WhisperProcessor) and prompts == []
+    assert processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])

@@ -130,3 +130,9 @@ def test_real_tiny_en_cli_writes_srt_and_skips_bad_file(real_tiny_en, monkeypatc
     assert "ask not what your country can do for you" in srt.lower()
     ends = re.findall(r" --> 00:00:(\d\d),(\d\d\d)", srt)
     assert 9.0 <= float(".".join(ends[-1])) <= 11.0  # the clip is 11 s long
+
+
+def test_missing_audio_fails_before_the_model_loads(fake_models, tmp_path, capsys):
+    assert main(["transcribe", "tiny.en", str(tmp_path / "typo.wav"), "--quiet"]) == 2
+    assert fake_models == []  # no model load for nothing to transcribe
+    assert re.search(r"error: audio not found: .*typo\.wav; check the path", capsys.readouterr().err)

@@ -123,9 +123,9 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
     assert "wrote" in capsys.readouterr().out
 
     saved = {}
-    monkeypatch.setattr(cli_compress, "load_bundle", lambda args: tiny_model)
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: tiny_model)
     monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
-                        lambda bundle, out, overwrite=False: saved.update(model=bundle, out=out))
+                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle, out=out))
     assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
                  "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4", "--quiet"]) == 0
     assert saved["out"] == tmp_path / "out" and saved["model"] is not tiny_model
@@ -148,3 +148,76 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
 def test_cli_method_conflicts_are_clear_errors(tmp_path, capsys, args, message):
     assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-size", "0"], "target size must be a fraction in (0, 1]"),
+    (["--target-size", "1.5"], "got 1.5"),
+    (["--target-size", "-1"], "got -1.0"),
+    (["--refine-steps", "-3"], "refine steps must be ≥ 0"),
+    (["--multiple-of", "0"], "multiple_of must be an integer ≥ 1"),
+    (["--batch-size", "0"], "batch_size must be a positive integer"),
+])
+def test_cli_compress_validates_before_the_model_loads(tmp_path, monkeypatch, capsys, args, message):
+    import litewhisper.cli.compress as cli_compress
+
+    loads = []
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and loads == [] and "Traceback" not in err
+
+
+def test_cli_errors_name_flags_not_python_arguments(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep me")
+    assert main(["compress", "tiny.en", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace" in err and "overwrite=True" not in err
+
+
+def test_cli_plan_previews_what_compress_applies(tiny_model, tmp_path, monkeypatch, capsys):
+    """`plan MODEL` with compress's flags gives compress's ranks (budget method, sensitivity probes); validation
+    comes before anything loads."""
+    import soundfile as sf
+    import litewhisper.cli.compress as cli_compress
+    from litewhisper.compression.plan import RankPlan
+    from litewhisper.models.checkpoint import low_rank_config_of
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, clip in enumerate(audio((3, 4, 5))):
+        sf.write(folder / f"{i}.wav", clip, 16_000)
+    loads, saved = [], {}
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: loads.append(dtype) or tiny_model)
+    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
+                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle))
+    flags = ["--calibration", str(folder), "--target-size", "0.85", "--multiple-of", "4", "--quiet"]
+    assert main(["plan", "random", *flags, "--json", str(tmp_path / "plan.json")]) == 0
+    assert main(["compress", "random", "-o", str(tmp_path / "out"), *flags]) == 0
+    planned = {e.name: e.rank for e in RankPlan.load(tmp_path / "plan.json").entries}
+    applied = {f"layers.{i}.{'self_attn.' if n.endswith('proj') else ''}{n}": r
+               for i, ranks in enumerate(low_rank_config_of(saved["model"])) for n, r in ranks.items()}
+    assert {n: r for n, r in planned.items() if r is not None} == applied and applied
+    assert loads == ["float32", "float32"]
+    assert main(["plan", "random", "--target-size", "1.5"]) == 2 and len(loads) == 2  # refused before loading
+    assert "got 1.5" in capsys.readouterr().err
+
+
+def test_cli_compress_from_stats_summary_once_no_calibration_warning(tiny_model, tmp_path, monkeypatch, capsys,
+                                                                      caplog):
+    import litewhisper.audio.synth as synth
+    import litewhisper.cli.compress as cli_compress
+
+    stats_file = calibrate(tiny_model, audio()).save(tmp_path / "s.safetensors")
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: tiny_model)
+    monkeypatch.setattr(synth, "builtin_calibration_audio", lambda: audio((3, 4)))  # probes' audio
+    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint", lambda *a, **k: None)
+    with caplog.at_level("INFO", logger="litewhisper"):
+        assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
+                     "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # the statistics were given
+    assert "sensitivity probes run on the built-in synthetic" in caplog.text
+    summaries = out.count("encoder params") + caplog.text.count("encoder params")
+    assert summaries == 1 and "time sensitivity" in out

@@ -106,6 +106,42 @@ def test_incomplete_cache_dir_is_reconverted(fake_builtin):
     assert sorted(p.name for p in fake_builtin.iterdir()) == ["fake"]
 
 
+def _truncate(file, keep: float = 0.5) -> None:
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_truncated_builtin_cache_is_rebuilt_with_a_warning(fake_builtin, caplog):
+    load_model("fake")
+    weights = fake_builtin / "fake" / "model.safetensors"
+    size = weights.stat().st_size
+    _truncate(weights)
+    with caplog.at_level("WARNING", logger="litewhisper"):
+        bundle = load_model("fake")
+    assert f"the cached built-in model {weights} is damaged (truncated" in caplog.text
+    assert weights.stat().st_size == size and bundle.path == fake_builtin / "fake"
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0001])  # data cut short / header cut short
+def test_truncated_model_directory_names_the_file_and_the_fix(tiny_dirs, tmp_path, keep):
+    damaged = tmp_path / "hf"
+    shutil.copytree(tiny_dirs["hf"], damaged)
+    _truncate(damaged / "model.safetensors", keep)
+    with pytest.raises(ModelSourceError, match=r"damaged weights file: .*hf/model\.safetensors \((truncated|\d+ bytes)"
+                       r".*copy or save it again"):
+        load_model(damaged)
+
+
+def test_truncated_lite_checkpoint_names_the_file_and_the_fix(tmp_path):
+    from test_checkpoint import lite_model
+    from litewhisper.models.checkpoint import save_checkpoint
+
+    out = save_checkpoint(lite_model(), tmp_path / "lite")
+    _truncate(out / "model.safetensors", 0.9)
+    with pytest.raises(ModelSourceError, match=r"lite/model\.safetensors \(truncated: .* re-export it"):
+        load_model(out)
+
+
 def test_missing_builtin_package_says_how_to_install(monkeypatch):
     entry = builtin.BuiltinModel("ghost", (("litewhisper_no_such_package", "model.bin"),),
                                  ("litewhisper_no_such_package", "."), "test")

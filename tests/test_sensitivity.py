@@ -45,20 +45,30 @@ def test_weights_match_a_single_layer_probe(setup):
     # the model is exactly as it was
     assert not any(isinstance(m, LowRankLinear) for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    # recompute one layer's weight by hand
-    name = "layers.1.fc2"
+    # recompute layers' weights by hand with full encoder passes (the cached partial re-runs must agree)
     encoder = model.model.encoder
-    spectrum = decompose(stats, name)
-    rank = probe_rank(spectrum.explained(), 64, 0.9, 8)
-    lost = 1 - float(spectrum.explained()[rank - 1])
     with torch.no_grad():
         teacher = torch.cat([encoder(f[None]).last_hidden_state for f in features])
-        original = encoder.layers[1].fc2
-        encoder.layers[1].fc2 = factorize_linear(original, stats.mean(name), spectrum.eigenvectors[:, :rank])
-        student = torch.cat([encoder(f[None]).last_hidden_state for f in features])
-        encoder.layers[1].fc2 = original
-    expected = float(((student - teacher) ** 2).mean() / (teacher ** 2).mean()) / lost
-    assert weights[name] == pytest.approx(expected, rel=1e-5)
+    for block, parent, child in ((1, "", "fc2"), (0, "self_attn.", "out_proj"), (0, "", "fc1")):
+        name = f"layers.{block}.{parent}{child}"
+        spectrum = decompose(stats, name)
+        rank = probe_rank(spectrum.explained(), 64, 0.9, 8)
+        lost = 1 - float(spectrum.explained()[rank - 1])
+        owner = encoder.get_submodule(f"layers.{block}.{parent}".rstrip("."))
+        original = getattr(owner, child)
+        with torch.no_grad():
+            setattr(owner, child, factorize_linear(original, stats.mean(name), spectrum.eigenvectors[:, :rank]))
+            student = torch.cat([encoder(f[None]).last_hidden_state for f in features])
+            setattr(owner, child, original)
+        expected = float(((student - teacher) ** 2).mean() / (teacher ** 2).mean()) / lost
+        assert weights[name] == pytest.approx(expected, rel=1e-4), name
+
+
+def test_batching_does_not_change_weights(setup):
+    model, stats, features = setup
+    one = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, batch_size=1)
+    two = layer_sensitivities(model, stats, features, probe_kept=0.9, multiple_of=8, batch_size=2)
+    assert one == pytest.approx(two, rel=1e-4)
 
 
 def test_bad_probe_is_refused(setup):

@@ -318,6 +318,9 @@ def use_reduced_attention(model: nn.Module, mode: Mode = "auto", backend: Backen
         return new
 
     swapped = swap_modules(model, make, pick)
-    log.info("reduced attention: %d of %d self-attention modules swapped (mode %s, backend %s)",
-             len(swapped), len(candidates), config.mode, config.backend)
+    if swapped:
+        log.info("reduced attention: %d of %d self-attention modules run in the reduced dimension (mode %s, "
+                 "backend %s)", len(swapped), len(candidates), config.mode, config.backend)
+    else:  # nothing wrong: with ranks ≥ the head size the standard path is as cheap
+        log.info("reduced attention: not used (q/k/v ranks ≥ head size, no FLOPs saved); standard attention")
     return model

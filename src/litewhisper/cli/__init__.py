@@ -10,6 +10,7 @@ import importlib
 import logging
 import sys
 
+from litewhisper import __version__
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress Whisper's encoder with LiteASR and prove it: WER, size, FLOPs, speed.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"litewhisper {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -36,15 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # sub-command not built yet
         module.add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        _add_quiet(sub)
     return parser
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    """`--quiet` on every sub-command; an older `--no-progress` stays as a hidden alias."""
+    actions = p._option_string_actions
+    if "--no-progress" in actions:
+        actions["--no-progress"].help = argparse.SUPPRESS
+    if "--quiet" not in actions:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+    args.no_progress = args.quiet
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     try:
-        with quiet(getattr(args, "quiet", False) or getattr(args, "no_progress", False)):
+        with quiet(args.quiet):
             return int(args.func(args) or 0)
     except LiteWhisperError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -14,10 +14,11 @@ log = logging.getLogger("litewhisper")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, dtype_default: str | None = "float32",
+                   dtype_help: str = "model weights dtype (default float32)") -> None:
     p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
+    p.add_argument("--dtype", choices=DTYPES, default=dtype_default, help=dtype_help)
 
 
 def add_calibration_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -51,10 +52,11 @@ def calibration_config(args, default_windows: str = "clip"):
                              batch_size=args.batch_size, device=args.device)
 
 
-def load_bundle(args):
+def load_bundle(args, dtype: str | None = None):
+    """The model of `args.model` in `dtype` (default `args.dtype`)."""
     import torch
     from litewhisper.models.load import load_model
-    return load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    return load_model(args.model, device=args.device, dtype=getattr(torch, dtype or args.dtype))
 
 
 def run(args) -> int:

@@ -20,7 +20,9 @@ def add_parser(subparsers) -> None:
                     "ranks are allocated across layers for a target size (--target-size or --preset), weighted by "
                     "each layer's measured effect on the encoder output; --method liteasr uses the paper's one θ "
                     "for all layers. With no --calibration, a small built-in synthetic speech set is used.")
-    add_model_args(p)
+    add_model_args(p, dtype_default=None,
+                   dtype_help="dtype of the saved checkpoint (default: the source model's, e.g. float16 for tiny.en); "
+                              "compression itself computes in float32")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="checkpoint directory")
     add_calibration_args(p, required=False)
     add_policy_args(p)
@@ -78,9 +80,27 @@ def _calibration_audio(args):
     if args.calibration:
         return discover_audio(args.calibration, split=args.split)
     from litewhisper.audio.synth import builtin_calibration_audio
-    log.warning("no --calibration given: using the built-in synthetic (eSpeak) calibration set; calibrating on "
-                "real in-domain speech gives better accuracy")
+    if args.stats:  # statistics given: the audio only feeds the sensitivity probes / refinement
+        log.info("sensitivity probes run on the built-in synthetic (eSpeak) clips; pass --calibration to probe "
+                 "on your own speech")
+    else:
+        log.warning("no --calibration given: using the built-in synthetic (eSpeak) calibration set; calibrating "
+                    "on real in-domain speech gives better accuracy")
     return builtin_calibration_audio()
+
+
+def _size_line(source, output: Path) -> str:
+    """`weights on disk: SOURCE MB (source) -> OUTPUT MB (dtype) (xRATIO)`; empty if nothing was written."""
+    import json
+
+    from litewhisper.models.checkpoint import weights_size
+    if not (output / "config.json").is_file():
+        return ""
+    after = weights_size(output)
+    dtype = json.loads((output / "config.json").read_text()).get("dtype", "?")
+    before = weights_size(source) if source is not None and Path(source).is_dir() else None
+    return (f"weights on disk: {before / 1e6:.1f} MB (source) -> " if before else "weights on disk: ") + \
+        f"{after / 1e6:.1f} MB ({dtype})" + (f" (x{after / before:.2f})" if before else "")
 
 
 def run(args) -> int:
@@ -90,8 +110,8 @@ def run(args) -> int:
     from litewhisper.compression.stats import ActivationStats
     from litewhisper.models.checkpoint import save_checkpoint
 
-    check_output_dir(args.output, args.overwrite)  # fail before the long work
-    policy = compress_policy(args)
+    check_output_dir(args.output, args.overwrite, flag="--overwrite")  # fail before the long work
+    policy = compress_policy(args)  # every value is validated here, before the model loads
     budget = isinstance(policy, SizeBudget)
     if budget:
         log.info("budget method: target encoder size %.2f of the original", policy.target_size)
@@ -99,10 +119,21 @@ def run(args) -> int:
     stats = ActivationStats.load(args.stats) if args.stats else None
     needs_audio = stats is None or (budget and policy.needs_audio)
     audio = _calibration_audio(args) if needs_audio else None
-    result = compress(load_bundle(args), audio, policy, stats=stats, config=config)
+    log.info("stages: %s, save", ", ".join(_stages(policy, stats)))
+    result = compress(load_bundle(args, dtype="float32"), audio, policy, stats=stats, config=config)
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())
-    save_checkpoint(result.bundle, args.output, overwrite=args.overwrite)
+    save_checkpoint(result.bundle, args.output, overwrite=args.overwrite, dtype=args.dtype)
     print(f"{args.model} -> {args.output}: {result.summary()}")
+    print(_size_line(getattr(result.bundle, "path", None), args.output))
     return 0
+
+
+def _stages(policy, stats) -> list[str]:
+    """The stages `compress` runs for this policy, in order (as its summary times them)."""
+    from litewhisper.compression.policy import SizeBudget
+    budget = isinstance(policy, SizeBudget)
+    return ([] if stats is not None else ["calibrate"]) + (["sensitivity"] if budget and policy.sensitivity else []) \
+        + ["plan", "sequential" if budget and policy.sequential else "factorize"] \
+        + (["refine"] if budget and policy.refine is not None else [])

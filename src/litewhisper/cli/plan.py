@@ -27,23 +27,72 @@ def policy_from_args(args):
 
 
 def add_parser(subparsers) -> None:
+    from litewhisper.cli.calibrate import add_calibration_args
+    from litewhisper.cli.compress import add_budget_args
+
     p = subparsers.add_parser(
-        "plan", help="print the rank plan for calibration statistics",
-        description="Choose each encoder layer's rank from statistics written by `litewhisper calibrate` and "
-                    "print the table (layer, D_in, D_out, rank, kept variance, params and FLOPs before/after).")
-    p.add_argument("stats", type=Path, metavar="STATS", help="statistics file (.safetensors)")
+        "plan", help="preview the rank plan `compress` applies (same flags, nothing written)",
+        description="Print the rank table (layer, D_in, D_out, rank, kept variance, params and FLOPs before/after) "
+                    "that `litewhisper compress` with the same flags applies: by default the budget method at the "
+                    "preset's size, with sensitivity probes. SOURCE is a model (calibrated here, as compress does) "
+                    "or statistics from `litewhisper calibrate` / `compress --save-stats` (then only the probes "
+                    "run, on --model or the model named in the statistics; with --no-sensitivity or --theta-* it "
+                    "takes a second and needs no model).")
+    p.add_argument("source", metavar="SOURCE", help="statistics file (.safetensors), or a model (tiny.en, base, "
+                                                    "a directory)")
+    p.add_argument("--model", help="the model of the statistics, for the sensitivity probes (default: the model "
+                                   "named in the statistics)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_calibration_args(p, required=False)
     add_policy_args(p)
+    add_budget_args(p)
     p.add_argument("--json", type=Path, metavar="OUT", help="also save the plan as JSON")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from litewhisper.compression.plan import plan_ranks
-    from litewhisper.compression.stats import ActivationStats
+def _is_stats(source: str) -> bool:
+    return Path(source).suffix == ".safetensors" or Path(source).is_file()
 
-    policy = policy_from_args(args)
-    stats = ActivationStats.load(args.stats)
-    plan = plan_ranks(stats, policy)
+
+def _preview(args, policy):
+    """(plan, stats): the ranks `compress` would apply with these flags (calibrating / probing as it does)."""
+    from litewhisper.cli import compress as cli_compress
+    from litewhisper.cli.calibrate import calibration_config
+    from litewhisper.compression.api import probe_sensitivities
+    from litewhisper.compression.budget import plan_budget
+    from litewhisper.compression.calibration import calibrate
+    from litewhisper.compression.plan import plan_ranks
+    from litewhisper.compression.policy import SizeBudget
+    from litewhisper.compression.stats import ActivationStats
+    from litewhisper.errors import LiteWhisperError
+    from litewhisper.models.cost import encoder_params
+    from litewhisper.models.linears import unwrap_model
+
+    budget = isinstance(policy, SizeBudget)
+    config = calibration_config(args, default_windows="pack" if budget else "clip")
+    stats = ActivationStats.load(args.source) if _is_stats(args.source) else None
+    if stats is not None and not budget:  # the θ rule needs nothing but the statistics
+        return plan_ranks(stats, policy), stats
+    model = args.source if stats is None else (args.model or stats.metadata.get("model"))
+    if not model:
+        raise LiteWhisperError("these statistics name no model: pass --model (the budget needs its size and the "
+                               "sensitivity probes run on it)")
+    args.stats = args.source if stats is not None else None  # what compress would have been given
+    audio = cli_compress._calibration_audio(args) if stats is None or policy.needs_audio else None
+    bundle = cli_compress.load_bundle(argparse.Namespace(model=model, device=args.device), dtype="float32")
+    if stats is None:
+        stats = calibrate(bundle, audio, config)
+    if not budget:
+        return plan_ranks(stats, policy), stats
+    weights = probe_sensitivities(bundle, stats, audio, policy.multiple_of) if policy.sensitivity else None
+    return plan_budget(stats, policy, encoder_params(unwrap_model(bundle)), weights), stats
+
+
+def run(args) -> int:
+    from litewhisper.cli.compress import compress_policy
+
+    policy = compress_policy(args)  # validated before anything loads
+    plan, stats = _preview(args, policy)
     print(f"statistics: model {stats.metadata.get('model', '?')}, {stats.clips} clips, {stats.frames} frames, "
           f"windowing {stats.metadata.get('windowing', '?')}, frames {stats.metadata.get('frames_mode', '?')}")
     print(plan.table())

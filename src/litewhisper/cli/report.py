@@ -73,9 +73,11 @@ def _decoding_flags(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.atomic import check_output_dir
     from litewhisper.report.report import ReportConfig, run_report
     from litewhisper.progress import quiet
 
+    check_output_dir(args.output, args.overwrite, flag="--overwrite")  # before hours of work
     split = {"all": None}
     config = ReportConfig(
         model=args.model, split_calib=split.get(args.split_calib, args.split_calib),

@@ -98,14 +98,23 @@ def _transcribe(args: argparse.Namespace, options) -> int:
     if options.vad:
         from litewhisper.decode.vad import SpeechFilter
         SpeechFilter()  # a missing extra fails before the model loads
+    missing = [path for path, _ in inputs if str(path) != "-" and not Path(path).exists()]
+    if len(missing) == len(inputs):  # nothing to do: say so before the model load
+        raise LiteWhisperError(f"audio not found: {', '.join(map(str, missing[:5]))}"
+                               f"{' ...' if len(missing) > 5 else ''}; check the path(s)")
+    for path in missing:  # a typo is reported at once, the other inputs are still transcribed
+        print(f"skipped {path}: audio file not found", file=sys.stderr)
+    todo = [i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()]
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' weight-loading bar
     bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    stream = decode(bundle, [path for path, _ in inputs], options)
-    failed, pending, next_index = 0, {}, 0
-    for index, result in stream:
+    stream = decode(bundle, [inputs[i][0] for i in todo], options)
+    failed, next_index = len(missing), 0
+    pending = {i: None for i in set(range(len(inputs))) - set(todo)}  # None: reported above
+    for position, result in stream:
+        index = todo[position]
         path, name = inputs[index]
         if isinstance(result, TranscriptionFailure):
             failed += 1
@@ -115,7 +124,7 @@ def _transcribe(args: argparse.Namespace, options) -> int:
         pending[index] = result
         while next_index in pending:  # stdout keeps input order
             done = pending.pop(next_index)
-            if args.output_dir is None and not isinstance(done, TranscriptionFailure):
+            if args.output_dir is None and done is not None and not isinstance(done, TranscriptionFailure):
                 print(_stdout_text(done, args.format, str(inputs[next_index][0]), len(inputs) > 1), flush=True)
             next_index += 1
     if failed:

@@ -215,5 +215,5 @@ def compress(bundle, audio: Sequence | None = None, policy: Policy = RankPolicy(
         bundle if target is model else _replace_model(bundle, target), plan, stats, timings, memory,
         params_before, encoder_params(target), flops_before, encoder_flops(target),
         sensitivities if isinstance(policy, SizeBudget) and policy.sensitivity else None)
-    log.info("%s", result.summary())
+    log.debug("%s", result.summary())  # the CLI prints it once
     return result

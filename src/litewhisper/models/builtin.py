@@ -94,9 +94,6 @@ def convert_builtin(name: str, target: Path) -> Path:
     logger.info("converting built-in model %s into %s (first use only)", name, target)
     model, processor = load_ct2_directory(meta_dir, model_files=parts)  # keeps the stored float dtype
     with atomic_directory(target, overwrite=True) as tmp:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; make the cache dir like any other
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         marker = {"name": name, "format": CACHE_FORMAT, "source": [str(p) for p in parts]}
@@ -110,5 +107,11 @@ def builtin_model_dir(name: str) -> Path:
         raise ModelSourceError(f"unknown built-in model {name!r}; built-in names are {sorted(BUILTIN_MODELS)}")
     target = cache_root() / name
     if _is_complete(target, name):
-        return target
+        from litewhisper.models.checkpoint import safetensors_damage
+
+        damage = safetensors_damage(target / "model.safetensors")
+        if damage is None:
+            return target
+        logger.warning("the cached built-in model %s is damaged (%s); rebuilding it", target / "model.safetensors",
+                       damage)
     return convert_builtin(name, target)

@@ -8,6 +8,7 @@ remote-code files from `litewhisper/hf_lite` travel with the checkpoint, so
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -23,7 +24,8 @@ from litewhisper.models.hf_lite.modeling_lite_whisper import ATTENTION_NAMES, LO
 
 __all__ = ["HF_LITE_DIR", "REMOTE_CODE_FILES", "ARCHITECTURE", "AUTO_MAP", "CheckpointError",
            "check_low_rank_config", "check_checkpoint", "load_lite_whisper_model", "low_rank_config_of",
-           "verify_checkpoint", "save_checkpoint"]
+           "verify_checkpoint", "save_checkpoint", "register_auto_classes", "stored_dtype", "weights_size",
+           "safetensors_damage", "check_safetensors"]
 
 log = logging.getLogger("litewhisper")
 
@@ -44,6 +46,25 @@ _VERIFY_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8, torch.float16: 1e
 
 class CheckpointError(ModelSourceError):
     """A lite-whisper checkpoint that cannot be written, verified or loaded."""
+
+
+def register_auto_classes() -> None:
+    """Make transformers' Auto classes know `lite-whisper` as local code (done when this module is imported).
+
+    Without it, AutoProcessor / AutoTokenizer.from_pretrained(checkpoint) read config.json's auto_map and ask
+    interactively whether to run the shipped remote code, although the processor is a stock WhisperProcessor.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+
+    from litewhisper.models.hf_lite.configuration_lite_whisper import LiteWhisperConfig
+    from litewhisper.models.hf_lite.modeling_lite_whisper import LiteWhisperForConditionalGeneration
+
+    AutoConfig.register(LiteWhisperConfig.model_type, LiteWhisperConfig, exist_ok=True)
+    for auto in (AutoModel, AutoModelForSpeechSeq2Seq):
+        auto.register(LiteWhisperConfig, LiteWhisperForConditionalGeneration, exist_ok=True)
+
+
+register_auto_classes()
 
 
 # ----------------------------------------------------------------------------------------------------- layout
@@ -108,6 +129,39 @@ def check_low_rank_config(low_rank_config: Any, shapes: Mapping[str, tuple[int, 
             "with `litewhisper compress` or fix low_rank_config to list the rank of every low-rank linear.")
 
 
+def safetensors_damage(file: str | Path) -> str | None:
+    """Why a .safetensors file is unreadable (truncated, bad header), or None if its layout is whole.
+
+    Reads only the header: the data section must be exactly as long as the tensors' offsets say.
+    """
+    file = Path(file)
+    size = file.stat().st_size
+    if size < 8:
+        return f"{size} bytes, shorter than the 8-byte header length"
+    with open(file, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        if 8 + header_len > size:
+            return f"truncated: {size:,} bytes, the header alone needs {8 + header_len:,}"
+        try:
+            header = json.loads(f.read(header_len))
+        except ValueError:
+            return "the header is not valid JSON"
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        return f"truncated: {size:,} bytes of the {needed:,} its header describes"
+    return None
+
+
+def check_safetensors(path: str | Path, fix: str) -> None:
+    """Raise CheckpointError naming every damaged .safetensors file of directory `path`, and `fix`."""
+    damaged = [(f, why) for f in sorted(Path(path).glob("*.safetensors")) if (why := safetensors_damage(f))]
+    if damaged:
+        listing = "; ".join(f"{f} ({why})" for f, why in damaged)
+        raise CheckpointError(f"damaged weights file: {listing}. {fix}")
+
+
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape of a (possibly sharded) safetensors checkpoint, read from the headers only."""
     from safetensors import safe_open
@@ -138,6 +192,8 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     if config.get("model_type") != "lite-whisper":
         raise CheckpointError(f"{path}: config.json has model_type {config.get('model_type')!r}, "
                               "expected 'lite-whisper'")
+    check_safetensors(path, "The checkpoint was not completely written or copied: copy it again, or re-export it "
+                            "with `litewhisper compress`.")
     check_low_rank_config(config.get("low_rank_config"), _safetensors_shapes(path), config, source=str(path))
     return config
 
@@ -190,9 +246,12 @@ def _encoder(model: nn.Module) -> nn.Module:
     return encoder
 
 
-def _export_state_dict(model: nn.Module, low_rank_config: list[dict[str, int]]) -> dict[str, torch.Tensor]:
-    """CPU tensors in the published layout: every low-rank linear has a bias; the tied head is dropped."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+def _export_state_dict(model: nn.Module, low_rank_config: list[dict[str, int]],
+                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """CPU tensors in the published layout (floating ones in `dtype`): every low-rank linear has a bias; the
+    tied head is dropped."""
+    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     for i, ranks in enumerate(low_rank_config):
         for name in ranks:
             bias_key = _linear_key("model.", i, name) + ".bias"
@@ -221,14 +280,13 @@ def _lite_config(model: nn.Module, low_rank_config: list[dict[str, int]], dtype:
     return config
 
 
-def _write_checkpoint(model: nn.Module, out: Path, processor: Any) -> None:
+def _write_checkpoint(model: nn.Module, out: Path, processor: Any, dtype: torch.dtype) -> None:
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     low_rank_config = low_rank_config_of(model)
-    dtype = next(model.parameters()).dtype
     config = _lite_config(model, low_rank_config, dtype)
-    state = _export_state_dict(model, low_rank_config)
+    state = _export_state_dict(model, low_rank_config, dtype)
     check_low_rank_config(low_rank_config, {k: tuple(v.shape) for k, v in state.items()}, config.to_dict(),
                           source="in-memory model")
     config.to_json_file(str(out / "config.json"), use_diff=False)
@@ -243,16 +301,30 @@ def _write_checkpoint(model: nn.Module, out: Path, processor: Any) -> None:
         shutil.copyfile(HF_LITE_DIR / name, out / name)
 
 
+def _rounded_encoder(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The encoder with its floating weights rounded to `dtype` (and back): what a `dtype` checkpoint holds."""
+    encoder = _encoder(model)
+    param = next(encoder.parameters())
+    if dtype == param.dtype:
+        return encoder
+    rounded = copy.deepcopy(encoder)
+    for tensor in list(rounded.parameters()) + list(rounded.buffers()):
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(dtype).to(param.dtype)
+    return rounded
+
+
 @torch.no_grad()
-def verify_checkpoint(model: nn.Module, path: str | Path) -> float:
-    """Reload `path` and compare one encoder forward pass with `model`; return the relative max error."""
+def verify_checkpoint(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> float:
+    """Reload `path` and compare one encoder forward pass with `model` (its weights rounded to the checkpoint's
+    `dtype`, default the model's); return the relative max error."""
     param = next(model.parameters())
     config = model.config
     generator = torch.Generator().manual_seed(0)
     # (1, mel bins, 2 * max_source_positions): the fixed 30-s window the encoder expects
     features = torch.randn(1, config.num_mel_bins, 2 * config.max_source_positions, generator=generator)
     features = features.to(param.device, param.dtype)
-    expected = _encoder(model)(features).last_hidden_state
+    expected = _rounded_encoder(model, dtype or param.dtype)(features).last_hidden_state
     reloaded = load_lite_whisper_model(path, device=param.device, dtype=param.dtype)
     got = _encoder(reloaded)(features).last_hidden_state
     del reloaded
@@ -265,25 +337,50 @@ def verify_checkpoint(model: nn.Module, path: str | Path) -> float:
     return error
 
 
+def stored_dtype(path: str | Path | None) -> torch.dtype | None:
+    """The weights dtype a model directory's config.json declares (`dtype` / `torch_dtype`), if any."""
+    if path is None:
+        return None
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype") if isinstance(config, dict) else None
+    value = getattr(torch, str(name), None) if name else None
+    return value if value in (torch.float32, torch.float16, torch.bfloat16) else None
+
+
+def weights_size(path: str | Path) -> int:
+    """Bytes of a model directory's weight files (safetensors, pytorch_model*.bin or CTranslate2 model.bin)."""
+    path = Path(path)
+    files = [p for p in path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name == "model.bin"
+                                                        or p.name.startswith("pytorch_model") and p.suffix == ".bin")]
+    return sum(p.stat().st_size for p in files)
+
+
 def save_checkpoint(model_or_bundle: Any, out_dir: str | Path, processor: Any = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, dtype: torch.dtype | str | None = None) -> Path:
     """Write a lite-whisper checkpoint directory, reload it and check the encoder output matches.
 
     `model_or_bundle` is a WhisperForConditionalGeneration whose low-rank encoder linears have
     weight1/weight2 (e.g. LowRankLinear), or a WhisperBundle (its processor is used unless one is given).
+    `dtype`: of the stored weights; default the source model's (a bundle's directory config, e.g. float16 for
+    the built-in tiny.en, so the checkpoint is no bigger than its source), else the in-memory model's.
     The directory appears only when complete and verified; an existing non-empty one is refused
     unless `overwrite`.
     """
     model = _unwrap(model_or_bundle)
     if processor is None:
         processor = getattr(model_or_bundle, "processor", None)
+    dtype = _as_dtype(dtype) if dtype is not None else (
+        stored_dtype(getattr(model_or_bundle, "path", None)) or next(model.parameters()).dtype)
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        _write_checkpoint(model, tmp, processor)
-        error = verify_checkpoint(model, tmp)
+        _write_checkpoint(model, tmp, processor, dtype)
+        error = verify_checkpoint(model, tmp, dtype)
     ranks = low_rank_config_of(model)
-    log.info("saved lite-whisper checkpoint %s (%d low-rank linears; reload check: max relative error %.2g)",
-             out_dir, sum(len(r) for r in ranks), error)
+    log.info("saved lite-whisper checkpoint %s (%s, %d low-rank linears; reload check: max relative error %.2g)",
+             out_dir, str(dtype).removeprefix("torch."), sum(len(r) for r in ranks), error)
     return out_dir
 
 

@@ -138,6 +138,9 @@ def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
         model, processor = load_ct2_directory(path, dtype=dtype)
         return model, processor
     if any((path / f).is_file() for f in HF_WEIGHT_FILES) and config:
+        from litewhisper.models.checkpoint import check_safetensors
+
+        check_safetensors(path, "The model was not completely written or copied: copy or save it again.")
         return _load_hf_dir(path, dtype)
     present = sorted(p.name for p in path.iterdir())[:10]
     raise ModelSourceError(
