@@ -23,7 +23,6 @@ _EXPORTS = {
     "Segment": "decode.transcribe",
     "transcribe_iter": "decode.transcribe",
     "TranscriptionFailure": "decode.transcribe",
-    "decode": "decode.transcribe",
     "DecodeOptions": "decode.options",
     "calibrate": "compression.calibration",
     "ActivationStats": "compression.calibration",
