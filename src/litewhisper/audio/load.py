@@ -42,3 +42,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         log.debug("resampling %s from %d Hz to %d Hz", path, file_rate, sample_rate)
         mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def audio_seconds(source) -> float:
+    """Duration of an AudioItem (its manifest `duration_s`), a path (file header only) or a 16 kHz array;
+    0.0 for an unreadable file (its loader reports it later)."""
+    if isinstance(source, np.ndarray) or hasattr(source, "shape"):
+        return float(np.asarray(source).size) / SAMPLE_RATE
+    if getattr(source, "duration_s", None) is not None:
+        return float(source.duration_s)
+    import soundfile as sf
+
+    try:
+        return float(sf.info(str(getattr(source, "path", source))).duration)
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return 0.0
