@@ -68,7 +68,7 @@ def run(args) -> int:
         items = discover_audio(args.calibration, split=args.split)
         bundle = main_first(world, lambda: load_bundle(args), "loading the model")
         start = time.perf_counter()
-        stats = calibrate(bundle, items, config, progress=not args.quiet, world=world)
+        stats = calibrate(bundle, items, config, progress=not args.quiet and world.is_main, world=world)
         with all_or_none(world, f"writing {args.output}"):
             if stats is not None:
                 stats.save(args.output)

@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.distributed import all_or_none, detect_world, process_group
     from litewhisper.errors import LiteWhisperError
     from litewhisper.evaluation.evaluate import EvalConfig, evaluate, format_table, write_json
 
@@ -39,14 +40,21 @@ def run(args: argparse.Namespace) -> int:
         raise LiteWhisperError("--resume needs --hypotheses FILE (the JSONL of the interrupted run)")
     config = EvalConfig(split=None if args.split == "all" else args.split, language=args.language,
                         normalizer=args.normalizer, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                        bootstrap=args.bootstrap, max_clips=args.max_clips, progress=not args.no_progress)
-    report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume)
+                        bootstrap=args.bootstrap, max_clips=args.max_clips,
+                        progress=not args.no_progress and detect_world().is_main)
+    with process_group() as world:  # torchrun: the clips are shared out, rank 0 scores and writes
+        report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume,
+                          world=world)
+        with all_or_none(world, f"writing {args.json_out}"):
+            if args.json_out and world.is_main:
+                write_json(report, args.json_out)
+    if not world.is_main:
+        return 0
     print(format_table(report))
     for r in report.results:
         if r.n_hit_token_limit:
             print(f"{r.model}: {r.n_hit_token_limit} clip(s) hit the {args.max_new_tokens}-token limit "
                   f"(runaway decoding): {', '.join(r.hit_token_limit_ids[:10])}")
     if args.json_out:
-        write_json(report, args.json_out)
         log.info("wrote %s", args.json_out)
     return 0

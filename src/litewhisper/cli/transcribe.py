@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from litewhisper.errors import LiteWhisperError
 
@@ -78,9 +79,9 @@ def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from litewhisper.decode.formats import write_transcription
+    from litewhisper.decode.transcribe import DecodeOptions
+    from litewhisper.distributed import exchange, main_first, process_group
     from litewhisper.models.load import load_model
-    from litewhisper.decode.transcribe import DecodeOptions, TranscriptionFailure, transcribe_iter
 
     DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)
@@ -88,13 +89,55 @@ def run(args: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' weight-loading bar
-    bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    stream = transcribe_iter(bundle, [path for path, _ in inputs], language=args.language, task=args.task,
-                             batch_size=args.batch_size, return_segments=True,
-                             progress=not args.quiet)
+    with process_group(args.device) as world:  # torchrun: each worker transcribes and writes its share
+        bundle = main_first(world, lambda: load_model(args.model, device=args.device,
+                                                      dtype=getattr(torch, args.dtype)), "loading the model")
+        mine = _my_indices(inputs, world)
+        lines: list[tuple[int, str]] = []
+        emit = (lambda index, text: print(text, flush=True)) if not world.distributed else \
+            (lambda index, text: lines.append((index, text)))
+        failed, error = 0, None
+        try:
+            failed = _transcribe(bundle, inputs, mine, args, emit, progress=not args.quiet and world.is_main)
+        except Exception as exc:  # noqa: BLE001 - every worker fails with it (distributed.exchange)
+            error = exc
+        shares = exchange(world, (failed, lines), error, "transcribing")
+    if world.distributed and world.is_main and args.output_dir is None:
+        for _, text in sorted(pair for _, part in shares for pair in part):  # stdout keeps input order
+            print(text, flush=True)
+    failed = sum(f for f, _ in shares)
+    if failed:
+        if world.is_main:
+            print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
+                  file=sys.stderr)  # results of the others are already written
+        return 1
+    if args.output_dir is not None and world.is_main:
+        log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
+    return 0
+
+
+def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:
+    """Indices of the inputs this worker transcribes (all of them in a single process)."""
+    from litewhisper.audio.load import audio_seconds
+    from litewhisper.distributed import my_rounds, plan_shards, shard_seconds_from_env
+
+    if not world.distributed:
+        return list(range(len(inputs)))
+    shards = plan_shards([audio_seconds(path) for path, _ in inputs], shard_seconds_from_env())
+    return [i for shard in my_rounds(len(shards), world) if shard is not None for i in shards[shard]]
+
+
+def _transcribe(bundle, inputs: list[tuple[Path, str]], indices: list[int], args: argparse.Namespace,
+                emit: Callable[[int, str], None], progress: bool) -> int:
+    """Transcribe inputs[indices], writing files or emitting stdout text in input order; returns failures."""
+    from litewhisper.decode.formats import write_transcription
+    from litewhisper.decode.transcribe import TranscriptionFailure, transcribe_iter
+
+    stream = transcribe_iter(bundle, [inputs[i][0] for i in indices], language=args.language, task=args.task,
+                             batch_size=args.batch_size, return_segments=True, progress=progress)
     failed, pending, next_index = 0, {}, 0
     for index, result in stream:
-        path, name = inputs[index]
+        path, name = inputs[indices[index]]
         if isinstance(result, TranscriptionFailure):
             failed += 1
             print(f"skipped {path}: {result.error}", file=sys.stderr)
@@ -104,12 +147,7 @@ def run(args: argparse.Namespace) -> int:
         while next_index in pending:  # stdout keeps input order
             done = pending.pop(next_index)
             if args.output_dir is None and not isinstance(done, TranscriptionFailure):
-                print(_stdout_text(done, args.format, str(inputs[next_index][0]), len(inputs) > 1), flush=True)
+                emit(indices[next_index], _stdout_text(done, args.format, str(inputs[indices[next_index]][0]),
+                                                       len(inputs) > 1))
             next_index += 1
-    if failed:
-        print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
-              file=sys.stderr)  # results of the others are already written
-        return 1
-    if args.output_dir is not None:
-        log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
-    return 0
+    return failed
