@@ -101,6 +101,7 @@ def process_group(device: str | torch.device = "cpu", world: World | None = None
     if cuda:
         torch.cuda.set_device(world.local_rank)
     logger_level = log.level
+    _steps.clear()
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
                             timeout=datetime.timedelta(seconds=_timeout_s()))
     try:
@@ -164,7 +165,8 @@ def _collective(world: World, what: str, fn: Callable[[], T]) -> T:
         return fn()
     except (RuntimeError, dist.DistError) as exc:
         lagging = _lagging_ranks(store, world, step)
-        who = f"rank(s) {', '.join(map(str, lagging))}" if lagging else "another worker"
+        who = (f"worker rank{'s' if len(lagging) > 1 else ''} {', '.join(map(str, lagging))}" if lagging
+               else "another worker")
         raise WorkerError(f"rank {world.rank}: lost contact with {who} during {what} ({str(exc).splitlines()[0]}); "
                           f"the worker died or hung (timeout {_timeout_s():.0f}s, {TIMEOUT_ENV}); "
                           "see torchrun's summary and that worker's log") from exc
