@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import require_shared_data, shared_manifest, tiny_whisper
+from helpers import require_shared_data, save_random_model, shared_manifest
 from litewhisper.distributed import World, WorkerError, detect_world, exchange, my_rounds, plan_shards
 from litewhisper.errors import LiteWhisperError
 
@@ -94,18 +94,7 @@ def _run_workers(tmp_path: Path, jobs, fault: str = "", timeout: float = 240) ->
 
 @pytest.fixture(scope="module")
 def random_model_dir(tmp_path_factory):
-    """A tiny random Whisper with the tiny.en tokenizer, saved as a model directory for the CLI."""
-    from litewhisper.models.builtin import builtin_source
-    from litewhisper.models.processor import build_generation_config, build_processor
-
-    model = tiny_whisper()
-    _, meta = builtin_source("tiny.en")
-    processor = build_processor(meta, vocab_size=model.config.vocab_size)
-    model.generation_config = build_generation_config(processor.tokenizer, vocab_size=model.config.vocab_size)
-    path = tmp_path_factory.mktemp("random_model")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path_factory.mktemp("random_model"))
 
 
 def _manifest(path: Path, rows: list[dict]) -> Path:
