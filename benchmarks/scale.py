@@ -1,14 +1,17 @@
 """Scale: calibration and compression memory/time of a large-v3-shaped (and turbo-shaped) encoder.
 
-    python benchmarks/scale.py --model large-v3 --windows 1            # ~3 min on 2 CPU cores, ~10 GB RAM
-    python benchmarks/scale.py --model turbo --device cuda --windows 8
+    python benchmarks/scale.py --model large-v3 turbo --layers 4        # ~2 min on 2 CPU cores, ~3 GB RAM
+    python benchmarks/scale.py --model large-v3 --layers 32             # the full depth: ~24 GB RAM
+    python benchmarks/scale.py --model turbo --device cuda --layers 32 --windows 8
 
 A randomly initialised encoder of the real shape (128 mel bins, 32 layers, d_model 1280, 20 heads, ffn 5120;
 turbo has the same encoder, only its decoder has 4 layers) calibrates on a few 30-s windows of noise, then is
 compressed (plan + factorize, LiteASR `balanced`). Measured: peak resident memory (and CUDA memory) of the
 statistics and of the whole run, time per window, plan/factorize time. Projected for 1,000 calibration clips
 (one 30-s window each): time = windows x time per window + the fixed end cost; memory does not grow with the
-clips (streamed float64 moments). The official LiteASR code keeps every layer output of every window (float16)
+clips (streamed float64 moments). With --layers N < 32 the encoder has the real width but N layers, and every
+per-layer figure (time, statistics, weights) is scaled by 32/N to the full depth ("projected"; the statistics'
+size is also given exactly by formula). The official LiteASR code keeps every layer output of every window (float16)
 and its memory grows with the clips; its figure is computed analytically here.
 """
 from __future__ import annotations
@@ -62,8 +65,10 @@ def encoder_of(shape: dict, dtype: torch.dtype, device: str) -> WhisperEncoder:
     return encoder.to(dtype).eval()
 
 
-def run(model: str, windows: int, device: str, dtype: torch.dtype) -> dict:
-    shape = SHAPES[model]
+def run(model: str, windows: int, device: str, dtype: torch.dtype, layers: int | None = None) -> dict:
+    full = SHAPES[model]
+    shape = {**full, "encoder_layers": layers or full["encoder_layers"]}
+    scale = full["encoder_layers"] / shape["encoder_layers"]  # per-layer figures -> the full depth
     start = time.perf_counter()
     encoder = encoder_of(shape, dtype, device)
     build_s = time.perf_counter() - start
@@ -81,22 +86,23 @@ def run(model: str, windows: int, device: str, dtype: torch.dtype) -> dict:
         start = time.perf_counter()
         apply_plan(encoder, plan, stats)
         factorize_s = time.perf_counter() - start
-    d, f, n = shape["d_model"], shape["encoder_ffn_dim"], shape["encoder_layers"]
+    d, f, n = full["d_model"], full["encoder_ffn_dim"], full["encoder_layers"]
     stats_bytes = sum(s.moments.sum.nbytes + s.moments.gram.nbytes for s in stats.layers.values())
-    per_window = calib_s / windows  # upper bound: includes the end-of-run derivation of output moments
+    per_window = calib_s / windows * scale  # upper bound: includes the end-of-run derivation of output moments
+    run_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "model": model, "device": device, "dtype": str(dtype).removeprefix("torch."), "windows": windows,
-        "linears": len(encoder_linears(encoder)), "build_s": round(build_s, 1),
-        "calibrate_s": round(calib_s, 1), "s_per_window": round(per_window, 1),
-        "plan_s": round(plan_s, 1), "factorize_s": round(factorize_s, 1),
-        "stats_saved_gb": round(stats_bytes / GB, 2), "stats_saved_gb_formula": round(saved_stats_bytes(d, f, n) / GB, 2),
+        "layers_measured": shape["encoder_layers"], "linears": len(encoder_linears(encoder)),
+        "build_s": round(build_s, 1), "calibrate_s_measured": round(calib_s, 1),
+        "s_per_window": round(per_window, 1),
+        "plan_s": round(plan_s * scale, 1), "factorize_s": round(factorize_s * scale, 1),
+        "stats_saved_gb": round(stats_bytes * scale / GB, 2), "stats_saved_gb_formula": round(saved_stats_bytes(d, f, n) / GB, 2),
         "accumulators_gb": round(accumulator_bytes(d, n) / GB, 2),
-        "calibrate_rss_increase_gb": round(calib_mem.increase / GB, 2),
-        "compress_rss_increase_gb": round(comp_mem.increase / GB, 2),
-        "run_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 2),
-        "cuda_peak_gb": round(max(calib_mem.cuda_peak, comp_mem.cuda_peak) / GB, 2),
-        "projected_1000_clips_h": round((1000 * per_window + plan_s + factorize_s) / 3600, 2),
-        "projected_1000_clips_peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 2),
+        "calibrate_rss_increase_gb": round(calib_mem.increase * scale / GB, 2),
+        "compress_rss_increase_gb": round(comp_mem.increase * scale / GB, 2),
+        "run_peak_rss_gb_measured": round(run_peak / GB, 2), "run_peak_gb": round(run_peak * scale / GB, 2),
+        "cuda_peak_gb": round(max(calib_mem.cuda_peak, comp_mem.cuda_peak) * scale / GB, 2),
+        "projected_1000_clips_h": round((1000 * per_window + (plan_s + factorize_s) * scale) / 3600, 2),
         "liteasr_100_clips_gb": round(liteasr_bytes(d, f, n, 100) / GB, 1),
         "liteasr_1000_clips_gb": round(liteasr_bytes(d, f, n, 1000) / GB, 1),
         "low_rank_linears": len(plan.low_rank),
@@ -104,15 +110,15 @@ def run(model: str, windows: int, device: str, dtype: torch.dtype) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["model", "device", "windows", "s/window", "plan+factorize s", "stats GB (saved)", "accumulators GB",
+    head = ["model", "device", "layers measured", "windows", "s/window", "plan+factorize s", "stats GB (saved)", "accumulators GB",
             "calib RSS +GB", "run peak GB", "CUDA peak GB", "1,000 clips: h", "1,000 clips: GB",
             "LiteASR 100 / 1,000 clips GB"]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
         lines.append(" | ".join(str(v) for v in [
-            r["model"], r["device"], r["windows"], r["s_per_window"], round(r["plan_s"] + r["factorize_s"], 1),
-            r["stats_saved_gb"], r["accumulators_gb"], r["calibrate_rss_increase_gb"], r["run_peak_rss_gb"],
-            r["cuda_peak_gb"], r["projected_1000_clips_h"], r["projected_1000_clips_peak_gb"],
+            r["model"], r["device"], r["layers_measured"], r["windows"], r["s_per_window"], round(r["plan_s"] + r["factorize_s"], 1),
+            r["stats_saved_gb"], r["accumulators_gb"], r["calibrate_rss_increase_gb"], r["run_peak_gb"],
+            r["cuda_peak_gb"], r["projected_1000_clips_h"], r["run_peak_gb"],
             f"{r['liteasr_100_clips_gb']} / {r['liteasr_1000_clips_gb']}"]))
     return "\n".join(f"| {line} |" for line in lines)
 
@@ -120,12 +126,15 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SHAPES), nargs="+", default=["large-v3"])
-    parser.add_argument("--windows", type=int, default=1, help="30-s calibration windows (default 1)")
+    parser.add_argument("--windows", type=int, default=4,
+                        help="30-s calibration windows (default 4: the plan needs as many frames as fc1 outputs)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="measure N of the 32 layers (real width) and scale per-layer figures (default all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    rows = [run(m, args.windows, args.device, getattr(torch, args.dtype)) for m in args.model]
+    rows = [run(m, args.windows, args.device, getattr(torch, args.dtype), args.layers) for m in args.model]
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

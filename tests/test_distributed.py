@@ -50,23 +50,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str]]], out: str, fault: str) -> None:
-    """One gloo worker: runs each CLI command as torchrun would, records exit codes and stderr."""
+def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str], str]], out: str) -> None:
+    """One gloo worker: runs each CLI command as torchrun would, records exit codes and stderr.
+
+    A job's fault ("raise" or "exit") breaks rank 1's calibration of its first shard."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
     torch.set_num_threads(1)  # as torchrun's workers (OMP_NUM_THREADS=1); the reference run uses all cores
-    if rank == 1 and fault:
-        import litewhisper.compression.calibration as calibration
-
-        def broken(*args, **kwargs):
-            if fault == "exit":
-                os._exit(3)  # dies without a word
-            raise RuntimeError("injected fault")
-        calibration._encode_shard = broken
+    import litewhisper.compression.calibration as calibration
     from litewhisper.cli import main
 
+    encode_shard = calibration._encode_shard
+
+    def broken(*args, fault: str = "", **kwargs):
+        if fault == "exit":
+            os._exit(3)  # dies without a word
+        raise RuntimeError("injected fault")
+
     records = []
-    for port, (name, argv) in zip(ports, jobs):
+    for port, (name, argv, fault) in zip(ports, jobs):
         os.environ["MASTER_PORT"] = str(port)
+        calibration._encode_shard = (lambda *a, **k: broken(*a, fault=fault, **k)) if rank == 1 and fault \
+            else encode_shard
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -74,13 +78,13 @@ def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str]]], out:
         except Exception as exc:  # the failing worker itself re-raises its own error
             code, err = -1, io.StringIO(f"{type(exc).__name__}: {exc}")
         records.append({"job": name, "code": code, "stderr": err.getvalue()})
-    Path(out, f"rank{rank}.json").write_text(json.dumps(records))
+        Path(out, f"rank{rank}.json").write_text(json.dumps(records))
 
 
-def _run_workers(tmp_path: Path, jobs, fault: str = "", timeout: float = 240) -> list[list[dict]]:
+def _run_workers(tmp_path: Path, jobs, timeout: float = 240) -> list[list[dict]]:
     ctx = multiprocessing.get_context("spawn")
     ports = [_free_port() for _ in jobs]
-    procs = [ctx.Process(target=_worker, args=(r, ports, jobs, str(tmp_path), fault)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, ports, jobs, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -121,11 +125,16 @@ def test_two_gloo_workers_match_one_process(random_model_dir, tmp_path, monkeypa
     first_two = (tmp_path / "one.jsonl").read_text().splitlines(keepends=True)[:2]
     (tmp_path / "two.jsonl").write_text("".join(first_two))
 
+    broken = tmp_path / "broken.safetensors"
     records = _run_workers(tmp_path, [
-        ("calibrate", calibrate + [str(tmp_path / "two.safetensors")]),
+        ("calibrate", calibrate + [str(tmp_path / "two.safetensors")], ""),
         ("evaluate", evaluate + [str(tmp_path / "two.json"), "--hypotheses", str(tmp_path / "two.jsonl"),
-                                 "--resume"])])
-    assert [[r["code"] for r in ranks] for ranks in records] == [[0, 0], [0, 0]], records
+                                 "--resume"], ""),
+        ("raise", calibrate + [str(broken)], "raise")])
+    assert [[r["code"] for r in ranks] for ranks in records] == [[0, 0, 2], [0, 0, -1]], records
+    # a worker that raises fails the job on every worker, naming its rank; nothing is written
+    assert "worker rank 1 of 2 failed during calibration: RuntimeError: injected fault" in records[0][2]["stderr"]
+    assert records[1][2]["stderr"] == "RuntimeError: injected fault" and not broken.exists()
     one, two = (tmp_path / "one.safetensors").read_bytes(), (tmp_path / "two.safetensors").read_bytes()
     assert one == two  # rank 0 added the shards' float64 moments in the single-process order
 
@@ -145,18 +154,13 @@ def test_two_gloo_workers_match_one_process(random_model_dir, tmp_path, monkeypa
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("fault", ["raise", "exit"])
-def test_a_failing_worker_fails_the_job_naming_its_rank(random_model_dir, tmp_path, monkeypatch, fault):
-    monkeypatch.setenv("LITEWHISPER_DIST_TIMEOUT_S", "60")
+def test_a_dying_worker_fails_the_job_naming_its_rank(random_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LITEWHISPER_DIST_TIMEOUT_S", "60")  # a hung worker would fail the job after this long
     calib = _manifest(tmp_path / "calib.jsonl", shared_manifest("calib")[:4])
     out = tmp_path / "stats.safetensors"
     argv = ["calibrate", str(random_model_dir), "--calibration", str(calib), "--shard-seconds", "5", "--quiet",
             "-o", str(out)]
-    rank0, rank1 = _run_workers(tmp_path, [("calibrate", argv)], fault=fault)
-    assert rank0[0]["code"] == 2  # a LiteWhisperError: printed without a traceback
-    assert "rank 1" in rank0[0]["stderr"] and not out.exists() and not list(tmp_path.glob(".stats*"))
-    if fault == "raise":
-        assert "injected fault" in rank0[0]["stderr"]
-        assert rank1[0] == {"job": "calibrate", "code": -1, "stderr": "RuntimeError: injected fault"}
-    else:
-        assert rank1 is None  # it died
+    rank0, rank1 = _run_workers(tmp_path, [("calibrate", argv, "exit")])
+    assert rank0[0]["code"] == 2 and rank1 is None  # rank 1 died; rank 0 stopped with a LiteWhisperError
+    assert "lost contact with worker rank 1 during calibration" in rank0[0]["stderr"]
+    assert not out.exists() and not list(tmp_path.glob(".stats*"))
