@@ -77,12 +77,19 @@ def detect_world(env: dict[str, str] | None = None) -> World:
                                f"{env.get('RANK')!r}/{env.get('WORLD_SIZE')!r}/{env.get('LOCAL_RANK')!r}") from exc
 
 
-def _timeout_s() -> float:
-    value = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+def _seconds_from_env(name: str, default: float) -> float:
+    value = os.environ.get(name, str(default))
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError as exc:
-        raise LiteWhisperError(f"{TIMEOUT_ENV} must be a number of seconds, got {value!r}") from exc
+        raise LiteWhisperError(f"{name} must be a number of seconds, got {value!r}") from exc
+    if not seconds > 0:
+        raise LiteWhisperError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _timeout_s() -> float:
+    return _seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
 
 
 @contextlib.contextmanager
@@ -118,11 +125,7 @@ def process_group(device: str | torch.device = "cpu", world: World | None = None
 
 def shard_seconds_from_env() -> float:
     """Seconds of audio per shard: $LITEWHISPER_SHARD_SECONDS or SHARD_SECONDS."""
-    value = os.environ.get(SHARD_ENV, str(SHARD_SECONDS))
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise LiteWhisperError(f"{SHARD_ENV} must be a number of seconds, got {value!r}") from exc
+    return _seconds_from_env(SHARD_ENV, SHARD_SECONDS)
 
 
 def plan_shards(durations: Sequence[float], shard_seconds: float = SHARD_SECONDS) -> list[list[int]]:

@@ -36,11 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED = ("transcribe", "calibrate", "evaluate")  # sub-commands that share their work across torchrun workers
+
+
+def _check_torchrun(command: str) -> None:
+    from litewhisper.distributed import detect_world
+
+    world = detect_world()
+    if world.distributed and command not in DISTRIBUTED:
+        raise LiteWhisperError(f"`{command}` does not run across torchrun workers (WORLD_SIZE={world.size}): run it "
+                               f"in one process; under torchrun use {', '.join(DISTRIBUTED)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     try:
+        _check_torchrun(args.command)
         return int(args.func(args) or 0)
     except LiteWhisperError as exc:
         print(f"error: {exc}", file=sys.stderr)
