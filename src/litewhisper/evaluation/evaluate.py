@@ -309,12 +309,14 @@ def encoder_param_count(model) -> int:
 def _decode_into(bundle, todo: list[AudioItem], config: EvalConfig, name: str, log_file: HypothesisLog,
                  world: World) -> None:
     """Decode `todo` into `log_file`; in a torchrun job each rank decodes its shards and rank 0 logs them."""
+    from litewhisper.audio.load import audio_seconds
+
     if not world.distributed:
         for hyp in decode(bundle, todo, config, name):
             log_file.append(hyp)
         return
     shards = [[todo[i] for i in shard]
-              for shard in plan_shards([_duration(it) for it in todo], shard_seconds_from_env())]
+              for shard in plan_shards([audio_seconds(it) for it in todo], shard_seconds_from_env())]
     for hyps in map_shards(shards, lambda part: list(decode(bundle, part, config, name)), world,
                            f"evaluating {name}"):
         for hyp in hyps:  # rank 0 only: the others get []
