@@ -8,8 +8,9 @@
     out.write_json("transcripts/")
 
 Each actor loads the model once; every row gets the record `litewhisper transcribe --format json` writes
-(path, text, language, duration_s, segments) plus `error` (None, or why the file could not be transcribed,
-in which case text is None).
+(path, text, language, segments, duration_s, n_tokens, hit_token_limit) plus `error` (None, or why the file
+could not be transcribed, in which case text is None). Keyword arguments beyond model/device/dtype are
+`DecodeOptions` (language, task, batch_size, timestamps, vad, ...).
 """
 from __future__ import annotations
 
@@ -18,46 +19,47 @@ from typing import Any
 
 __all__ = ["Transcriber", "RECORD_FIELDS"]
 
-RECORD_FIELDS = ("path", "text", "language", "duration_s", "segments", "error")
+RECORD_FIELDS = ("path", "text", "language", "segments", "duration_s", "n_tokens", "hit_token_limit", "error")
 
 
 def _schema():
+    """Arrow types of the records (fixed, so blocks whose rows are all failures still concatenate)."""
     import pyarrow as pa
 
-    segment = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
+    f64 = pa.float64()
+    word = pa.struct([("start", f64), ("end", f64), ("word", pa.string()), ("probability", f64)])
+    segment = pa.struct([("start", f64), ("end", f64), ("text", pa.string()), ("words", pa.list_(word))])
     return pa.schema([("path", pa.string()), ("text", pa.string()), ("language", pa.string()),
-                      ("duration_s", pa.float64()), ("segments", pa.list_(segment)), ("error", pa.string())])
+                      ("segments", pa.list_(segment)), ("duration_s", f64), ("n_tokens", pa.int64()),
+                      ("hit_token_limit", pa.bool_()), ("error", pa.string())])
 
 
 class Transcriber:
     """Callable class for `Dataset.map_batches`: a batch with a `path` column -> transcription records."""
 
-    def __init__(self, model: str = "tiny.en", *, device: str = "cpu", dtype: str = "float32",
-                 language: str | None = None, task: str = "transcribe", batch_size: int = 8):
+    def __init__(self, model: str = "tiny.en", *, device: str = "cpu", dtype: str = "float32", **options: Any):
         import torch
 
-        from litewhisper.decode.transcribe import DecodeOptions
+        from litewhisper.decode.options import DecodeOptions
         from litewhisper.models.load import load_model
 
-        DecodeOptions(language, task, batch_size)  # bad options fail when the actor starts
+        self.options = DecodeOptions(**options)  # bad options fail when the actor starts
         self.bundle = load_model(model, device=device, dtype=getattr(torch, dtype))
-        self.options = {"language": language, "task": task, "batch_size": batch_size}
 
     def __call__(self, batch: dict[str, Any]):
         """Transcribe `batch["path"]`; returns a pyarrow Table of RECORD_FIELDS, one row per path, in order."""
         import pyarrow as pa
 
-        from litewhisper.decode.transcribe import TranscriptionFailure, transcribe_iter
+        from litewhisper.decode.transcribe import TranscriptionFailure, decode
         from litewhisper.progress import quiet
 
         paths = [str(p) for p in batch["path"]]
         records: list[dict[str, Any]] = [{}] * len(paths)
         with quiet():
-            for index, result in transcribe_iter(self.bundle, paths, return_segments=True, progress=False,
-                                                 **self.options):
+            for index, result in decode(self.bundle, paths, self.options):
                 if isinstance(result, TranscriptionFailure):
-                    records[index] = {"path": result.path, "text": None, "language": None, "duration_s": None,
-                                      "segments": [], "error": result.error}
+                    records[index] = {**dict.fromkeys(RECORD_FIELDS), "path": result.path, "segments": [],
+                                      "error": result.error}
                 else:
                     records[index] = {**asdict(result), "error": None}
         return pa.Table.from_pylist(records, schema=_schema())

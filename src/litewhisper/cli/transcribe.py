@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from litewhisper.cli.decoding import add_decoding_args, decoding_options
 from litewhisper.errors import LiteWhisperError
 
 log = logging.getLogger("litewhisper")
@@ -26,14 +27,14 @@ def add_parser(subparsers) -> None:
                    help="audio files, folders of audio (searched recursively) or JSONL manifests")
     p.add_argument("--language", help="language code (e.g. en, de); default: detected per file")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="txt", help="output format (default txt)")
     p.add_argument("--output-dir", type=Path,
                    help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout")
-    p.add_argument("--split", help="only manifest rows of this split (e.g. dev)")
+    p.add_argument("--split", help="only manifest rows of this split (e.g. dev); default: every row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_decoding_args(p)
     p.set_defaults(func=run)
 
 
@@ -77,14 +78,23 @@ def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.progress import quiet
+
+    options = decoding_options(args, language=args.language, task=args.task)  # fail before the model loads
+    with quiet(args.quiet):
+        return _transcribe(args, options)
+
+
+def _transcribe(args: argparse.Namespace, options) -> int:
     import torch
 
-    from litewhisper.decode.transcribe import DecodeOptions
     from litewhisper.distributed import exchange, main_first, process_group
     from litewhisper.models.load import load_model
 
-    DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)
+    if options.vad:
+        from litewhisper.decode.vad import SpeechFilter
+        SpeechFilter()  # a missing extra fails before the model loads
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
@@ -98,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             (lambda index, text: lines.append((index, text)))
         failed, error = 0, None
         try:
-            failed = _transcribe(bundle, inputs, mine, args, emit, progress=not args.quiet and world.is_main)
+            failed = _decode_share(bundle, inputs, mine, args, options, emit)
         except Exception as exc:  # noqa: BLE001 - every worker fails with it (distributed.exchange)
             error = exc
         shares = exchange(world, (failed, lines), error, "transcribing")
@@ -127,14 +137,13 @@ def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:
     return [i for shard in my_rounds(len(shards), world) if shard is not None for i in shards[shard]]
 
 
-def _transcribe(bundle, inputs: list[tuple[Path, str]], indices: list[int], args: argparse.Namespace,
-                emit: Callable[[int, str], None], progress: bool) -> int:
+def _decode_share(bundle, inputs: list[tuple[Path, str]], indices: list[int], args: argparse.Namespace, options,
+                  emit: Callable[[int, str], None]) -> int:
     """Transcribe inputs[indices], writing files or emitting stdout text in input order; returns failures."""
     from litewhisper.decode.formats import write_transcription
-    from litewhisper.decode.transcribe import TranscriptionFailure, transcribe_iter
+    from litewhisper.decode.transcribe import TranscriptionFailure, decode
 
-    stream = transcribe_iter(bundle, [inputs[i][0] for i in indices], language=args.language, task=args.task,
-                             batch_size=args.batch_size, return_segments=True, progress=progress)
+    stream = decode(bundle, [inputs[i][0] for i in indices], options)
     failed, pending, next_index = 0, {}, 0
     for index, result in stream:
         path, name = inputs[indices[index]]
