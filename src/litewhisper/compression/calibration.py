@@ -15,11 +15,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from litewhisper.audio.load import SAMPLE_RATE, audio_seconds, load_audio
 from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.errors import CalibrationError
+from litewhisper.progress import progress_bar
 from litewhisper.models.linears import SHARED_INPUT, encoder_linears, encoder_signature, find_encoder, model_name, short_name
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
 
@@ -242,7 +242,7 @@ def _sum_shards(encoder: nn.Module, extractor, collector: _MomentCollector, sour
     flat_totals = [t for m in totals.values() for t in (m.sum, m.gram)]
     n_windows = 0
     mine = sum(len(shards[s]) for s in rounds if s is not None)
-    with tqdm(total=mine, desc="calibrating", unit="clip", disable=not progress) as bar:
+    with progress_bar(total=mine, desc="calibrating", unit="clip", disable=not progress) as bar:
         for shard in rounds:
             windows, error = 0, None
             try:
