@@ -9,8 +9,8 @@
 
 Each actor loads the model once; every row gets the record `litewhisper transcribe --format json` writes
 (path, text, language, segments, duration_s, n_tokens, hit_token_limit) plus `error` (None, or why the file
-could not be transcribed, in which case text is None). Keyword arguments beyond model/device/dtype are
-`DecodeOptions` (language, task, batch_size, timestamps, vad, ...).
+could not be transcribed, in which case text is None). `decoding` names a preset ("default", "leaderboard")
+and further keyword arguments are `DecodeOptions` fields (language, task, batch_size, vad, ...).
 """
 from __future__ import annotations
 
@@ -37,13 +37,14 @@ def _schema():
 class Transcriber:
     """Callable class for `Dataset.map_batches`: a batch with a `path` column -> transcription records."""
 
-    def __init__(self, model: str = "tiny.en", *, device: str = "cpu", dtype: str = "float32", **options: Any):
+    def __init__(self, model: str = "tiny.en", *, device: str = "cpu", dtype: str = "float32",
+                 decoding: str = "default", **options: Any):
         import torch
 
         from litewhisper.decode.options import DecodeOptions
         from litewhisper.models.load import load_model
 
-        self.options = DecodeOptions(**options)  # bad options fail when the actor starts
+        self.options = DecodeOptions.preset(decoding, **options)  # bad options fail when the actor starts
         self.bundle = load_model(model, device=device, dtype=getattr(torch, dtype))
 
     def __call__(self, batch: dict[str, Any]):
