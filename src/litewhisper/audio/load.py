@@ -23,7 +23,7 @@ from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import AudioError
 
 __all__ = ["load_audio", "stream_audio", "probe_audio", "AudioInfo", "AudioSource", "AUDIO_EXTENSIONS",
-           "SAMPLE_RATE", "STDIN", "source_name"]
+           "SAMPLE_RATE", "STDIN", "source_name", "audio_seconds"]
 
 log = logging.getLogger("litewhisper")
 
@@ -214,3 +214,16 @@ def load_audio(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarra
     says is read as far as it goes, with a warning.
     """
     return np.concatenate(list(stream_audio(source, block_s=60.0, sample_rate=sample_rate)))
+
+
+def audio_seconds(source) -> float:
+    """Duration of an AudioItem (its manifest `duration_s`), a source (headers only) or a 16 kHz array;
+    0.0 for an unreadable input (its loader reports it later)."""
+    if isinstance(source, np.ndarray) or hasattr(source, "shape"):
+        return float(np.asarray(source).size) / SAMPLE_RATE
+    if getattr(source, "duration_s", None) is not None:
+        return float(source.duration_s)
+    try:
+        return float(probe_audio(getattr(source, "path", source)).duration_s or 0.0)
+    except AudioError:
+        return 0.0

@@ -52,6 +52,19 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+DISTRIBUTED = ("transcribe", "calibrate", "evaluate")  # sub-commands that share their work across torchrun workers
+
+
+def _check_torchrun(command: str):
+    from litewhisper.distributed import detect_world
+
+    world = detect_world()
+    if world.distributed and command not in DISTRIBUTED:
+        raise LiteWhisperError(f"`{command}` does not run across torchrun workers (WORLD_SIZE={world.size}): run it "
+                               f"in one process; under torchrun use {', '.join(DISTRIBUTED)}")
+    return world
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
@@ -59,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     try:
-        with quiet(args.quiet):
+        world = _check_torchrun(args.command)
+        with quiet(args.quiet or not world.is_main):  # torchrun: progress bars on rank 0 only
             return int(args.func(args) or 0)
     except LiteWhisperError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -43,13 +43,17 @@ def add_parser(subparsers) -> None:
     add_model_args(p)
     add_calibration_args(p, required=True)
     p.add_argument("-o", "--output", type=Path, required=True, metavar="STATS.safetensors")
+    p.add_argument("--shard-seconds", type=float, default=300.0,
+                   help="clips are calibrated in shards of about this much audio, added in order: the same file "
+                        "for any number of torchrun workers (default 300)")
     p.set_defaults(func=run)
 
 
 def calibration_config(args, default_windows: str = "clip"):
     from litewhisper.compression.calibration import CalibrationConfig
     return CalibrationConfig(windowing=args.windows or default_windows, frames=args.frames, max_clips=args.max_clips,
-                             batch_size=args.batch_size, device=args.device)
+                             batch_size=args.batch_size, device=args.device,
+                             **({"shard_seconds": args.shard_seconds} if hasattr(args, "shard_seconds") else {}))
 
 
 def load_bundle(args, dtype: str | None = None):
@@ -60,15 +64,20 @@ def load_bundle(args, dtype: str | None = None):
 
 
 def run(args) -> int:
-    from litewhisper.compression.calibration import calibrate
     from litewhisper.audio.datasets import discover_audio
+    from litewhisper.compression.calibration import calibrate
+    from litewhisper.distributed import all_or_none, main_first, process_group
 
     config = calibration_config(args)
-    items = discover_audio(args.calibration, split=args.split)
-    bundle = load_bundle(args)
-    start = time.perf_counter()
-    stats = calibrate(bundle, items, config)
-    stats.save(args.output)
-    print(f"wrote {args.output}: {len(stats.layers)} layers, {stats.clips} clips, {stats.frames} frames "
-          f"({time.perf_counter() - start:.1f}s)")
+    with process_group(args.device) as world:  # torchrun: one shard of the clips per worker, rank 0 writes
+        items = discover_audio(args.calibration, split=args.split)
+        bundle = main_first(world, lambda: load_bundle(args), "loading the model")
+        start = time.perf_counter()
+        stats = calibrate(bundle, items, config, world=world)
+        with all_or_none(world, f"writing {args.output}"):
+            if stats is not None:
+                stats.save(args.output)
+    if stats is not None:
+        print(f"wrote {args.output}: {len(stats.layers)} layers, {stats.clips} clips, {stats.frames} frames "
+              f"({time.perf_counter() - start:.1f}s)" + (f" on {world.size} workers" if world.distributed else ""))
     return 0

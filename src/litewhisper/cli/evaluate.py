@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.distributed import all_or_none, process_group
     from litewhisper.errors import LiteWhisperError
     from litewhisper.evaluation.evaluate import EvalConfig, evaluate, format_table, write_json
     from litewhisper.progress import quiet
@@ -44,8 +45,15 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(split=None if args.split == "all" else args.split, language=args.language,
                         normalizer=args.normalizer, decoding=decoding_options(args), bootstrap=args.bootstrap,
                         max_clips=args.max_clips)
-    with quiet(args.quiet):
-        report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume)
+    # torchrun: the clips are shared out, rank 0 scores and writes
+    with quiet(args.quiet), process_group() as world:
+        report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume,
+                          world=world)
+        with all_or_none(world, f"writing {args.json_out}"):
+            if args.json_out and world.is_main:
+                write_json(report, args.json_out)
+    if not world.is_main:
+        return 0
     print(format_table(report))
     for r in report.results:
         lp = r.loops
@@ -55,6 +63,5 @@ def run(args: argparse.Namespace) -> int:
                   f"ratio > {config.loop_ratio:g}) make {100 * lp.error_share:.1f}% of the errors: "
                   f"{', '.join(lp.ids[:10])}")
     if args.json_out:
-        write_json(report, args.json_out)
         log.info("wrote %s", args.json_out)
     return 0

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from litewhisper.cli.decoding import add_decoding_args, decoding_options
 from litewhisper.errors import LiteWhisperError
@@ -90,32 +91,78 @@ def run(args: argparse.Namespace) -> int:
 def _transcribe(args: argparse.Namespace, options) -> int:
     import torch
 
-    from litewhisper.decode.formats import write_transcription
-    from litewhisper.decode.transcribe import TranscriptionFailure, decode
+    from litewhisper.distributed import exchange, main_first, process_group
     from litewhisper.models.load import load_model
 
     inputs = collect_inputs(args.audio, split=args.split)
     if options.vad:
         from litewhisper.decode.vad import SpeechFilter
         SpeechFilter()  # a missing extra fails before the model loads
-    missing = [path for path, _ in inputs if str(path) != "-" and not Path(path).exists()]
-    if len(missing) == len(inputs):  # nothing to do: say so before the model load
-        raise LiteWhisperError(f"audio not found: {', '.join(map(str, missing[:5]))}"
-                               f"{' ...' if len(missing) > 5 else ''}; check the path(s)")
-    for path in missing:  # a typo is reported at once, the other inputs are still transcribed
-        print(f"skipped {path}: audio file not found", file=sys.stderr)
-    todo = [i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()]
+    present = _present(inputs)
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' weight-loading bar
-    bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    stream = decode(bundle, [inputs[i][0] for i in todo], options)
-    failed, next_index = len(missing), 0
-    pending = {i: None for i in set(range(len(inputs))) - set(todo)}  # None: reported above
-    for position, result in stream:
-        index = todo[position]
-        path, name = inputs[index]
+    with process_group(args.device) as world:  # torchrun: each worker transcribes and writes its share
+        bundle = main_first(world, lambda: load_model(args.model, device=args.device,
+                                                      dtype=getattr(torch, args.dtype)), "loading the model")
+        mine = [i for i in _my_indices(inputs, world) if i in present]
+        lines: list[tuple[int, str]] = []
+        emit = (lambda index, text: print(text, flush=True)) if not world.distributed else \
+            (lambda index, text: lines.append((index, text)))
+        failed, error = 0, None
+        try:
+            failed = _decode_share(bundle, inputs, mine, args, options, emit)
+        except Exception as exc:  # noqa: BLE001 - every worker fails with it (distributed.exchange)
+            error = exc
+        shares = exchange(world, (failed, lines), error, "transcribing")
+    if world.distributed and world.is_main and args.output_dir is None:
+        for _, text in sorted(pair for _, part in shares for pair in part):  # stdout keeps input order
+            print(text, flush=True)
+    failed = sum(f for f, _ in shares) + len(inputs) - len(present)
+    if failed:
+        if world.is_main:
+            print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
+                  file=sys.stderr)  # results of the others are already written
+        return 1
+    if args.output_dir is not None and world.is_main:
+        log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
+    return 0
+
+
+def _present(inputs: list[tuple[Path, str]]) -> set[int]:
+    """Indices of the inputs that exist; missing ones are reported now, before the model loads."""
+    missing = [path for path, _ in inputs if str(path) != "-" and not Path(path).exists()]
+    if len(missing) == len(inputs):  # nothing to do: say so before the model load
+        raise LiteWhisperError(f"audio not found: {', '.join(map(str, missing[:5]))}"
+                               f"{' ...' if len(missing) > 5 else ''}; check the path(s)")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all
+        for path in missing:  # a typo is reported at once, the other inputs are still transcribed
+            print(f"skipped {path}: audio file not found", file=sys.stderr)
+    return {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
+
+
+def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:
+    """Indices of the inputs this worker transcribes (all of them in a single process)."""
+    from litewhisper.audio.load import audio_seconds
+    from litewhisper.distributed import my_rounds, plan_shards, shard_seconds_from_env
+
+    if not world.distributed:
+        return list(range(len(inputs)))
+    shards = plan_shards([audio_seconds(path) for path, _ in inputs], shard_seconds_from_env())
+    return [i for shard in my_rounds(len(shards), world) if shard is not None for i in shards[shard]]
+
+
+def _decode_share(bundle, inputs: list[tuple[Path, str]], indices: list[int], args: argparse.Namespace, options,
+                  emit: Callable[[int, str], None]) -> int:
+    """Transcribe inputs[indices], writing files or emitting stdout text in input order; returns failures."""
+    from litewhisper.decode.formats import write_transcription
+    from litewhisper.decode.transcribe import TranscriptionFailure, decode
+
+    stream = decode(bundle, [inputs[i][0] for i in indices], options)
+    failed, pending, next_index = 0, {}, 0
+    for index, result in stream:
+        path, name = inputs[indices[index]]
         if isinstance(result, TranscriptionFailure):
             failed += 1
             print(f"skipped {path}: {result.error}", file=sys.stderr)
@@ -124,13 +171,8 @@ def _transcribe(args: argparse.Namespace, options) -> int:
         pending[index] = result
         while next_index in pending:  # stdout keeps input order
             done = pending.pop(next_index)
-            if args.output_dir is None and done is not None and not isinstance(done, TranscriptionFailure):
-                print(_stdout_text(done, args.format, str(inputs[next_index][0]), len(inputs) > 1), flush=True)
+            if args.output_dir is None and not isinstance(done, TranscriptionFailure):
+                emit(indices[next_index], _stdout_text(done, args.format, str(inputs[indices[next_index]][0]),
+                                                       len(inputs) > 1))
             next_index += 1
-    if failed:
-        print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
-              file=sys.stderr)  # results of the others are already written
-        return 1
-    if args.output_dir is not None:
-        log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
-    return 0
+    return failed

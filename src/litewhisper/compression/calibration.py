@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from litewhisper.audio.load import load_audio
+from litewhisper.audio.load import audio_seconds, load_audio
+from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
 from litewhisper.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from litewhisper.errors import CalibrationError
@@ -47,6 +48,8 @@ class CalibrationConfig:
     batch_size: int = 4
     device: str | None = None
     share_inputs: bool = True
+    shard_seconds: float = SHARD_SECONDS  # clips are calibrated in shards of about this much audio
+
 
     def __post_init__(self) -> None:
         if self.windowing not in ("clip", "pack"):
@@ -57,6 +60,8 @@ class CalibrationConfig:
             raise CalibrationError(f"max_clips must be a positive integer or None, got {self.max_clips!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise CalibrationError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not self.shard_seconds > 0:
+            raise CalibrationError(f"shard_seconds must be positive, got {self.shard_seconds!r}")
 
 
 @dataclass(frozen=True)
@@ -132,15 +137,22 @@ class _MomentCollector:
 
     def __enter__(self) -> "_MomentCollector":
         try:
+            self.moments = self.zeros()
             for site, side in self.sites.items():
-                linear = self.linears[site]
-                dim = linear.in_features if side == "input" else linear.out_features
-                self.moments[site] = Moments.zeros(dim)
-                self._handles.append(linear.register_forward_hook(self._hook(site, side)))
+                self._handles.append(self.linears[site].register_forward_hook(self._hook(site, side)))
         except BaseException:
             self.remove()
             raise
         return self
+
+    def zeros(self) -> dict[str, Moments]:
+        """Empty moments for every site, on the device of its layer."""
+        out = {}
+        for site, side in self.sites.items():
+            linear = self.linears[site]
+            dim = linear.in_features if side == "input" else linear.out_features
+            out[site] = Moments.zeros(dim, linear.weight.device)
+        return out
 
     def __exit__(self, *exc) -> None:
         self.remove()
@@ -161,18 +173,21 @@ class _MomentCollector:
             self.moments[site].add_(rows)
         return hook
 
-    def layer_stats(self) -> dict[str, LayerStats]:
-        """Output moments of every layer (derived through W, b where an input site was used)."""
+    def layer_stats(self, sites: dict[str, Moments] | None = None) -> dict[str, LayerStats]:
+        """Output moments of every layer (derived through W, b where an input site was used), on the CPU;
+        from `sites` (moments per site, e.g. summed over shards) or the collected ones."""
+        sites = {k: Moments(m.count, m.sum.cpu(), m.gram.cpu()) for k, m in (sites or self.moments).items()}
         out = {}
         for name, (site, side) in self.sources.items():
             linear = self.linears[name]
-            moments = self.moments[site].through(linear) if side == "input" else self.moments[site]
+            moments = sites[site].through(linear) if side == "input" else sites[site]
             out[name] = LayerStats(linear.in_features, linear.bias is not None, moments)
         return out
 
-    def factors(self) -> dict[str, torch.Tensor]:
+    def factors(self, sites: dict[str, Moments] | None = None) -> dict[str, torch.Tensor]:
         """Output-covariance factors of widening layers measured at their input (see Moments.output_factor)."""
-        return {name: self.moments[site].output_factor(self.linears[name])
+        sites = {k: Moments(m.count, m.sum.cpu(), m.gram.cpu()) for k, m in (sites or self.moments).items()}
+        return {name: sites[site].output_factor(self.linears[name])
                 for name, (site, side) in self.sources.items()
                 if side == "input" and self.linears[name].in_features < self.linears[name].out_features}
 
@@ -201,8 +216,64 @@ def position_mask(windows: Sequence[Window], positions: int, frames: str, device
     return (torch.arange(positions)[None, :] < valid[:, None]).to(device)
 
 
-def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig()) -> ActivationStats:
-    """Stream output statistics of every encoder linear over `audio` (AudioItems, paths or arrays)."""
+def _encode_shard(encoder: nn.Module, extractor, collector: _MomentCollector, sources: Sequence,
+                  config: CalibrationConfig, device: torch.device, dtype: torch.dtype, bar) -> int:
+    """Stream one shard's windows through the encoder into fresh `collector.moments`; returns its windows."""
+    collector.moments = collector.zeros()
+    positions = encoder.config.max_source_positions
+    n_windows = 0
+    for batch in batched(iter_windows(_advancing(sources, bar), config.windowing), config.batch_size):
+        feats = extractor([w.samples for w in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        mel = feats.input_features.to(device, dtype)  # (B, n_mels, 3000)
+        collector.mask = position_mask(batch, positions, config.frames, device)
+        encoder(mel)
+        n_windows += len(batch)
+    return n_windows
+
+
+def _advancing(sources: Sequence, bar) -> Iterator:
+    for source in sources:
+        yield source
+        bar.update(1)
+
+
+def _sum_shards(encoder: nn.Module, extractor, collector: _MomentCollector, sources: list, config: CalibrationConfig,
+                device: torch.device, dtype: torch.dtype, world: World) -> tuple[dict, int]:
+    """Per-shard moments added in shard order (on rank 0): the same bytes for any number of workers."""
+    shards = plan_shards([audio_seconds(s) for s in sources], config.shard_seconds)
+    rounds = my_rounds(len(shards), world)
+    totals = collector.zeros()
+    flat_totals = [t for m in totals.values() for t in (m.sum, m.gram)]
+    n_windows = 0
+    mine = sum(len(shards[s]) for s in rounds if s is not None)
+    with progress_bar(total=mine, desc="calibrating", unit="clip") as bar:
+        for shard in rounds:
+            windows, error = 0, None
+            try:
+                if shard is not None:
+                    windows = _encode_shard(encoder, extractor, collector, [sources[i] for i in shards[shard]],
+                                            config, device, dtype, bar)
+            except Exception as exc:  # noqa: BLE001 - every rank raises (distributed.exchange)
+                error = exc
+            counts = {k: m.count for k, m in collector.moments.items()} if shard is not None else None
+            for windows_r, counts_r in exchange(world, (windows, counts), error, "calibration"):
+                n_windows += windows_r
+                for site, count in (counts_r or {}).items():
+                    totals[site].count += count
+            parts = [t for m in collector.moments.values() for t in (m.sum, m.gram)] if shard is not None else None
+            add_in_rank_order(flat_totals, parts, world, "adding calibration statistics")
+    return totals, n_windows
+
+
+def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig(),
+              world: World | None = None) -> ActivationStats | None:
+    """Stream output statistics of every encoder linear over `audio` (AudioItems, paths or arrays).
+
+    The clips are calibrated in shards (`config.shard_seconds` of audio each) whose float64 moments are added in
+    shard order. In a torchrun job (`world`), each rank calibrates its shards, rank 0 adds them all in the same
+    order and gets the statistics; the other ranks get None.
+    """
+    world = world or World()
     sources = list(audio)[: config.max_clips]
     if not sources:
         raise CalibrationError("the calibration set is empty: give at least one audio clip")
@@ -210,21 +281,16 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
     extractor = feature_extractor(bundle_or_model, encoder)
     param = next(encoder.parameters())
     device = torch.device(config.device) if config.device else param.device
-    positions = encoder.config.max_source_positions
-    n_windows = 0
     was_training = encoder.training
     encoder.eval().to(device)
     try:
         with moment_hooks(encoder, config.share_inputs) as collector, torch.inference_mode():
-            bar = progress_bar(sources, desc="calibrating", unit="clip")
-            for batch in batched(iter_windows(bar, config.windowing), config.batch_size):
-                feats = extractor([w.samples for w in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt")
-                mel = feats.input_features.to(device, param.dtype)  # (B, n_mels, 3000)
-                collector.mask = position_mask(batch, positions, config.frames, device)
-                encoder(mel)
-                n_windows += len(batch)
-            stats = collector.layer_stats()
-            factors = collector.factors()
+            totals, n_windows = _sum_shards(encoder, extractor, collector, sources, config, device, param.dtype,
+                                            world)
+            if not world.is_main:
+                return None
+            stats = collector.layer_stats(totals)
+            factors = collector.factors(totals)
     finally:
         encoder.to(param.device).train(was_training)
     n_frames = next(iter(stats.values())).moments.count if stats else 0

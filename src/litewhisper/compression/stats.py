@@ -21,6 +21,24 @@ __all__ = ["FORMAT_VERSION", "Moments", "LayerStats", "ActivationStats"]
 FORMAT_VERSION = "1"
 
 
+# MKL splits the reduction of narrow float64 Gram products across threads, so their last bits depend on the
+# thread count (torchrun workers run 1 thread, a lone process all cores). Up to this width the product runs on
+# one thread (cheap there), so statistics are the same bytes however many workers and threads computed them.
+_ONE_THREAD_GRAM_MAX_DIM = 767
+
+
+def _gram(rows: torch.Tensor) -> torch.Tensor:
+    """rows.T @ rows (D, D), bit-identical for any CPU thread count."""
+    if rows.device.type != "cpu" or rows.shape[1] > _ONE_THREAD_GRAM_MAX_DIM:
+        return rows.T @ rows
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return rows.T @ rows
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class Moments:
     """First and second moments of a stream of D-dimensional vectors, in float64."""
@@ -29,8 +47,9 @@ class Moments:
     gram: torch.Tensor  # (D, D) = Σ y yᵀ
 
     @classmethod
-    def zeros(cls, dim: int) -> "Moments":
-        return cls(0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
+    def zeros(cls, dim: int, device: torch.device | str | None = None) -> "Moments":
+        return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
+                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
 
     @property
     def dim(self) -> int:
@@ -38,10 +57,10 @@ class Moments:
 
     def add_(self, rows: torch.Tensor) -> None:
         """Accumulate rows (N, D) in float64."""
-        rows = rows.to(torch.float64)
+        rows = rows.to(self.sum.device, torch.float64)
         self.count += rows.shape[0]
         self.sum += rows.sum(0)
-        self.gram += rows.T @ rows
+        self.gram += _gram(rows)
 
     def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.count + other.count, self.sum + other.sum, self.gram + other.gram)
@@ -77,6 +96,19 @@ class Moments:
         w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
         evals, evecs = torch.linalg.eigh(self.covariance())  # (in,), (in, in)
         return w @ (evecs * evals.clamp_min(0).sqrt())
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys (safetensors writes its metadata in hash order), so equal
+    statistics give equal bytes; same length, padded with spaces as the format allows."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > size:  # cannot happen: the same JSON, reordered
+            raise CalibrationError(f"cannot canonicalise the header of {path}")
+        f.seek(8)
+        f.write(text.ljust(size, b" "))
 
 
 @dataclass
@@ -167,6 +199,7 @@ class ActivationStats:
         path = Path(path)
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
+            _canonical_header(tmp)
         return path
 
     @classmethod

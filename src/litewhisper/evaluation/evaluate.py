@@ -21,6 +21,8 @@ from litewhisper.audio.datasets import AudioItem, discover_audio
 from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import compression_ratio
+from litewhisper.distributed import World, all_or_none, broadcast_object, main_first, map_shards, plan_shards
+from litewhisper.distributed import shard_seconds_from_env
 from litewhisper.errors import AudioError, LiteWhisperError
 from litewhisper.evaluation.metrics import CorpusScore, corpus_score, score_utterance, total, uses_cer
 from litewhisper.evaluation.normalize import NORMALIZERS, describe, normalize, resolve_normalizer
@@ -322,22 +324,47 @@ def encoder_param_count(model) -> int:
         return sum(p.numel() for p in model.get_encoder().parameters())
 
 
+def _decode_into(bundle, todo: list[AudioItem], config: EvalConfig, name: str, log_file: HypothesisLog,
+                 world: World) -> None:
+    """Decode `todo` into `log_file`; in a torchrun job each rank decodes its shards and rank 0 logs them."""
+    from litewhisper.audio.load import audio_seconds
+
+    if not world.distributed:
+        for hyp in decode(bundle, todo, config, name):
+            log_file.append(hyp)
+        return
+    shards = [[todo[i] for i in shard]
+              for shard in plan_shards([audio_seconds(it) for it in todo], shard_seconds_from_env())]
+    for hyps in map_shards(shards, lambda part: list(decode(bundle, part, config, name)), world,
+                           f"evaluating {name}"):
+        for hyp in hyps:  # rank 0 only: the others get []
+            log_file.append(hyp)
+
+
 def evaluate_model(model: Any, items: Sequence[AudioItem], config: EvalConfig, name: str | None = None,
-                   log_file: HypothesisLog | None = None) -> ModelResult:
-    """Decode `items` with one model (a source for `load_model`, or a loaded bundle) and score it."""
+                   log_file: HypothesisLog | None = None, world: World | None = None) -> ModelResult | None:
+    """Decode `items` with one model (a source for `load_model`, or a loaded bundle) and score it.
+
+    In a torchrun job (`world`) every rank decodes its share; rank 0 scores and returns the result, the other
+    ranks return None.
+    """
     from litewhisper.models.load import load_model
 
-    bundle = load_model(model) if isinstance(model, (str, os.PathLike)) else model
+    world = world or World()
+    bundle = (main_first(world, lambda: load_model(model), f"loading {model}")
+              if isinstance(model, (str, os.PathLike)) else model)
     name = name or (str(model) if isinstance(model, (str, os.PathLike)) else bundle.name)
     if not bundle.is_multilingual and any(it.lang not in (None, "en") for it in items):
         raise LiteWhisperError(f"model {name} is English-only but the clips include other languages: "
                                "pass --language en (language='en')")
     log_file = log_file or HypothesisLog(None, resume=False)
-    todo = [it for it in items if (name, str(it.id or it.path)) not in log_file.done]
+    done = broadcast_object({key for key in log_file.done if key[0] == name}, world)  # rank 0 read the log
+    todo = [it for it in items if (name, str(it.id or it.path)) not in done]
     if len(todo) < len(items):
         log.info("%s: resuming, %d of %d clips already decoded", name, len(items) - len(todo), len(items))
-    for hyp in decode(bundle, todo, config, name):
-        log_file.append(hyp)
+    _decode_into(bundle, todo, config, name, log_file, world)
+    if not world.is_main:
+        return None
     hyps = [log_file.done[(name, str(it.id or it.path))] for it in items]
     score, _ = score_hypotheses(hyps, config.normalizer, config.bootstrap, config.seed)
     timed = [h for h in hyps if h.decode_s is not None]
@@ -363,18 +390,26 @@ def is_english_only(model: Any) -> bool:
 
 
 def evaluate(models: Sequence[Any], data: str | os.PathLike, config: EvalConfig = EvalConfig(),
-             hypotheses: str | os.PathLike | None = None, resume: bool = False) -> EvalReport:
-    """Evaluate each model on the same clips of `data`, in the order given."""
+             hypotheses: str | os.PathLike | None = None, resume: bool = False,
+             world: World | None = None) -> EvalReport:
+    """Evaluate each model on the same clips of `data`, in the order given.
+
+    In a torchrun job (`world`) the clips are decoded by all ranks; rank 0 alone reads and writes `hypotheses`,
+    scores, and every rank returns its report.
+    """
+    world = world or World()
     if not models:
         raise LiteWhisperError("no model given: pass at least one model (e.g. tiny.en)")
     if config.language is None and any(is_english_only(m) for m in models):
         log.info("an English-only model is compared: evaluating English clips only (language='en')")
         config = replace(config, language="en")
     items = select_clips(data, config)
-    log_file = HypothesisLog(hypotheses, resume)
-    results = [evaluate_model(m, items, config, log_file=log_file) for m in models]
+    with all_or_none(world, f"reading {hypotheses}"):
+        log_file = HypothesisLog(hypotheses if world.is_main else None, resume)
+    results = [evaluate_model(m, items, config, log_file=log_file, world=world) for m in models]
     used = {resolve_normalizer(config.normalizer, it.lang) for it in items}
-    return EvalReport(normalizer=describe(used), data=str(data), results=results)
+    report = EvalReport(normalizer=describe(used), data=str(data), results=results) if world.is_main else None
+    return broadcast_object(report, world, "sharing the report")
 
 
 def format_table(report: EvalReport) -> str:
