@@ -15,7 +15,7 @@ from litewhisper.errors import LiteWhisperError
 log = logging.getLogger("litewhisper")
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ("transcribe", "calibrate", "plan", "compress", "evaluate", "bench", "report")
+COMMANDS = ("transcribe", "calibrate", "plan", "compress", "export", "evaluate", "bench", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
