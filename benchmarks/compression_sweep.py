@@ -31,7 +31,7 @@ def dev_subset(data: Path, n: int):
 
 
 def wer_of(bundle, items, name: str) -> dict:
-    result = evaluate_model(bundle, items, EvalConfig(split="dev", language="en", progress=False), name=name)
+    result = evaluate_model(bundle, items, EvalConfig(split="dev", language="en"), name=name)
     return {"wer": round(result.score.wer, 2), "macro_wer": round(result.score.macro_wer, 2),
             "domains": {d: round(g.rate, 2) for d, g in result.score.domains.items()},
             "decode_s": round(result.decode_seconds, 1)}

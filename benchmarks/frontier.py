@@ -29,7 +29,8 @@ from litewhisper.compression.budget import compress_to_size
 from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.compression.api import compress
 from litewhisper.audio.datasets import read_manifest
-from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, score_hypotheses
+from litewhisper.decode.options import PRESETS, DecodeOptions
+from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, loop_stats, score_hypotheses
 from litewhisper.models.cost import encoder_flops, encoder_params
 from litewhisper.models.load import load_model
 from litewhisper.compression.plan import RankPolicy
@@ -111,7 +112,7 @@ def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Pro
         return row
     result = evaluate_model(bundle, items, eval_cfg, name=name, log_file=hyp_log)
     return {**row, "wer": result.score.wer, "domains": {d: g.rate for d, g in result.score.domains.items()},
-            "n_clips": len(items), "hit_token_limit": result.n_hit_token_limit,
+            "n_clips": len(items), "hit_token_limit": result.n_hit_token_limit, "n_loops": len(result.loops.ids),
             "decode_s": round(result.decode_seconds, 1)}
 
 
@@ -131,7 +132,8 @@ def run(args) -> list[dict]:
     manifest = args.data / "manifest.jsonl"
     calib = read_manifest(manifest, split="calib")
     items = dev_subset(manifest, args.dev_clips, args.seed)
-    eval_cfg = EvalConfig(language="en", max_new_tokens=args.max_new_tokens, batch_size=8, progress=True)
+    eval_cfg = EvalConfig(language="en", decoding=DecodeOptions.preset(args.decoding,
+                                                                       max_new_tokens=args.max_new_tokens))
     refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=10, patience=3)
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
     proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
@@ -155,10 +157,10 @@ def run(args) -> list[dict]:
 
 
 def add_loop_free_wer(results: dict, hyp_log: HypothesisLog, ids: list[str]) -> None:
-    """`wer_loop_free`: corpus WER without the clips on which *any* point hit the token limit (a repetition
-    loop), so one runaway clip does not decide a comparison on a small set."""
+    """`wer_loop_free`: corpus WER without the clips on which *any* point looped (hit the token limit or a
+    gzip compression ratio > 2.4), so one runaway clip does not decide a comparison on a small set."""
     names = [n for n in results if all((n, i) in hyp_log.done for i in ids)]
-    loops = {i for n in names for i in ids if hyp_log.done[(n, i)].hit_token_limit}
+    loops = {i for n in names for i in loop_stats([hyp_log.done[(n, i)] for i in ids]).ids}
     for n in names:
         score, _ = score_hypotheses([hyp_log.done[(n, i)] for i in ids if i not in loops])
         results[n].update(wer_loop_free=score.wer, n_loop_clips=len(loops))
@@ -181,7 +183,7 @@ def table(rows: list[dict], model: str) -> str:
         rel_free = None if free is None or base_free is None else 100 * (free / base_free - 1)
         cells = [r["name"], f"{r['params'] / 1e6:.2f}", f"{r['params'] / base['params']:.3f}",
                  f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), _fmt(rel, "+.1f"),
-                 _fmt(r.get("hit_token_limit"), "d"), _fmt(free, ".2f"), _fmt(rel_free, "+.1f")]
+                 _fmt(r.get("n_loops", r.get("hit_token_limit")), "d"), _fmt(free, ".2f"), _fmt(rel_free, "+.1f")]
         cells += [_fmt(r.get("domains", {}).get(d), ".2f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -219,7 +221,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--dev-clips", type=int, default=200, help="stratified dev subset size (0: all of dev)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=224)
+    p.add_argument("--decoding", choices=tuple(PRESETS), default="default",
+                   help="decoding preset of the one decoder (default: what transcribe does)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--thetas", nargs="+", type=float, default=[0.9999, 0.9995, 0.999, 0.995, 0.99])
     p.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"], help="liteasr-preset: θ presets")

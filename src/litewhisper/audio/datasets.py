@@ -67,6 +67,11 @@ def discover_audio(source: str | os.PathLike, split: str | None = None) -> list[
             f"audio source {source} not found or not usable: expected a folder of audio files "
             f"({', '.join(AUDIO_EXTENSIONS)}) or a JSONL manifest"
         )
+    manifest = source if source.is_file() else source / "manifest.jsonl"
+    if not items and split is not None and manifest.is_file() and manifest.suffix in (".jsonl", ".json"):
+        splits = sorted({str(it.split) for it in read_manifest(manifest)})
+        raise LiteWhisperError(f"split {split!r} not in {manifest}: it has split(s) {', '.join(splits)} "
+                               "(omit --split for every row)")
     if not items:
         where = f" (split {split!r})" if split else ""
         raise LiteWhisperError(f"no audio found in {source}{where}")

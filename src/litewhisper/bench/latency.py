@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -16,8 +15,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.load import ATTENTION_MODES, load_model
+from litewhisper.progress import progress_bar, quiet
 
 log = logging.getLogger("litewhisper")
 
@@ -33,9 +34,7 @@ class BenchConfig:
     threads: int | None = None
     device: str = "cpu"
     max_clips: int = 16  # end-to-end clips (when data is given)
-    e2e_batch_size: int = 8
-    max_new_tokens: int = 224
-    progress: bool = True
+    decoding: DecodeOptions = DecodeOptions()  # end-to-end decoding: what transcribe does
     attention: str = "auto"  # lite-whisper models: reduced-dimension attention where it saves FLOPs, or "standard"
 
     def __post_init__(self) -> None:
@@ -219,31 +218,29 @@ def _english_arrays(data, split: str | None, max_clips: int) -> tuple[list[np.nd
     return arrays, sum(a.size for a in arrays) / SAMPLE_RATE
 
 
-def torch_e2e_fn(bundle, max_new_tokens: int) -> Callable[[list[np.ndarray]], tuple[float, float]]:
-    """A call decoding a batch of arrays greedily -> (encoder seconds, decoder seconds) inside it."""
-    from litewhisper.evaluation.evaluate import generate_short
+def torch_e2e_fn(bundle, options: DecodeOptions) -> Callable[[list[np.ndarray]], tuple[float, float]]:
+    """A call decoding a batch of arrays with the one decoder -> (encoder seconds, decoder seconds) inside it."""
+    from litewhisper.decode.transcribe import transcribe
 
-    language = "en" if bundle.is_multilingual else None
+    options = options.replace(batch_size=max(options.batch_size, 64),
+                              language="en" if bundle.is_multilingual else options.language)
 
     def run(arrays: list[np.ndarray]) -> tuple[float, float]:
         with module_timer(bundle.encoder, bundle.device) as enc, \
-                module_timer(bundle.model.get_decoder(), bundle.device) as dec:
-            generate_short(bundle, arrays, language, max_new_tokens)
+                module_timer(bundle.model.get_decoder(), bundle.device) as dec, quiet():
+            transcribe(bundle, arrays, options)
         return enc[0], dec[0]
     return run
 
 
 def bench_end_to_end(fns: dict[str, Callable[[list[np.ndarray]], tuple[float, float]]],
-                     arrays: list[np.ndarray], audio_s: float, batch_size: int, progress: bool = True
-                     ) -> list[EndToEndResult]:
+                     arrays: list[np.ndarray], audio_s: float, batch_size: int) -> list[EndToEndResult]:
     """Decode the same batches with every model, interleaved batch by batch, after one warm-up batch."""
-    from tqdm.auto import tqdm
-
     for fn in fns.values():
         fn(arrays[:1])
     acc = {name: [0.0, 0.0, 0.0] for name in fns}  # total, encoder, decoder
     batches = [arrays[i:i + batch_size] for i in range(0, len(arrays), batch_size)]
-    for batch in tqdm(batches, desc="end-to-end", unit="batch", disable=not progress, file=sys.stderr):
+    for batch in progress_bar(batches, desc="end-to-end", unit="batch"):
         for name, fn in fns.items():
             start = time.perf_counter()
             enc, dec = fn(batch)
@@ -276,7 +273,7 @@ def environment(config: BenchConfig) -> dict[str, Any]:
     return env
 
 
-def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any = None, split: str | None = "dev",
+def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any = None, split: str | None = None,
           peer: str | None = None, names: Sequence[str] | None = None) -> BenchReport:
     """Benchmark models (sources for `load_model` or loaded bundles); ratios are against the first one."""
 
@@ -302,9 +299,9 @@ def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any 
     e2e: list[EndToEndResult] = []
     if data is not None:
         arrays, audio_s = _english_arrays(data, split, config.max_clips)
-        fns = {name: torch_e2e_fn(b, config.max_new_tokens) for name, b in bundles.items()}
-        fns.update({label: p.e2e_fn(config.max_new_tokens) for label, p in peers.items()})
-        e2e = bench_end_to_end(fns, arrays, audio_s, config.e2e_batch_size, config.progress)
+        fns = {name: torch_e2e_fn(b, config.decoding) for name, b in bundles.items()}
+        fns.update({label: p.e2e_fn(config.decoding.max_new_tokens) for label, p in peers.items()})
+        e2e = bench_end_to_end(fns, arrays, audio_s, config.decoding.batch_size)
     return BenchReport(encoder=encoder, end_to_end=e2e, notes=notes, environment=environment(config))
 
 
@@ -349,7 +346,8 @@ def format_bench(report: BenchReport) -> str:
             rows.append([e.model, str(e.n_clips), f"{e.audio_s:.1f}", f"{e.total_s:.2f}", f"{e.rtf:.3f}",
                          f"{e.encoder_s:.2f}", f"{e.decoder_s:.2f}", f"{e.other_s:.2f}",
                          f"{100 * e.encoder_s / max(e.total_s, 1e-9):.0f}%"])
-        out += ["", "end-to-end greedy decoding (real clips, same batches for every model)", _table(rows)]
+        out += ["", "end-to-end decoding (real clips, same batches for every model; CTranslate2 peers: greedy)",
+                _table(rows)]
     out += [f"note: {n}" for n in report.notes]
     out.append("environment: " + ", ".join(f"{k}={v}" for k, v in report.environment.items()))
     return "\n".join(out)

@@ -5,6 +5,8 @@ import argparse
 import json
 import logging
 
+from litewhisper.cli.decoding import add_decoding_args, decoding_options
+
 log = logging.getLogger("litewhisper")
 
 
@@ -30,24 +32,27 @@ def add_parser(subparsers) -> None:
                    help="lite-whisper models: reduced-dimension self-attention where it saves FLOPs (auto, "
                         "default) or the ordinary projections (standard)")
     p.add_argument("--data", default=None, help="manifest or folder for the end-to-end real-time factor")
-    p.add_argument("--split", default="dev", help="manifest split for --data (default dev; 'all' for every clip)")
+    p.add_argument("--split", default=None, help="manifest split for --data (default: every row)")
     p.add_argument("--max-clips", type=int, default=16, help="end-to-end clips (default 16)")
-    p.add_argument("--max-new-tokens", type=int, default=224)
     p.add_argument("--peer", choices=("faster-whisper", "ctranslate2"), default=None,
                    help="also time the first model's original checkpoint in CTranslate2 (int8 and float32)")
     p.add_argument("--json", dest="json_out", default=None, help="write the measurements as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_decoding_args(p, words=False, batch=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from litewhisper.atomic import atomic_write_text
     from litewhisper.bench.latency import BenchConfig, bench, format_bench, report_dict
+    from litewhisper.progress import quiet
 
     config = BenchConfig(batch_sizes=args.batch_size, repeats=args.repeats, warmup=args.warmup,
                          threads=args.threads, device=args.device, max_clips=args.max_clips,
-                         max_new_tokens=args.max_new_tokens, attention=args.attention)
-    report = bench(args.models, config, data=args.data, split=None if args.split == "all" else args.split,
-                   peer=args.peer)
+                         decoding=decoding_options(args), attention=args.attention)
+    with quiet(args.quiet):
+        report = bench(args.models, config, data=args.data, split=None if args.split == "all" else args.split,
+                       peer=args.peer)
     print(format_bench(report))
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report_dict(report), indent=2) + "\n")

@@ -5,6 +5,8 @@ import argparse
 import logging
 import shlex
 
+from litewhisper.cli.decoding import add_decoding_args, decoding_options
+
 log = logging.getLogger("litewhisper")
 
 
@@ -36,11 +38,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--thetas", type=_floats, default=(0.95, 0.97, 0.99, 0.995, 0.999),
                    help="θ values for Figure 7 (default 0.95,0.97,0.99,0.995,0.999; '' to skip)")
     p.add_argument("--multilingual", default="base", help="model for Table 2 (default base; 'none' to skip)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=224)
     p.add_argument("--bench-repeats", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report directory")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+    add_decoding_args(p, words=False)
     p.set_defaults(func=run)
 
 
@@ -49,15 +51,28 @@ def _command(args: argparse.Namespace) -> str:
     parts = ["litewhisper", "report", "--model", args.model, "--calibration", args.calibration, "--data", args.data,
              "-o", args.output, "--split-calib", args.split_calib, "--split-dev", args.split_dev,
              "--presets", args.presets, "--thetas", ",".join(f"{t:g}" for t in args.thetas) or "''",
-             "--multilingual", args.multilingual, "--max-new-tokens", str(args.max_new_tokens)]
+             "--multilingual", args.multilingual, *_decoding_flags(args)]
     for flag, value in (("--max-clips", args.max_clips), ("--max-calib-clips", args.max_calib_clips)):
         if value is not None:
             parts += [flag, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _decoding_flags(args: argparse.Namespace) -> list[str]:
+    """The decoding flags given on the command line, as flags again."""
+    out = [] if getattr(args, "decoding", "default") == "default" else ["--decoding", args.decoding]
+    for name in ("beam_size", "temperature", "compression_ratio_threshold", "logprob_threshold",
+                 "no_speech_threshold", "max_new_tokens", "initial_prompt", "batch_size"):
+        if hasattr(args, name):
+            value = getattr(args, name)
+            out += [f"--{name.replace('_', '-')}",
+                    ",".join(f"{t:g}" for t in value) if isinstance(value, tuple) else str(value)]
+    return out + (["--vad"] if getattr(args, "vad", False) else [])
+
+
 def run(args: argparse.Namespace) -> int:
     from litewhisper.evaluation.report import ReportConfig, run_report
+    from litewhisper.progress import quiet
 
     split = {"all": None}
     config = ReportConfig(
@@ -65,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
         split_dev=split.get(args.split_dev, args.split_dev), max_clips=args.max_clips,
         max_calib_clips=args.max_calib_clips, presets=tuple(p for p in args.presets.split(",") if p),
         thetas=args.thetas, target_sizes=args.target_sizes, multilingual=None if args.multilingual.lower() == "none" else args.multilingual,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, bench_repeats=args.bench_repeats,
-        progress=not args.no_progress)
+        decoding=decoding_options(args), bench_repeats=args.bench_repeats, progress=not args.quiet)
     command = _command(args)
-    path = run_report(config, args.calibration, args.data, args.output, overwrite=args.overwrite, command=command)
+    with quiet(args.quiet):
+        path = run_report(config, args.calibration, args.data, args.output, overwrite=args.overwrite,
+                          command=command)
     print(f"report written: {path}")
     return 0

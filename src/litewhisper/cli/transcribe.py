@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from litewhisper.cli.decoding import add_decoding_args, decoding_options
 from litewhisper.errors import LiteWhisperError
 
 log = logging.getLogger("litewhisper")
@@ -25,14 +26,14 @@ def add_parser(subparsers) -> None:
                    help="audio files, folders of audio (searched recursively) or JSONL manifests")
     p.add_argument("--language", help="language code (e.g. en, de); default: detected per file")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--batch-size", type=int, default=8, help="clips decoded together (default 8)")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="txt", help="output format (default txt)")
     p.add_argument("--output-dir", type=Path,
                    help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout")
-    p.add_argument("--split", help="only manifest rows of this split (e.g. dev)")
+    p.add_argument("--split", help="only manifest rows of this split (e.g. dev); default: every row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_decoding_args(p)
     p.set_defaults(func=run)
 
 
@@ -76,22 +77,30 @@ def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.progress import quiet
+
+    options = decoding_options(args, language=args.language, task=args.task)  # fail before the model loads
+    with quiet(args.quiet):
+        return _transcribe(args, options)
+
+
+def _transcribe(args: argparse.Namespace, options) -> int:
     import torch
 
     from litewhisper.decode.formats import write_transcription
+    from litewhisper.decode.transcribe import TranscriptionFailure, decode
     from litewhisper.models.load import load_model
-    from litewhisper.decode.transcribe import DecodeOptions, TranscriptionFailure, transcribe_iter
 
-    DecodeOptions(args.language, args.task, args.batch_size)  # bad options fail before the model loads
     inputs = collect_inputs(args.audio, split=args.split)
+    if options.vad:
+        from litewhisper.decode.vad import SpeechFilter
+        SpeechFilter()  # a missing extra fails before the model loads
     if args.quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' weight-loading bar
     bundle = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    stream = transcribe_iter(bundle, [path for path, _ in inputs], language=args.language, task=args.task,
-                             batch_size=args.batch_size, return_segments=True,
-                             progress=not args.quiet)
+    stream = decode(bundle, [path for path, _ in inputs], options)
     failed, pending, next_index = 0, {}, 0
     for index, result in stream:
         path, name = inputs[index]

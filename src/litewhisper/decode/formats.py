@@ -9,7 +9,7 @@ from typing import Callable
 
 from litewhisper.atomic import atomic_write_text
 from litewhisper.errors import LiteWhisperError
-from litewhisper.decode.transcribe import Segment, Transcription
+from litewhisper.decode.results import Segment, Transcription
 
 
 def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
@@ -24,7 +24,9 @@ def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
 
 
 def _cues(result: Transcription) -> list[Segment]:
-    """Subtitle cues: the segments, or one cue spanning the clip when there are no timestamps."""
+    """Subtitle cues: one per word (with word timestamps), else the segments, else one cue spanning the clip."""
+    if result.segments and all(s.words for s in result.segments):
+        return [Segment(w.start, w.end, w.word) for s in result.segments for w in s.words]
     if result.segments:
         return result.segments
     return [Segment(0.0, result.duration_s, result.text)] if result.text else []
@@ -35,7 +37,8 @@ def to_txt(result: Transcription) -> str:
 
 
 def to_json(result: Transcription, indent: int | None = 2) -> str:
-    """An object with path, text, language, duration_s and segments [{start, end, text}]."""
+    """An object with path, text, language, duration_s, n_tokens, hit_token_limit and segments
+    [{start, end, text, words}] (words [{start, end, word, probability}] with word timestamps, else null)."""
     return json.dumps(asdict(result), ensure_ascii=False, indent=indent) + "\n"
 
 

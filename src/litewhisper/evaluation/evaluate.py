@@ -1,8 +1,9 @@
-"""Evaluate models on a manifest: greedy decoding with identical settings, corpus WER per domain and pooled.
+"""Evaluate models on a manifest: the one decoder (what `transcribe` prints), corpus WER per domain and pooled.
 
 Every hypothesis is appended to a JSONL file (and flushed) as soon as its batch is decoded, so an interrupted
-run loses nothing: `resume=True` skips the (model, clip) pairs already there. Clips whose decoding reached
-`max_new_tokens` without an end-of-text token (runaway repetition loops) are counted separately.
+run loses nothing: `resume=True` skips the (model, clip) pairs already there. Runaway loops and hallucinations
+are reported beside the WER: clips whose decoding reached `max_new_tokens` without an end-of-text token, or
+whose hypothesis has a gzip compression ratio above the fallback threshold, and their share of the errors.
 """
 from __future__ import annotations
 
@@ -10,52 +11,60 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
-
 from litewhisper.atomic import atomic_write_text
 from litewhisper.audio.datasets import AudioItem, discover_audio
-from litewhisper.errors import LiteWhisperError
-from litewhisper.evaluation.metrics import CorpusScore, corpus_score, score_utterance, uses_cer
+from litewhisper.decode.options import DecodeOptions
+from litewhisper.decode.results import compression_ratio
+from litewhisper.errors import AudioError, LiteWhisperError
+from litewhisper.evaluation.metrics import CorpusScore, corpus_score, score_utterance, total, uses_cer
 from litewhisper.evaluation.normalize import NORMALIZERS, describe, normalize, resolve_normalizer
+
+__all__ = ["EvalConfig", "Hypothesis", "ModelResult", "EvalReport", "LoopStats", "select_clips", "decode",
+           "read_hypotheses", "HypothesisLog", "score_hypotheses", "loop_stats", "evaluate_model", "evaluate",
+           "format_table", "write_json", "is_english_only", "spread_over_domains"]
 
 log = logging.getLogger("litewhisper")
 
-CHUNK_S = 30.0  # clips up to one Whisper window are decoded short-form here; longer ones via transcribe
+LOOP_COMPRESSION_RATIO = 2.4  # openai-whisper's default fallback threshold, used when decoding sets none
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Decoding and scoring settings, identical for every model compared."""
-    split: str | None = "dev"
+    """Clip selection, decoding and scoring settings, identical for every model compared.
+
+    split: manifest split (None: every row); decoding: the options `transcribe` takes (its defaults too).
+    """
+    split: str | None = None
     language: str | None = None  # keep only clips in this language (and force it on multilingual models)
     normalizer: str = "auto"  # auto: english for English clips, basic otherwise
-    batch_size: int = 8
-    max_new_tokens: int = 224
+    decoding: DecodeOptions = DecodeOptions()
     bootstrap: int = 0  # resamples for the 95 % CI of the pooled WER (0: none)
     seed: int = 0
     max_clips: int | None = None  # spread round-robin over domains
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.normalizer not in NORMALIZERS:
             raise LiteWhisperError(f"normalizer {self.normalizer!r}: expected one of {', '.join(NORMALIZERS)}")
-        if self.batch_size < 1:
-            raise LiteWhisperError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if not 1 <= self.max_new_tokens <= 444:
-            raise LiteWhisperError(f"max_new_tokens must be between 1 and 444, got {self.max_new_tokens}")
+        if not isinstance(self.decoding, DecodeOptions):
+            raise LiteWhisperError(f"decoding must be a DecodeOptions, got {type(self.decoding).__name__}")
         if self.bootstrap < 0 or (self.max_clips is not None and self.max_clips < 1):
             raise LiteWhisperError("bootstrap must be >= 0 and max_clips >= 1")
+
+    @property
+    def loop_ratio(self) -> float:
+        """Compression ratio above which a hypothesis counts as a loop / hallucination."""
+        return self.decoding.compression_ratio_threshold or LOOP_COMPRESSION_RATIO
 
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """One decoded clip, as stored in the hypotheses JSONL."""
+    """One decoded clip, as stored in the hypotheses JSONL; `decode_s`: wall seconds since the previous
+    record of the run (they sum to the decoding time, across resumed runs too)."""
     model: str
     id: str
     hypothesis: str
@@ -64,30 +73,62 @@ class Hypothesis:
     lang: str | None = None
     n_tokens: int = 0
     hit_token_limit: bool = False
+    decode_s: float | None = None
+    audio_s: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
+class LoopStats:
+    """Clips that hit the token limit or whose hypothesis compresses too well, and their share of errors."""
+    hit_token_limit_ids: tuple[str, ...] = ()
+    high_compression_ids: tuple[str, ...] = ()
+    loop_errors: int = 0  # word errors on those clips
+    total_errors: int = 0
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.hit_token_limit_ids + self.high_compression_ids))
+
+    @property
+    def error_share(self) -> float:
+        """Fraction of all word errors made on loop / hallucination clips."""
+        return self.loop_errors / self.total_errors if self.total_errors else 0.0
+
+
+@dataclass(frozen=True)
 class ModelResult:
-    """Scores of one model; `to_dict` gives the `--json` entry."""
+    """Scores of one model; `to_dict` gives the `--json` entry. `timing_partial`: decode_seconds covers only
+    part of the clips (records from an older run without timings)."""
     model: str
     score: CorpusScore
     encoder_params: int | None
-    n_hit_token_limit: int
-    hit_token_limit_ids: tuple[str, ...] = ()
+    loops: LoopStats = LoopStats()
     decode_seconds: float = 0.0
     audio_seconds: float = 0.0
+    timing_partial: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def n_hit_token_limit(self) -> int:
+        return len(self.loops.hit_token_limit_ids)
+
+    @property
+    def hit_token_limit_ids(self) -> tuple[str, ...]:
+        return self.loops.hit_token_limit_ids
+
     def to_dict(self) -> dict[str, Any]:
-        s = self.score
+        s, lp = self.score, self.loops
         out = {"model": self.model, "wer": _num(s.wer), "n_utterances": s.n_utterances,
                "n_ref_words": s.n_ref_words, "encoder_params": self.encoder_params,
                "domains": {d: {"wer": _num(g.rate), "n": g.n} for d, g in s.domains.items()},
                "macro_wer": _num(s.macro_wer), "n_hit_token_limit": self.n_hit_token_limit,
-               "hit_token_limit_ids": list(self.hit_token_limit_ids),
+               "hit_token_limit_ids": list(lp.hit_token_limit_ids),
+               "n_high_compression": len(lp.high_compression_ids),
+               "high_compression_ids": list(lp.high_compression_ids), "n_loops": len(lp.ids),
+               "loop_error_share": round(lp.error_share, 4),
                "languages": {k: {"rate": _num(g.rate), "metric": "cer" if uses_cer(k) else "wer", "n": g.n}
                              for k, g in s.languages.items()},
                "errors": s.counts.to_dict()}
@@ -98,6 +139,8 @@ class ModelResult:
         if self.decode_seconds:
             out["decode_seconds"] = round(self.decode_seconds, 2)
             out["rtf"] = round(self.decode_seconds / max(self.audio_seconds, 1e-9), 4)
+            if self.timing_partial:
+                out["timing_partial"] = True
         out["settings"] = self.settings
         return out
 
@@ -149,47 +192,6 @@ def spread_over_domains(items: Sequence[AudioItem], n: int) -> list[AudioItem]:
 
 # ----------------------------------------------------------------------------------------------- decoding
 
-def generate_short(bundle, arrays: list, language: str | None, max_new_tokens: int
-                   ) -> list[tuple[str, int, bool]]:
-    """Greedy decoding of 16 kHz arrays <= 30 s -> (text, n_text_tokens, hit_token_limit) per clip."""
-    from litewhisper.decode.transcribe import _features
-
-    features = _features(bundle.processor, arrays, long_form=False)["input_features"]
-    features = features.to(bundle.device, bundle.dtype)  # (batch, n_mels, 3000)
-    kwargs: dict[str, Any] = {"language": language, "task": "transcribe"} if bundle.is_multilingual else {}
-    with torch.inference_mode():
-        out = bundle.model.generate(features, max_new_tokens=max_new_tokens, max_length=None, num_beams=1,
-                                    do_sample=False, return_timestamps=False, return_dict_in_generate=True,
-                                    **kwargs)
-    eot = bundle.model.generation_config.eos_token_id
-    results = []
-    for seq in out.sequences.tolist():  # decoder prompt + text tokens + <|endoftext|> (+ padding)
-        body = seq[1:]
-        text_tokens = [t for t in body if t < eot]
-        text = bundle.processor.tokenizer.decode(text_tokens, skip_special_tokens=True).strip()
-        results.append((text, len(text_tokens), eot not in body))
-    return results
-
-
-def _short_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int
-                ) -> list[tuple[str, int, bool]]:
-    from litewhisper.audio.load import load_audio
-
-    return generate_short(bundle, [load_audio(it.path) for it in items], language, max_new_tokens)
-
-
-def _long_form(bundle, items: list[AudioItem], language: str | None, max_new_tokens: int
-               ) -> list[tuple[str, int, bool]]:
-    """Clips > 30 s through `transcribe` (sequential windows); the token limit applies per window."""
-    from litewhisper.decode.transcribe import transcribe
-
-    outs = transcribe(bundle, [it.path for it in items], language=language if bundle.is_multilingual else None,
-                      batch_size=len(items), return_segments=False, max_new_tokens=max_new_tokens,
-                      progress=False)
-    return [(t.text, len(bundle.processor.tokenizer.encode(t.text, add_special_tokens=False)), False)
-            for t in outs]
-
-
 def _duration(it: AudioItem) -> float:
     if it.duration_s is not None:
         return float(it.duration_s)
@@ -200,45 +202,34 @@ def _duration(it: AudioItem) -> float:
         return 0.0  # unreadable: the decoder reports it
 
 
-def _batches(bundle, items: list[AudioItem], config: EvalConfig
-             ) -> Iterable[tuple[bool, str | None, list[AudioItem]]]:
-    """(long-form, forced language, clips) batches of similar duration (less padding in batched decoding);
-    multilingual models get each clip's own language."""
-    def lang_of(it: AudioItem) -> str | None:
-        return (config.language or it.lang) if bundle.is_multilingual else None
-
-    groups: dict[tuple[bool, str | None], list[tuple[float, AudioItem]]] = {}
-    for it in items:
-        seconds = _duration(it)
-        groups.setdefault((seconds > CHUNK_S, lang_of(it)), []).append((seconds, it))
-    for (long, lang), group in groups.items():
-        ordered = [it for _, it in sorted(group, key=lambda pair: pair[0])]
-        for i in range(0, len(ordered), config.batch_size):
-            yield long, lang, ordered[i:i + config.batch_size]
-
-
 def decode(bundle, items: list[AudioItem], config: EvalConfig, model_name: str) -> Iterable[Hypothesis]:
-    """Yield a `Hypothesis` per clip as each batch finishes (greedy, bounded `max_new_tokens`)."""
-    from tqdm.auto import tqdm
+    """Yield a `Hypothesis` per clip, decoded exactly as `transcribe` does with `config.decoding` (clips in
+    manifest order; multilingual models get each clip's language, grouped by language)."""
+    from litewhisper.decode.transcribe import TranscriptionFailure, decode as decode_audio
 
-    with tqdm(total=len(items), unit="clip", desc=f"evaluating {model_name}", disable=not config.progress,
-              file=sys.stderr) as bar:
-        for long, lang, batch in _batches(bundle, items, config):
-            outs = (_long_form if long else _short_form)(bundle, batch, lang, config.max_new_tokens)
-            for it, (text, n_tokens, hit) in zip(batch, outs):
-                yield Hypothesis(model=model_name, id=str(it.id or it.path), hypothesis=text,
-                                 reference=it.text or "", domain=it.domain, lang=it.lang, n_tokens=n_tokens,
-                                 hit_token_limit=hit)
-            bar.update(len(batch))
+    groups: dict[str | None, list[AudioItem]] = {}
+    for it in items:
+        lang = (config.language or it.lang or config.decoding.language) if bundle.is_multilingual else None
+        groups.setdefault(lang, []).append(it)
+    for lang, group in groups.items():
+        options = config.decoding.replace(language=lang) if bundle.is_multilingual else config.decoding
+        last = time.perf_counter()
+        for index, result in decode_audio(bundle, [it.path for it in group], options):
+            it = group[index]
+            if isinstance(result, TranscriptionFailure):
+                raise AudioError(f"{model_name}: clip {it.id or it.path}: {result.error}")
+            now = time.perf_counter()
+            yield Hypothesis(model=model_name, id=str(it.id or it.path), hypothesis=result.text,
+                             reference=it.text or "", domain=it.domain, lang=it.lang, n_tokens=result.n_tokens,
+                             hit_token_limit=result.hit_token_limit, decode_s=round(now - last, 4),
+                             audio_s=result.duration_s)
+            last = now
 
 
 # ----------------------------------------------------------------------------------------------- JSONL
 
-def read_hypotheses(path: str | os.PathLike) -> list[Hypothesis]:
-    """Records of a hypotheses JSONL; a truncated last line (interrupted write) is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        return []
+def _parse(path: Path) -> tuple[list[Hypothesis], int | None, int]:
+    """(records before the first invalid line, that line's number or None, number of lines)."""
     out = []
     lines = path.read_text(encoding="utf-8").splitlines()
     for n, line in enumerate(lines, 1):
@@ -247,16 +238,26 @@ def read_hypotheses(path: str | os.PathLike) -> list[Hypothesis]:
         try:
             out.append(Hypothesis(**json.loads(line)))
         except (json.JSONDecodeError, TypeError) as exc:
-            if n == len(lines):
-                log.warning("%s: ignoring an incomplete last line (interrupted write)", path)
-                continue
-            raise LiteWhisperError(f"{path}:{n}: not a hypotheses record ({exc}); delete the file or "
-                                   "choose another --hypotheses path") from exc
-    return out
+            log.debug("%s:%d: not a hypotheses record (%s)", path, n, exc)
+            return out, n, len(lines)
+    return out, None, len(lines)
+
+
+def read_hypotheses(path: str | os.PathLike) -> list[Hypothesis]:
+    """Records of a hypotheses JSONL up to the first invalid line (an interrupted write), with a warning."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, bad, n_lines = _parse(path)
+    if bad is not None:
+        log.warning("%s: line %d is not a hypotheses record (interrupted write?): ignoring it and the %d "
+                    "line(s) after it", path, bad, n_lines - bad)
+    return records
 
 
 class HypothesisLog:
-    """Append-only JSONL of hypotheses, flushed after every record."""
+    """Append-only JSONL of hypotheses, flushed after every record. Resuming truncates the file at its first
+    invalid record (an interrupted write) before appending, so the next resume can read it again."""
 
     def __init__(self, path: str | os.PathLike | None, resume: bool):
         self.path = Path(path) if path is not None else None
@@ -266,11 +267,13 @@ class HypothesisLog:
         if self.path.exists() and self.path.stat().st_size > 0 and not resume:
             raise LiteWhisperError(f"hypotheses file {self.path} already exists: pass --resume (resume=True) to "
                                    "continue it, or delete it / choose another path")
-        self.done = {(h.model, h.id): h for h in read_hypotheses(self.path)}
+        records = read_hypotheses(self.path)
+        self.done = {(h.model, h.id): h for h in records}
         if self.path.is_file():
             text = self.path.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):  # interrupted mid-line: keep only the complete records
-                atomic_write_text(self.path, "".join(h.to_json() + "\n" for h in self.done.values()))
+            kept = "".join(h.to_json() + "\n" for h in records)
+            if text and (_parse(self.path)[1] is not None or not text.endswith("\n")):
+                atomic_write_text(self.path, kept)  # drop the damaged tail
 
     def append(self, hyp: Hypothesis) -> None:
         self.done[(hyp.model, hyp.id)] = hyp
@@ -293,6 +296,20 @@ def score_hypotheses(hyps: Sequence[Hypothesis], normalizer: str = "auto", boots
         scores.append(score_utterance(h.id, normalize(h.reference, name), normalize(h.hypothesis, name),
                                       domain=h.domain, lang=h.lang))
     return corpus_score(scores, bootstrap=bootstrap, seed=seed), used
+
+
+def loop_stats(hyps: Sequence[Hypothesis], normalizer: str = "auto",
+               max_ratio: float = LOOP_COMPRESSION_RATIO) -> LoopStats:
+    """Clips that hit the token limit or whose hypothesis compression ratio exceeds `max_ratio`, and the word
+    errors made on them (normalised as for the WER)."""
+    hits = tuple(h.id for h in hyps if h.hit_token_limit)
+    high = tuple(h.id for h in hyps if compression_ratio(h.hypothesis) > max_ratio)
+    looped = set(hits) | set(high)
+    errors = {h.id: score_utterance(h.id, normalize(h.reference, resolve_normalizer(normalizer, h.lang)),
+                                    normalize(h.hypothesis, resolve_normalizer(normalizer, h.lang)),
+                                    lang=h.lang).counts for h in hyps}
+    return LoopStats(hits, high, total(c for i, c in errors.items() if i in looped).errors,
+                     total(errors.values()).errors)
 
 
 def encoder_param_count(model) -> int:
@@ -318,18 +335,18 @@ def evaluate_model(model: Any, items: Sequence[AudioItem], config: EvalConfig, n
     todo = [it for it in items if (name, str(it.id or it.path)) not in log_file.done]
     if len(todo) < len(items):
         log.info("%s: resuming, %d of %d clips already decoded", name, len(items) - len(todo), len(items))
-    start = time.perf_counter()
     for hyp in decode(bundle, todo, config, name):
         log_file.append(hyp)
-    seconds = time.perf_counter() - start
     hyps = [log_file.done[(name, str(it.id or it.path))] for it in items]
     score, _ = score_hypotheses(hyps, config.normalizer, config.bootstrap, config.seed)
-    hits = tuple(h.id for h in hyps if h.hit_token_limit)
-    settings = {"split": config.split, "language": config.language, "batch_size": config.batch_size,
-                "max_new_tokens": config.max_new_tokens, "decoding": "greedy"}
+    timed = [h for h in hyps if h.decode_s is not None]
+    settings = {"split": config.split, "language": config.language, "normalizer": config.normalizer,
+                "decoding": config.decoding.to_dict()}
     return ModelResult(model=name, score=score, encoder_params=encoder_param_count(bundle.model),
-                       n_hit_token_limit=len(hits), hit_token_limit_ids=hits, decode_seconds=seconds,
-                       audio_seconds=sum(it.duration_s or 0.0 for it in todo), settings=settings)
+                       loops=loop_stats(hyps, config.normalizer, config.loop_ratio),
+                       decode_seconds=sum(h.decode_s for h in timed),
+                       audio_seconds=sum(h.audio_s or 0.0 for h in timed),
+                       timing_partial=len(timed) < len(hyps), settings=settings)
 
 
 def is_english_only(model: Any) -> bool:
@@ -360,17 +377,19 @@ def evaluate(models: Sequence[Any], data: str | os.PathLike, config: EvalConfig 
 
 
 def format_table(report: EvalReport) -> str:
-    """Readable table: pooled/macro WER, per-domain WER, token-limit hits, encoder size."""
+    """Readable table: pooled/macro WER, per-domain WER, loops (token-limit hits + high compression ratio) and
+    their share of the errors, encoder size."""
     domains = sorted({d for r in report.results for d in r.score.domains})
-    head = ["model", "WER%", "macroWER%", *[d[:18] for d in domains], "clips", "hit-limit", "enc-params"]
+    head = ["model", "WER%", "macroWER%", *[d[:18] for d in domains], "clips", "hit-limit", "high-gzip",
+            "loop-err%", "enc-params"]
     rows = [head]
     for r in report.results:
         s = r.score
         ci = f" [{s.ci95[0]:.2f},{s.ci95[1]:.2f}]" if s.ci95 else ""
         rows.append([r.model, f"{s.wer:.2f}{ci}", f"{s.macro_wer:.2f}",
                      *[f"{s.domains[d].rate:.2f}" if d in s.domains else "-" for d in domains],
-                     str(s.n_utterances), str(r.n_hit_token_limit),
-                     f"{r.encoder_params / 1e6:.2f}M" if r.encoder_params else "-"])
+                     str(s.n_utterances), str(r.n_hit_token_limit), str(len(r.loops.high_compression_ids)),
+                     f"{100 * r.loops.error_share:.1f}", f"{r.encoder_params / 1e6:.2f}M" if r.encoder_params else "-"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.errors import LiteWhisperError
 from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, ModelResult, evaluate_model, is_english_only, select_clips
 from litewhisper.evaluation.plots import LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap, plot_theta_sweep
@@ -33,8 +34,7 @@ class ReportConfig:
     target_sizes: tuple[float, ...] = (0.9, 0.8, 0.7)  # litewhisper's budget method (sensitivity-weighted)
     thetas: tuple[float, ...] = (0.95, 0.97, 0.99, 0.995, 0.999)
     multilingual: str | None = "base"  # model for Table 2 (None: skip)
-    batch_size: int = 8
-    max_new_tokens: int = 224
+    decoding: DecodeOptions = DecodeOptions()  # what transcribe does, for every variant
     bench_repeats: int = 5
     progress: bool = True
 
@@ -96,11 +96,11 @@ def table1(rows: Sequence[dict[str, Any]]) -> str:
     domains = sorted({d for r in rows for d in r["domains"]})
     base_params = rows[0]["params"]
     head = ["model", *domains, "pooled WER", "macro WER", "encoder params", "size %", "GFLOPs/30 s",
-            "speedup", "hit limit"]
+            "speedup", "loops (% of errors)"]
     body = [[r["name"], *[_fmt(r["domains"].get(d)) for d in domains], f"**{_fmt(r['wer'])}**",
              _fmt(r["macro_wer"]), f"{r['params'] / 1e6:.2f} M", f"{100 * r['params'] / base_params:.1f}",
              _fmt(r["flops"] / 1e9), f"{_fmt(r.get('speedup'))}×" if r.get("speedup") else "–",
-             str(r.get("n_hit", 0))] for r in rows]
+             f"{r.get('n_loops', 0)} ({100 * r.get('loop_share', 0.0):.0f})"] for r in rows]
     return md_table(head, body)
 
 
@@ -118,9 +118,8 @@ class _Runner:
 
     def __init__(self, config: ReportConfig, data: Any, out: Path):
         self.config, self.data, self.out = config, data, out
-        self.eval_cfg = EvalConfig(split=config.split_dev, language="en", batch_size=config.batch_size,
-                                   max_new_tokens=config.max_new_tokens, max_clips=config.max_clips,
-                                   progress=config.progress)
+        self.eval_cfg = EvalConfig(split=config.split_dev, language="en", decoding=config.decoding,
+                                   max_clips=config.max_clips)
         self.dev = select_clips(data, self.eval_cfg)
         self.hyps = HypothesisLog(out / "hypotheses.jsonl", resume=False)
 
@@ -222,7 +221,7 @@ def _setup_lines(run: _Runner, stats, data: Any, calibration: Any, env: dict[str
         f"({minutes:.1f} min){', spread round-robin over domains' if run.config.max_clips else ''}",
         f"- calibration (one, re-used for every variant): `{calibration}` split `{run.config.split_calib}`, "
         f"{meta.get('clips', '?')} clips, {meta.get('windows', '?')} windows, {meta.get('frames', '?')} frames",
-        f"- decoding: greedy, max_new_tokens={run.config.max_new_tokens}, batch {run.config.batch_size}, "
+        f"- decoding (the one decoder `transcribe` uses): {run.config.decoding.describe()}, "
         "identical for every model; scoring: corpus WER = (S+D+I)/N over all clips, Whisper English normaliser "
         "(basic normaliser and CER for ja/zh/ko in Table 2)",
         f"- versions: litewhisper {__version__}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
@@ -243,7 +242,9 @@ def write_markdown(path: Path, *, title: str, setup: list[str], table1_rows: lis
              "`-acc/-balanced/-fast`: plain LiteASR (the paper's θ presets); `-sizeF`: litewhisper's budget "
              "method (ranks allocated across layers for F × the encoder size, weighted by measured sensitivity). "
              "Speedup: median over interleaved rounds of the original's encoder time / the variant's, one 30-s "
-             "window, batch 1, in this run. `hit limit`: clips that reached max_new_tokens (runaway decoding).",
+             "window, batch 1, in this run. `loops`: clips that reached max_new_tokens or whose "
+             "hypothesis has a gzip compression ratio > 2.4 (runaway loops, hallucinations), with their share of "
+             "the word errors.",
              "", "## Figure 1: WER vs encoder size (LiteASR presets and θ sweeps vs the budget method)", "", "![Figure 1](figure1_pareto.png)", "",
              "## Figure 6: per-layer rank ratio k / D", "", "![Figure 6](figure6_ranks.png)", "",
              "## Figure 7: sensitivity to θ", "", "![Figure 7](figure7_theta.png)", "",
@@ -284,7 +285,8 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
     t2_rows, ml_result, ml_name = ([], None, None) if not config.multilingual else _multilingual(run, config.multilingual)
     rows = [{"name": v.name, "wer": v.result.score.wer, "macro_wer": v.result.score.macro_wer,
              "domains": {d: g.rate for d, g in v.result.score.domains.items()}, "params": v.result.encoder_params,
-             "flops": v.flops, "speedup": speed[v.name].speedup.median, "n_hit": v.result.n_hit_token_limit}
+             "flops": v.flops, "speedup": speed[v.name].speedup.median, "n_hit": v.result.n_hit_token_limit,
+             "n_loops": len(v.result.loops.ids), "loop_share": v.result.loops.error_share}
             for v in variants]
     points = [Point(r["name"], r["params"] / 1e6, r["wer"], v.group) for r, v in zip(rows, variants)]
     if ml_result is not None:

@@ -1,0 +1,121 @@
+"""How to decode: one frozen dataclass shared by transcribe, evaluate, bench and the report.
+
+The defaults are what `litewhisper transcribe` users get, and follow openai-whisper / faster-whisper:
+timestamps on, temperature fallback 0.0, 0.2 ... 1.0 driven by the gzip compression ratio (> 2.4) and the
+average log-probability (< -1.0) of each window, and Whisper's no-speech rule (no-speech probability > 0.6
+*and* average log-probability < -1.0: the window is silence and yields no text). `DecodeOptions.preset(name)`
+gives named settings, e.g. "leaderboard" (greedy, no timestamps, no fallback) — the same decoder, other options.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, MAX_TARGET_POSITIONS
+from litewhisper.errors import LiteWhisperError
+
+__all__ = ["DecodeOptions", "PRESETS", "TASKS", "DEFAULT_TEMPERATURES"]
+
+TASKS = ("transcribe", "translate")
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper / faster-whisper
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Decoding options; validated here, checked against the model by the backend.
+
+    temperature: the fallback schedule; a window is re-decoded at the next temperature when its gzip
+    compression ratio exceeds `compression_ratio_threshold` or its average log-probability is below
+    `logprob_threshold` (either threshold None: that test is off; one temperature: no fallback).
+    no_speech_threshold: a window whose no-speech probability exceeds it and whose average log-probability is
+    below `logprob_threshold` is silence (no text); with it set, a clip whose peak stays below -60 dBFS (digital
+    silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per 30-s window; a window that
+    reaches it without an end-of-text token is counted as a runaway loop. seed: makes the sampled fallback
+    reproducible (the same clips and options give the same text).
+    """
+    language: str | None = None
+    task: str = "transcribe"
+    timestamps: bool = True
+    beam_size: int = 1
+    temperature: tuple[float, ...] = DEFAULT_TEMPERATURES
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    condition_on_previous_text: bool = False
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    initial_prompt: str | None = None
+    word_timestamps: bool = False
+    vad: bool = False
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        temps = self.temperature
+        if isinstance(temps, (int, float)):
+            temps = (float(temps),)
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temps))
+        if not self.temperature or any(not math.isfinite(t) or t < 0 for t in self.temperature):
+            raise LiteWhisperError(f"temperature must be one or more numbers >= 0 (e.g. 0,0.2,0.4), got "
+                                   f"{self.temperature}")
+        if self.language is not None:
+            from litewhisper.decode.languages import language_code
+            language_code(self.language)
+        if self.task not in TASKS:
+            raise LiteWhisperError(f"task {self.task!r} is not supported: expected one of {', '.join(TASKS)}")
+        for name in ("beam_size", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise LiteWhisperError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 1 <= self.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
+            raise LiteWhisperError(f"max_new_tokens must be between 1 and {MAX_TARGET_POSITIONS - 4}, got "
+                                   f"{self.max_new_tokens}")
+        if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
+            raise LiteWhisperError(f"no_speech_threshold is a probability in [0, 1], got {self.no_speech_threshold}")
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
+            raise LiteWhisperError(f"compression_ratio_threshold must be > 0, got {self.compression_ratio_threshold}")
+        if self.initial_prompt is not None and not self.initial_prompt.strip():
+            object.__setattr__(self, "initial_prompt", None)
+
+    @property
+    def fallback(self) -> bool:
+        """Whether windows may be re-decoded at a higher temperature."""
+        return len(self.temperature) > 1 and (self.compression_ratio_threshold is not None
+                                              or self.logprob_threshold is not None)
+
+    def replace(self, **changes: Any) -> "DecodeOptions":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for reports, e.g. 'greedy, timestamps, temperature fallback 0-1 (gzip > 2.4, logprob < -1)'."""
+        parts = [f"beam {self.beam_size}" if self.beam_size > 1 else "greedy",
+                 "timestamps" if self.timestamps else "no timestamps"]
+        if self.fallback:
+            parts.append(f"temperature fallback {self.temperature[0]:g}-{self.temperature[-1]:g} (gzip > "
+                         f"{self.compression_ratio_threshold}, logprob < {self.logprob_threshold})")
+        if self.no_speech_threshold is not None:
+            parts.append(f"no-speech > {self.no_speech_threshold}")
+        parts += [f"max_new_tokens={self.max_new_tokens}", f"batch {self.batch_size}"]
+        return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt))
+                                  if on])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (written into evaluate's results)."""
+        out = asdict(self)
+        out["temperature"] = list(self.temperature)
+        return out
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "DecodeOptions":
+        """Named settings: "default" (what transcribe does) or "leaderboard" (greedy, no timestamps, no
+        fallback, no no-speech rule: the usual short-form WER benchmark setting)."""
+        if name not in PRESETS:
+            raise LiteWhisperError(f"unknown decoding preset {name!r}: expected one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **changes)
+
+
+PRESETS: dict[str, DecodeOptions] = {
+    "default": DecodeOptions(),
+    "leaderboard": DecodeOptions(timestamps=False, temperature=(0.0,), compression_ratio_threshold=None,
+                                 logprob_threshold=None, no_speech_threshold=None),
+}
