@@ -93,6 +93,7 @@ class DeployedWhisper:
     threads: int
     session: Any  # onnxruntime.InferenceSession of the encoder
     pipeline: Any  # faster_whisper.WhisperModel
+    runtime: str = "deployed"  # decode.backend_for picks the deployed backend by this
 
     @property
     def is_multilingual(self) -> bool:
@@ -123,6 +124,7 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             features = np.ascontiguousarray(features[None] if features.ndim == 2 else features, dtype=np.float32)
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
     compute = "int8" if precision == "int8" else "float32"
     try:
         return _Pipeline(str(ct2_dir), device="cpu", compute_type=compute, cpu_threads=threads)
