@@ -92,8 +92,8 @@ def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", ove
             diffs["int8"] = verify_encoder(bundle.model, q_encoder)
             encoder.unlink()
             encoders = {"int8": f"{ONNX_DIR}/{q_encoder.name}"}
+        export_ct2_decoder(bundle.model, bundle.processor.tokenizer, tmp / CT2_DIR, quantize)  # (re)creates it
         write_metadata(bundle, tmp)
-        export_ct2_decoder(bundle.model, bundle.processor.tokenizer, tmp / CT2_DIR, quantize)
         write_marker(tmp, bundle.name, precision, encoders, {"encoder_max_abs_diff": diffs})
         size = _size(tmp)
     for name, diff in diffs.items():

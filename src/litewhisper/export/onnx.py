@@ -15,6 +15,7 @@ never becomes Gemm) and its reduced-dimension self-attention (attention/reduced.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,7 +103,9 @@ def _kv_names(layers: int, prefix: str, parts: tuple[str, ...]) -> list[str]:
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             axes: dict[str, dict[int, str]]) -> None:
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # tracing warns about every Python-level shape test; the graphs are checked against PyTorch instead
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
