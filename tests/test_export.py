@@ -154,6 +154,6 @@ def test_real_tiny_en_export_transcribes_like_pytorch(real_tiny_en, tmp_path):
     result = export_model(real_tiny_en, tmp_path / "tiny.en", quantize="none", onnx_decoder=False)
     assert result.max_abs_diff["fp32"] < 1e-3
     options = DecodeOptions.preset("leaderboard")
-    want = [normalize(t.text, "en") for t in transcribe(real_tiny_en, clips, options)]
-    got = [normalize(t.text, "en") for t in transcribe(load_model(result.path, threads=2), clips, options)]
+    want = [normalize(t.text, "english") for t in transcribe(real_tiny_en, clips, options)]
+    got = [normalize(t.text, "english") for t in transcribe(load_model(result.path, threads=2), clips, options)]
     assert got == want
