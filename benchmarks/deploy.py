@@ -50,6 +50,18 @@ for clip in clips:
 json.dump(texts, open(out, "w"))
 """
 
+# whisper.cpp through pywhispercpp: greedy, the model file written by benchmarks/ggml_convert.py.
+WCPP_SCRIPT = """
+import json, sys
+sys.path.insert(0, "src")
+from pywhispercpp.model import Model
+from litewhisper.audio.load import load_audio
+model_path, threads, out, *clips = sys.argv[1:]
+model = Model(model_path, n_threads=int(threads), redirect_whispercpp_logs_to=None, print_progress=False)
+texts = [" ".join(s.text.strip() for s in model.transcribe(load_audio(c))) for c in clips]
+json.dump(texts, open(out, "w"))
+"""
+
 # Encoder time of one 30-s window, batch 1, inside a fresh process with the given thread count.
 ENC_SCRIPT = """
 import json, sys, time, statistics
@@ -146,6 +158,9 @@ def build_rows(args, work: Path) -> list[Row]:
             src = builtin_model_dir(source) if is_builtin(source) else Path(source)
             rows.append(Row(name, "PyTorch (batch 8)", "fp32", "torch", source,
                             dir_size([src / "model.safetensors"]), base))
+    for spec in args.whispercpp:  # NAME=GGML_FILE
+        name, path = spec.split("=", 1)
+        rows.append(Row(name, "whisper.cpp (pywhispercpp)", "fp16", "wcpp", path, Path(path).stat().st_size, name))
     for spec in args.export:  # NAME:PRECISION=DIR
         key, path = spec.split("=", 1)
         name, precision = key.split(":")
@@ -156,8 +171,9 @@ def build_rows(args, work: Path) -> list[Row]:
 
 def run_e2e(row: Row, clips: list[str], threads: int, work: Path) -> list[str]:
     out = work / "out.json"
-    if row.kind == "fw":
-        cmd = [sys.executable, "-c", FW_SCRIPT, row.path, str(threads), str(out), *clips]
+    if row.kind in ("fw", "wcpp"):
+        script = FW_SCRIPT if row.kind == "fw" else WCPP_SCRIPT
+        cmd = [sys.executable, "-c", script, row.path, str(threads), str(out), *clips]
     else:
         cmd = [sys.executable, "-m", "litewhisper", "transcribe", row.path, *clips, "--format", "json", "--quiet"]
         cmd += ["--threads", str(threads)] if row.kind == "onnx" else []
@@ -171,12 +187,14 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path) -> list[str]:
         raise SystemExit(f"{row.model} {row.runtime} failed:\n{proc.stderr[-2000:]}")
     row.walls.append(wall)
     row.rss.append(int(timefile.read_text().split()[-1]) / 1024)
-    if row.kind == "fw":
+    if row.kind in ("fw", "wcpp"):
         return json.loads(out.read_text())
     return [json.loads(line)["text"] for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def encoder_ms(row: Row, threads: int, reps: int) -> float:
+def encoder_ms(row: Row, threads: int, reps: int) -> float | None:
+    if row.kind == "wcpp":
+        return None  # pywhispercpp has no encoder-only call
     kind = {"fw": "ct2", "onnx": "onnx", "torch": "torch"}[row.kind]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run([sys.executable, "-c", ENC_SCRIPT, kind, row.path, str(threads), str(reps)], env=env,
@@ -199,10 +217,11 @@ def table(rows: list[Row], threads: int, n_clips: int, audio_s: float) -> str:
              "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         fw = ref.get(r.reference)
-        wall, enc = statistics.median(r.walls), min(r.encoder)
-        enc_ratio = f"{min(fw.encoder) / enc:.2f}×" if fw else "—"
+        wall, enc = statistics.median(r.walls), min((e for e in r.encoder if e is not None), default=None)
+        enc_ratio = f"{min(fw.encoder) / enc:.2f}×" if fw and enc else "—"
+        enc_text = f"{r.precision} | {enc:.0f}" if enc else f"{r.precision} | —"
         wall_ratio = f"{statistics.median(fw.walls) / wall:.2f}×" if fw else "—"
-        lines.append(f"| {r.model} | {r.runtime} | {r.precision} | {enc:.0f} | {enc_ratio} | {wall:.1f} | "
+        lines.append(f"| {r.model} | {r.runtime} | {enc_text} | {enc_ratio} | {wall:.1f} | "
                      f"{wall_ratio} | {r.wer:.2f} | {max(r.rss):.0f} | {r.size / 2**20:.1f} |")
     return "\n".join(lines)
 
@@ -211,6 +230,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--row", action="append", default=[], help="NAME=SOURCE (built-in or lite checkpoint)")
     p.add_argument("--export", action="append", default=[], help="NAME:PRECISION=EXPORT_DIR")
+    p.add_argument("--whispercpp", action="append", default=[], help="NAME=GGML_FILE (benchmarks/ggml_convert.py)")
     p.add_argument("--pytorch", action="store_true", help="also the PyTorch fp32 rows (slow)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clips", type=int, default=30, help="first N English dev clips")
@@ -230,7 +250,7 @@ def main() -> None:
             row.wer = wer(refs, hyps) if row.wer is None else row.wer
             row.encoder.append(encoder_ms(row, args.threads, args.encoder_reps))
             print(f"round {rnd + 1}: {row.model} {row.runtime} {row.precision}: {row.walls[-1]:.1f} s, "
-                  f"WER {row.wer:.2f} %, peak {row.rss[-1]:.0f} MiB, encoder {row.encoder[-1]:.0f} ms",
+                  f"WER {row.wer:.2f} %, peak {row.rss[-1]:.0f} MiB, encoder {row.encoder[-1]} ms",
                   file=sys.stderr, flush=True)
     text = table(rows, args.threads, len(clips), sum(r["duration_s"] for r in picked))
     print(text)
