@@ -98,7 +98,7 @@ def test_end_to_end_interleaves_batches():
         return run
 
     arrays = [np.zeros(16000, np.float32)] * 5
-    res = bench_end_to_end({"A": fn("A"), "B": fn("B")}, arrays, audio_s=5.0, batch_size=2, progress=False)
+    res = bench_end_to_end({"A": fn("A"), "B": fn("B")}, arrays, audio_s=5.0, batch_size=2)
     assert order == [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("A", 2), ("B", 2), ("A", 1), ("B", 1)]
     assert res[0].encoder_s == pytest.approx(2.5) and res[0].decoder_s == pytest.approx(1.25)
     assert res[0].n_clips == 5 and res[0].rtf == pytest.approx(res[0].total_s / 5.0)

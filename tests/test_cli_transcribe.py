@@ -17,7 +17,11 @@ def fake_models(monkeypatch):
     """Make `load_model` return a tiny random bundle (decoding capped at a few tokens) and record the call."""
     calls = []
     bundle = make_tiny_bundle()
-    bundle.model.generation_config.max_length = 6
+    import litewhisper.cli.transcribe as cli
+
+    flags = cli.decoding_options  # random models babble: a few tokens, no temperature fallback
+    monkeypatch.setattr(cli, "decoding_options",
+                        lambda args, **kw: flags(args, **kw).replace(max_new_tokens=5, temperature=(0.0,)))
 
     def load_model(source, device="cpu", dtype=None):
         calls.append((source, device, dtype))

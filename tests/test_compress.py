@@ -98,7 +98,7 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys):
     bundle = load_model(out)
     n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(bundle.encoder).values())
     assert n_low > 0 and encoder_params(bundle.model) < 7_632_384
-    text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac", progress=False)[0].text
+    text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac")[0].text
     assert _words(text) == _words("And so my fellow Americans, ask not what your country can do for you, "
                                   "ask what you can do for your country.")
 

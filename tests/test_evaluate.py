@@ -7,6 +7,7 @@ import litewhisper.evaluation.evaluate as ev
 from helpers import require_shared_data, shared_manifest, tiny_whisper
 from litewhisper.cli import main
 from litewhisper.audio.datasets import read_manifest
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.cost import encoder_params
 from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, Hypothesis, evaluate, read_hypotheses
@@ -37,7 +38,7 @@ def short_clips(tmp_path_factory):
 
 
 def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clips, tmp_path):
-    config = EvalConfig(max_new_tokens=4, batch_size=4, progress=False)
+    config = EvalConfig(decoding=DecodeOptions(max_new_tokens=4, batch_size=4, temperature=0.0))
     report = evaluate([random_bundle, random_bundle], short_clips, config, hypotheses=tmp_path / "h.jsonl")
     out = report.to_dict()
     assert set(out) == {"normalizer", "data", "results"} and out["normalizer"] == "english"
@@ -47,6 +48,8 @@ def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clip
                 "n_hit_token_limit"):
         assert key in r
     assert r["n_utterances"] == 6 and r["n_hit_token_limit"] == 6  # random model: no end-of-text in 4 tokens
+    assert r["n_loops"] == 6 and r["loop_error_share"] == 1.0  # every clip looped: all errors are loop errors
+    assert r["settings"]["decoding"] == config.decoding.to_dict() and r["settings"]["decoding"]["max_new_tokens"] == 4
     assert r["encoder_params"] == encoder_params(random_bundle.model) > 0
     assert sum(d["n"] for d in r["domains"].values()) == 6
     assert r["wer"] >= 50  # garbage hypotheses
@@ -59,7 +62,7 @@ def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clip
 def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_path, monkeypatch):
     items = read_manifest(short_clips)
     hyp_path = tmp_path / "h.jsonl"
-    done = [Hypothesis("m", it.id, it.text, it.text, it.domain, it.lang, 3, False) for it in items[:2]]
+    done = [Hypothesis("m", it.id, it.text, it.text, it.domain, it.lang, 3, False, 1.5, 2.0) for it in items[:2]]
     # two complete records, then a line cut mid-write by the interruption
     hyp_path.write_text(done[0].to_json() + "\n" + done[1].to_json() + "\n" + done[1].to_json()[:25])
     decoded = []
@@ -67,7 +70,7 @@ def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_p
     def fake_decode(bundle, batch, config, name):
         for it in batch:
             decoded.append(it.id)
-            yield Hypothesis(name, it.id, "wrong words", it.text, it.domain, it.lang, 2, False)
+            yield Hypothesis(name, it.id, "wrong words", it.text, it.domain, it.lang, 2, False, 0.5, 2.0)
 
     monkeypatch.setattr(ev, "decode", fake_decode)
     monkeypatch.setattr(ev, "encoder_param_count", lambda model: 1)
@@ -75,21 +78,48 @@ def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_p
     with pytest.raises(LiteWhisperError, match="--resume"):
         HypothesisLog(hyp_path, resume=False)
     log_file = HypothesisLog(hyp_path, resume=True)
-    result = ev.evaluate_model(fake_bundle, items, EvalConfig(progress=False), name="m", log_file=log_file)
+    result = ev.evaluate_model(fake_bundle, items, EvalConfig(), name="m", log_file=log_file)
     assert decoded == [it.id for it in items[2:]]
     records = read_hypotheses(hyp_path)
     assert [h.id for h in records] == [it.id for it in items]  # partial line dropped, no duplicates
     assert result.score.n_utterances == 6
+    assert result.decode_seconds == pytest.approx(2 * 1.5 + 4 * 0.5)  # cumulative over both runs
+    assert result.audio_seconds == pytest.approx(12.0) and not result.timing_partial
     n_words = [len(ev.normalize(it.text, "english").split()) for it in items]
     # first two perfect; each wrong one: 2 hypothesis words against n reference words -> max(n, 2) errors
     errors = sum(max(n, 2) for n in n_words[2:])
     assert result.score.wer == pytest.approx(100 * errors / sum(n_words))
 
 
+def test_resume_truncates_at_first_invalid_record_and_keeps_timings(short_clips, tmp_path, monkeypatch):
+    """Issue 13 items 3 and 6: a complete junk line is cut off before appending (so a later resume still reads
+    the file), and a resume with nothing left reports the cumulative decode time, not ~0 s."""
+    items = read_manifest(short_clips)
+    hyp_path = tmp_path / "h.jsonl"
+    done = [Hypothesis("m", it.id, it.text, it.text, it.domain, it.lang, 3, False, 2.0, 4.0) for it in items]
+    hyp_path.write_text(done[0].to_json() + "\n" + '{"junk": 1}\n' + done[1].to_json() + "\n")
+    monkeypatch.setattr(ev, "encoder_param_count", lambda model: 1)
+    fake_bundle = type("B", (), {"is_multilingual": False, "model": None, "name": "m"})()
+    log_file = HypothesisLog(hyp_path, resume=True)
+    assert list(log_file.done) == [("m", items[0].id)] and hyp_path.read_text() == done[0].to_json() + "\n"
+    for h in done[1:]:
+        log_file.append(h)
+    again = HypothesisLog(hyp_path, resume=True)  # the next resume reads every record
+    assert len(again.done) == 6
+    monkeypatch.setattr(ev, "decode", lambda *a: iter(()))  # nothing left to decode
+    result = ev.evaluate_model(fake_bundle, items, EvalConfig(), name="m", log_file=again)
+    out = result.to_dict()
+    assert out["decode_seconds"] == 12.0 and out["rtf"] == 0.5 and "timing_partial" not in out
+    old = [Hypothesis("m", it.id, it.text, it.text, it.domain, it.lang) for it in items]  # records without timings
+    hyp_path.write_text("".join(h.to_json() + "\n" for h in old[:3] + done[3:]))
+    result = ev.evaluate_model(fake_bundle, items, EvalConfig(), name="m", log_file=HypothesisLog(hyp_path, True))
+    assert result.to_dict()["timing_partial"] is True and result.decode_seconds == 6.0
+
+
 def test_english_only_model_refuses_other_languages(random_bundle):
     items = [it for it in read_manifest(require_shared_data() / "manifest.jsonl", split="dev") if it.lang == "de"]
     with pytest.raises(LiteWhisperError, match="English-only"):
-        ev.evaluate_model(random_bundle, items, EvalConfig(progress=False), name="random")
+        ev.evaluate_model(random_bundle, items, EvalConfig(), name="random")
 
 
 @pytest.mark.real

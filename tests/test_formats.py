@@ -54,7 +54,7 @@ def test_subtitles_without_segments_use_one_cue_and_empty_text_none():
 def test_txt_and_json():
     assert render(RESULT, "txt") == "Hello there. General Kenobi!\n"
     obj = json.loads(render(RESULT, "json"))
-    assert set(obj) == {"path", "text", "language", "segments", "duration_s"}
+    assert set(obj) == {"path", "text", "language", "segments", "duration_s", "n_tokens", "hit_token_limit"}
     assert obj["text"] == RESULT.text and obj["language"] == "en" and obj["path"] == "talk.flac"
     assert obj["segments"][1] == {"start": 3661.0015, "end": 3725.5, "text": "General Kenobi!"}
     assert "\n" not in to_json(RESULT, indent=None).rstrip("\n")  # JSON Lines form

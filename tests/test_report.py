@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import require_shared_data, shared_manifest, tiny_whisper
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.evaluation.report import (ReportConfig, rank_ratios, run_report, sweep_policies, table1, table2)
 from litewhisper.evaluation.plots import (Point, SweepPoint, pareto_frontier, plot_pareto, plot_rank_heatmap,
                                       plot_theta_sweep)
@@ -73,7 +74,8 @@ def test_small_report_end_to_end_on_random_model(tmp_path):
     manifest = tmp_path / "dev.jsonl"
     manifest.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
     config = ReportConfig(max_clips=2, max_calib_clips=3, presets=("acc", "fast"), thetas=(0.9,), target_sizes=(0.8,),
-                          multilingual=None, max_new_tokens=3, bench_repeats=1, progress=False)
+                          multilingual=None, decoding=DecodeOptions.preset("leaderboard", max_new_tokens=3),
+                          bench_repeats=1, progress=False)
     readme = run_report(config, data / "manifest.jsonl", manifest, tmp_path / "rep", bundle=bundle,
                         command="litewhisper report ...")
     out = readme.parent

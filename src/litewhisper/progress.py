@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "quiet", "progress_enabled"]
+__all__ = ["progress_bar", "quiet", "progress_enabled", "quiet_transformers"]
 
 T = TypeVar("T")
 _ENABLED: contextvars.ContextVar[bool] = contextvars.ContextVar("litewhisper_progress", default=True)
@@ -39,3 +39,17 @@ def progress_bar(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     kwargs.setdefault("file", sys.stderr)
     kwargs["disable"] = kwargs.get("disable", False) or not progress_enabled()
     return tqdm(iterable, **kwargs)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' routine warnings (max_length vs max_new_tokens on every `generate`, "You are using
+    a model of type lite-whisper to instantiate..." on loading); its errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)

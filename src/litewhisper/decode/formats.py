@@ -38,8 +38,12 @@ def to_txt(result: Transcription) -> str:
 
 def to_json(result: Transcription, indent: int | None = 2) -> str:
     """An object with path, text, language, duration_s, n_tokens, hit_token_limit and segments
-    [{start, end, text, words}] (words [{start, end, word, probability}] with word timestamps, else null)."""
-    return json.dumps(asdict(result), ensure_ascii=False, indent=indent) + "\n"
+    [{start, end, text}] (plus words [{start, end, word, probability}] with word timestamps)."""
+    obj = asdict(result)
+    for seg in obj["segments"]:
+        if seg["words"] is None:
+            del seg["words"]
+    return json.dumps(obj, ensure_ascii=False, indent=indent) + "\n"
 
 
 def to_srt(result: Transcription) -> str:

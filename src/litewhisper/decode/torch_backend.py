@@ -19,23 +19,11 @@ from litewhisper.decode.languages import language_code
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import Segment, Word
 from litewhisper.errors import LiteWhisperError
+from litewhisper.progress import quiet_transformers
 
-__all__ = ["TorchBackend", "quiet_transformers", "features"]
+__all__ = ["TorchBackend", "features"]
 
 log = logging.getLogger("litewhisper")
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' per-call generation warnings (max_length vs max_new_tokens, decoder masks)."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def features(processor, arrays: list[np.ndarray], long_form: bool) -> dict[str, torch.Tensor]:

@@ -103,7 +103,15 @@ def decode(model: Any, audio: AudioInput | Iterable[AudioInput], options: Decode
     return _run(backend, items, options, vad)
 
 
-transcribe_iter = decode  # the name earlier releases used
+def _options(options: DecodeOptions | None, changes: dict[str, Any]) -> DecodeOptions:
+    options = options or DecodeOptions()
+    return options.replace(**changes) if changes else options
+
+
+def transcribe_iter(model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions | None = None,
+                    **changes: Any) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+    """`decode` with `changes` to the options' fields, e.g. `transcribe_iter(m, x, beam_size=5)`."""
+    return decode(model, audio, _options(options, changes))
 
 
 def _run(backend: Backend, items: list[AudioInput], options: DecodeOptions, vad
@@ -127,7 +135,7 @@ def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, 
     start = bar.n
 
     def advance(seconds: float) -> None:
-        bar.n = round(start + seconds, 1)
+        bar.n = min(round(start + seconds, 1), bar.total or 0.0)
         bar.refresh()
 
     loaded = []
@@ -174,9 +182,8 @@ def transcribe(model: Any, audio: AudioInput | Iterable[AudioInput], options: De
     Raises AudioError for the first input that cannot be read (use `decode` to skip bad inputs and keep the
     others), LiteWhisperError for options the model cannot honour.
     """
-    options = (options or DecodeOptions()).replace(**changes) if changes else (options or DecodeOptions())
     results: dict[int, Transcription] = {}
-    for index, result in decode(model, audio, options):
+    for index, result in decode(model, audio, _options(options, changes)):
         if isinstance(result, TranscriptionFailure):
             raise AudioError(result.error)
         results[index] = result

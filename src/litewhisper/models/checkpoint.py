@@ -152,11 +152,13 @@ def load_lite_whisper_model(path: str | Path, device: str | torch.device = "cpu"
                             dtype: torch.dtype | str = torch.float32) -> nn.Module:
     """Load a lite-whisper checkpoint (ours or a published efficient-speech one) without remote code."""
     from litewhisper.models.hf_lite.modeling_lite_whisper import LiteWhisperForConditionalGeneration
+    from litewhisper.progress import quiet_transformers
 
     path = Path(path)
     check_checkpoint(path)
     try:
-        model = LiteWhisperForConditionalGeneration.from_pretrained(str(path), dtype=_as_dtype(dtype))
+        with quiet_transformers():  # no "model of type lite-whisper to instantiate a model of type ``"
+            model = LiteWhisperForConditionalGeneration.from_pretrained(str(path), dtype=_as_dtype(dtype))
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot load the lite-whisper checkpoint: {exc}") from exc
     return model.to(device).eval()
