@@ -158,18 +158,19 @@ def build_rows(args, work: Path) -> list[Row]:
             src = builtin_model_dir(source) if is_builtin(source) else Path(source)
             rows.append(Row(name, "PyTorch (batch 8)", "fp32", "torch", source,
                             dir_size([src / "model.safetensors"]), base))
-    for spec in args.whispercpp:  # NAME=GGML_FILE
-        name, path = spec.split("=", 1)
-        rows.append(Row(name, "whisper.cpp (pywhispercpp)", "fp16", "wcpp", path, Path(path).stat().st_size, name))
     for spec in args.export:  # NAME:PRECISION=DIR
         key, path = spec.split("=", 1)
         name, precision = key.split(":")
         rows.append(Row(name, "litewhisper (ORT+CT2)", precision, "onnx", path, export_size(Path(path)),
                         name.split("@")[0]))
+    for spec in args.whispercpp:  # NAME=GGML_FILE
+        name, path = spec.split("=", 1)
+        rows.append(Row(name, "whisper.cpp (pywhispercpp)", "fp16", "wcpp", path, Path(path).stat().st_size, name))
     return rows
 
 
-def run_e2e(row: Row, clips: list[str], threads: int, work: Path) -> list[str]:
+def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float | None = None
+            ) -> list[str] | None:
     out = work / "out.json"
     if row.kind in ("fw", "wcpp"):
         script = FW_SCRIPT if row.kind == "fw" else WCPP_SCRIPT
@@ -180,8 +181,12 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path) -> list[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
     timefile = work / "time.txt"
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(timefile), *cmd], env=env, cwd=REPO,
-                          capture_output=True, text=True)
+    try:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(timefile), *cmd], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"{row.model} {row.runtime}: over {timeout} s, left out", file=sys.stderr)
+        return None
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{row.model} {row.runtime} failed:\n{proc.stderr[-2000:]}")
@@ -233,6 +238,7 @@ def main() -> None:
     p.add_argument("--whispercpp", action="append", default=[], help="NAME=GGML_FILE (benchmarks/ggml_convert.py)")
     p.add_argument("--pytorch", action="store_true", help="also the PyTorch fp32 rows (slow)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--row-timeout", type=float, help="leave out a row whose run takes longer (seconds)")
     p.add_argument("--clips", type=int, default=30, help="first N English dev clips")
     p.add_argument("--rounds", type=int, default=1, help="end-to-end repetitions (interleaved)")
     p.add_argument("--encoder-reps", type=int, default=5)
@@ -245,8 +251,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = build_rows(args, args.work)
     for rnd in range(args.rounds):  # interleaved: every row once per round
-        for row in rows:
-            hyps = run_e2e(row, clips, args.threads, args.work)
+        for row in list(rows):
+            hyps = run_e2e(row, clips, args.threads, args.work, args.row_timeout)
+            if hyps is None:
+                rows.remove(row)
+                continue
             row.wer = wer(refs, hyps) if row.wer is None else row.wer
             row.encoder.append(encoder_ms(row, args.threads, args.encoder_reps))
             print(f"round {rnd + 1}: {row.model} {row.runtime} {row.precision}: {row.walls[-1]:.1f} s, "
