@@ -20,9 +20,10 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a process group is used: a deployed export runs without it
+    import torch
 
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet
@@ -102,6 +103,7 @@ def process_group(device: str | torch.device = "cpu", world: World | None = None
     if not world.distributed:
         yield world
         return
+    import torch
     import torch.distributed as dist
 
     cuda = torch.device(device).type == "cuda"
@@ -160,6 +162,7 @@ def my_rounds(n_shards: int, world: World) -> list[int | None]:
 
 def _collective(world: World, what: str, fn: Callable[[], T]) -> T:
     """Run a collective; a lost worker (connection closed, timeout) becomes a WorkerError naming it."""
+    import torch
     import torch.distributed as dist
 
     store = _store()
@@ -216,6 +219,7 @@ def exchange(world: World, value: Any, error: BaseException | None, what: str) -
         if error is not None:
             raise error
         return [value]
+    import torch
     import torch.distributed as dist
 
     message = None if error is None else f"{type(error).__name__}: {error}"
@@ -258,6 +262,7 @@ def gather_objects(obj: Any, world: World, what: str = "gathering results") -> l
     """Picklable objects of every rank, in rank order, on rank 0; None elsewhere."""
     if not world.distributed:
         return [obj]
+    import torch
     import torch.distributed as dist
 
     out: list[Any] | None = [None] * world.size if world.is_main else None
@@ -269,6 +274,7 @@ def broadcast_object(obj: Any, world: World, what: str = "sharing state") -> Any
     """Rank 0's `obj` on every rank."""
     if not world.distributed:
         return obj
+    import torch
     import torch.distributed as dist
 
     box = [obj if world.is_main else None]
@@ -289,6 +295,7 @@ def add_in_rank_order(totals: list[torch.Tensor], parts: list[torch.Tensor] | No
             for total, part in zip(totals, parts):
                 total += part
         return
+    import torch
     import torch.distributed as dist
 
     for i, total in enumerate(totals):

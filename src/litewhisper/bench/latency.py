@@ -21,6 +21,8 @@ from litewhisper.errors import LiteWhisperError
 from litewhisper.models.load import ATTENTION_MODES, load_model
 from litewhisper.progress import progress_bar, quiet
 
+__all__ = ["BenchConfig", "BenchReport", "EncoderResult", "EndToEndResult", "Spread", "bench", "bench_encoders", "bench_end_to_end", "encoder_fn", "torch_e2e_fn", "analytic", "interleaved_timings", "speedups", "module_timer", "environment", "format_bench", "report_dict"]
+
 log = logging.getLogger("litewhisper")
 
 

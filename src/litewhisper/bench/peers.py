@@ -12,6 +12,8 @@ import numpy as np
 from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, SAMPLE_RATE, WINDOW_FRAMES
 from litewhisper.errors import LiteWhisperError
 
+__all__ = ["PeerUnavailable", "CT2Peer", "ct2_files", "ct2_peers"]
+
 COMPUTE_TYPES = ("int8", "float32")
 
 

@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 log = logging.getLogger("litewhisper")
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ("transcribe", "calibrate", "plan", "compress", "evaluate", "bench", "report")
+COMMANDS = ("transcribe", "calibrate", "plan", "compress", "export", "evaluate", "bench", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", help="only manifest rows of this split (e.g. dev); default: every row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads of an exported model (litewhisper export)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_decoding_args(p)
     p.set_defaults(func=run)
@@ -88,24 +89,35 @@ def run(args: argparse.Namespace) -> int:
         return _transcribe(args, options)
 
 
-def _transcribe(args: argparse.Namespace, options) -> int:
+def _load(args: argparse.Namespace):
+    """The model; an export directory loads without torch / transformers (models/deployed.py)."""
+    from litewhisper.models.deployed import check_threads, is_export, load_deployed
+
+    if args.threads is not None:
+        check_threads(args.threads)
+    if is_export(args.model):
+        return load_deployed(args.model, threads=args.threads)
     import torch
 
-    from litewhisper.distributed import exchange, main_first, process_group
     from litewhisper.models.load import load_model
+
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # transformers' weight-loading bar
+    return load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def _transcribe(args: argparse.Namespace, options) -> int:
+    from litewhisper.distributed import exchange, main_first, process_group
 
     inputs = collect_inputs(args.audio, split=args.split)
     if options.vad:
         from litewhisper.decode.vad import SpeechFilter
         SpeechFilter()  # a missing extra fails before the model loads
     present = _present(inputs)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # transformers' weight-loading bar
     with process_group(args.device) as world:  # torchrun: each worker transcribes and writes its share
-        bundle = main_first(world, lambda: load_model(args.model, device=args.device,
-                                                      dtype=getattr(torch, args.dtype)), "loading the model")
+        bundle = main_first(world, lambda: _load(args), "loading the model")
         mine = [i for i in _my_indices(inputs, world) if i in present]
         lines: list[tuple[int, str]] = []
         emit = (lambda index, text: print(text, flush=True)) if not world.distributed else \

@@ -56,6 +56,10 @@ def backend_for(model: Any) -> Backend:
     """The backend that decodes with `model`: itself if it is one, else PyTorch for a WhisperBundle."""
     if hasattr(model, "decode_batch"):
         return model
+    if getattr(model, "runtime", None) == "deployed":  # a `litewhisper export` directory (models/deployed.py)
+        from litewhisper.decode.deployed_backend import DeployedBackend
+
+        return DeployedBackend(model)
     from litewhisper.decode.torch_backend import TorchBackend
 
     return TorchBackend(model)

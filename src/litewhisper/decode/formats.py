@@ -11,6 +11,8 @@ from litewhisper.atomic import atomic_write_text
 from litewhisper.errors import LiteWhisperError
 from litewhisper.decode.results import Segment, Transcription
 
+__all__ = ["FORMATS", "format_timestamp", "to_txt", "to_json", "to_srt", "to_vtt", "render", "write_transcription"]
+
 
 def format_timestamp(seconds: float, decimal_marker: str = ",") -> str:
     """12.3456 -> '00:00:12,346' (srt) or with '.' '00:00:12.346' (vtt); hours are never omitted."""

@@ -370,7 +370,8 @@ def evaluate_model(model: Any, items: Sequence[AudioItem], config: EvalConfig, n
     timed = [h for h in hyps if h.decode_s is not None]
     settings = {"split": config.split, "language": config.language, "normalizer": config.normalizer,
                 "decoding": config.decoding.to_dict()}
-    return ModelResult(model=name, score=score, encoder_params=encoder_param_count(bundle.model),
+    params = encoder_param_count(bundle.model) if hasattr(bundle, "model") else None  # an export: no torch model
+    return ModelResult(model=name, score=score, encoder_params=params,
                        loops=loop_stats(hyps, config.normalizer, config.loop_ratio),
                        decode_seconds=sum(h.decode_s for h in timed),
                        audio_seconds=sum(h.audio_s or 0.0 for h in timed),

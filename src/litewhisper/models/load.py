@@ -79,12 +79,18 @@ def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | str = torch.float32, attention: str = "auto") -> WhisperBundle:
+               dtype: torch.dtype | str = torch.float32, attention: str = "auto", threads: int | None = None):
     """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc).
+    A `litewhisper export` directory loads as a `DeployedWhisper` (onnxruntime + CTranslate2; `threads`:
+    intra-op threads) that the decoder runs like a bundle.
 
     attention: "auto" runs a lite-whisper encoder's self-attention in the reduced dimension wherever its ranks
     save FLOPs (`use_reduced_attention`, numerically the same); "standard" keeps the ordinary modules.
     """
+    from litewhisper.models.deployed import is_export, load_deployed
+
+    if not is_builtin(source) and is_export(Path(source).expanduser()):  # `litewhisper export` dir: no torch
+        return load_deployed(Path(source).expanduser(), threads=threads)
     dev, dtype = _check_device(device), _check_dtype(dtype)
     if attention not in ATTENTION_MODES:
         raise LiteWhisperError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")

@@ -1,0 +1,78 @@
+"""The deployed backend: an export directory (models/deployed.py) decoded by faster-whisper's loop, with our
+ONNX encoder in front of CTranslate2's decoder. `DecodeOptions` map onto faster-whisper's `transcribe` arguments;
+the decoder's shared steps (inputs, VAD, batching, results) stay in decode/transcribe.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from litewhisper.constants import SAMPLE_RATE
+from litewhisper.decode.backend import DecodedClip
+from litewhisper.decode.options import DecodeOptions
+from litewhisper.decode.results import Segment, Word
+from litewhisper.errors import LiteWhisperError
+
+__all__ = ["DeployedBackend", "transcribe_kwargs"]
+
+
+def _language(options: DecodeOptions) -> str | None:
+    if options.language is None:
+        return None
+    from litewhisper.decode.languages import language_code
+
+    return language_code(options.language)
+
+
+def transcribe_kwargs(options: DecodeOptions, multilingual: bool) -> dict[str, Any]:
+    """faster-whisper `WhisperModel.transcribe` arguments for `options` (VAD is done before, by the decoder)."""
+    return dict(
+        language=_language(options) if multilingual else "en", task=options.task, beam_size=options.beam_size,
+        temperature=list(options.temperature), compression_ratio_threshold=options.compression_ratio_threshold,
+        log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
+        condition_on_previous_text=options.condition_on_previous_text, initial_prompt=options.initial_prompt,
+        word_timestamps=options.word_timestamps, without_timestamps=not options.timestamps, vad_filter=False,
+        max_new_tokens=options.max_new_tokens)
+
+
+class DeployedBackend:
+    """Backend over a `DeployedWhisper` (clips decoded one after another; each is one faster-whisper call)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.name = model.name
+        self.is_multilingual = model.is_multilingual
+
+    def check(self, options: DecodeOptions) -> None:
+        code = _language(options)
+        if not self.is_multilingual and (code not in (None, "en") or options.task == "translate"):
+            raise LiteWhisperError(f"model {self.name} is English-only and cannot "
+                                   f"{'translate' if options.task == 'translate' else f'transcribe {code!r}'}: "
+                                   "use a multilingual model (e.g. base)")
+
+    def decode_batch(self, arrays: list[np.ndarray], options: DecodeOptions,
+                     on_seconds: Callable[[float], None] | None = None) -> list[DecodedClip]:
+        kwargs, out, done = transcribe_kwargs(options, self.is_multilingual), [], 0.0
+        for samples in arrays:
+            out.append(self._clip(samples, kwargs, options))
+            done += samples.size / SAMPLE_RATE
+            if on_seconds is not None:
+                on_seconds(done)
+        return out
+
+    def _clip(self, samples: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions) -> DecodedClip:
+        segments, info = self.model.transcribe(np.ascontiguousarray(samples, dtype=np.float32), **kwargs)
+        duration = samples.size / SAMPLE_RATE
+        out, n_tokens, hit_limit = [], 0, False
+        for s in segments:
+            if s.start >= duration:
+                continue
+            words = [Word(round(w.start, 3), round(w.end, 3), w.word, w.probability) for w in s.words or []]
+            out.append(Segment(round(s.start, 3), round(min(s.end, duration), 3), s.text.strip(),
+                               words if options.word_timestamps else None))
+            n_tokens += len(s.tokens)
+            hit_limit = hit_limit or len(s.tokens) >= options.max_new_tokens
+        text = " ".join(s.text for s in out if s.text)
+        return DecodedClip(text=text, segments=[s for s in out if s.text], language=info.language,
+                           n_tokens=n_tokens, hit_token_limit=hit_limit)

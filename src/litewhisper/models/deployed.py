@@ -1,0 +1,150 @@
+"""Run a `litewhisper export` directory: the ONNX encoder (onnxruntime) in front of CTranslate2's decoder.
+
+faster-whisper's pipeline (its numpy log-mel, tokenizer, timestamps, temperature fallback, VAD) runs unchanged;
+only `WhisperModel.encode` is replaced by the exported encoder, whose output is handed to CTranslate2 as a
+`StorageView`. Nothing here imports torch or transformers, so a deployed model costs what faster-whisper costs.
+
+Directory (written by litewhisper.export):
+    litewhisper_export.json     marker: format, precision, which encoder file the runtime uses
+    onnx/encoder_model[_quantized].onnx, onnx/decoder_model[_quantized].onnx, onnx/decoder_with_past_model...
+    ctranslate2/                the decoder as a CTranslate2 Whisper model (model.bin, tokenizer.json, ...)
+    config.json, generation_config.json, tokenizer + preprocessor files (Hugging Face layout)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from litewhisper.errors import LiteWhisperError, ModelSourceError
+
+__all__ = ["EXPORT_MARKER", "EXPORT_FORMAT", "CT2_DIR", "ONNX_DIR", "EXTRA_HINT", "DeployedWhisper",
+           "is_export", "read_marker", "load_deployed", "check_threads", "require_onnx_extra"]
+
+log = logging.getLogger("litewhisper")
+
+EXPORT_MARKER = "litewhisper_export.json"
+EXPORT_FORMAT = 1
+ONNX_DIR = "onnx"
+CT2_DIR = "ctranslate2"
+EXTRA_HINT = 'install the "onnx" extra: pip install "litewhisper[onnx]" (onnxruntime, ctranslate2, faster-whisper)'
+
+
+def require_onnx_extra(what: str) -> None:
+    """LiteWhisperError naming the extra if onnxruntime / ctranslate2 / faster-whisper is missing."""
+    import importlib.util
+
+    missing = [m for m in ("onnxruntime", "ctranslate2", "faster_whisper") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LiteWhisperError(f"{what} needs {', '.join(missing)} (not installed); {EXTRA_HINT}")
+
+
+def check_threads(threads: int | None) -> int:
+    """`threads` (intra-op threads) validated; None -> min(4, CPU count)."""
+    if threads is None:
+        return min(4, os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise LiteWhisperError(f"threads must be a positive integer (intra-op threads), got {threads!r}")
+    return threads
+
+
+def is_export(path: str | os.PathLike) -> bool:
+    return (Path(path) / EXPORT_MARKER).is_file()
+
+
+def read_marker(path: Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((path / EXPORT_MARKER).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"{path / EXPORT_MARKER} is unreadable ({e}); re-export the model with "
+                               "`litewhisper export MODEL -o DIR --overwrite`") from e
+    if marker.get("format") != EXPORT_FORMAT:
+        raise ModelSourceError(f"{path} was exported in format {marker.get('format')!r}, this litewhisper reads "
+                               f"format {EXPORT_FORMAT}; re-export it with --overwrite")
+    return marker
+
+
+def encoder_session(path: Path, threads: int):
+    """An onnxruntime session for one .onnx file; a corrupt or truncated file is a clear error."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not path.is_file():
+        raise ModelSourceError(f"{path} is missing; re-export the model with --overwrite")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
+        raise ModelSourceError(f"{path} is not a loadable ONNX graph (corrupt or truncated?): "
+                               f"{str(e)[:200]}; re-export the model with --overwrite") from e
+
+
+@dataclass
+class DeployedWhisper:
+    """An exported model ready to run. `pipeline` is a faster_whisper.WhisperModel whose encoder is ours."""
+
+    path: Path
+    name: str
+    precision: str
+    threads: int
+    session: Any  # onnxruntime.InferenceSession of the encoder
+    pipeline: Any  # faster_whisper.WhisperModel
+    runtime: str = "deployed"  # decode.backend_for picks the deployed backend by this
+
+    @property
+    def is_multilingual(self) -> bool:
+        return bool(self.pipeline.model.is_multilingual)
+
+    def encode(self, features):
+        """(b, n_mels, 3000) float32 log-mel -> (b, 1500, d) float32 encoder output (numpy)."""
+        import numpy as np
+
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim == 2:
+            features = features[None]
+        return self.session.run(None, {"input_features": features})[0]
+
+    def transcribe(self, audio, **kwargs):
+        """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info)."""
+        return self.pipeline.transcribe(audio, **kwargs)
+
+
+def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    class _Pipeline(WhisperModel):
+        def encode(self, features):  # ours, instead of CTranslate2's encoder
+            import numpy as np
+
+            features = np.ascontiguousarray(features[None] if features.ndim == 2 else features, dtype=np.float32)
+            return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
+
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
+    compute = "int8" if precision == "int8" else "float32"
+    try:
+        return _Pipeline(str(ct2_dir), device="cpu", compute_type=compute, cpu_threads=threads)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ModelSourceError(f"cannot load the CTranslate2 decoder in {ct2_dir}: {str(e)[:200]}; "
+                               "re-export the model with --overwrite") from e
+
+
+def load_deployed(path: str | os.PathLike, threads: int | None = None,
+                  precision: str | None = None) -> DeployedWhisper:
+    """Load an export directory. precision: "int8" or "fp32" encoder (default: what the export made)."""
+    path, threads = Path(path), check_threads(threads)
+    require_onnx_extra(f"running the exported model {path}")
+    marker = read_marker(path)
+    precision = precision or marker["precision"]
+    encoders = marker.get("encoders", {})
+    if precision not in encoders:
+        raise LiteWhisperError(f"{path} has no {precision!r} encoder (it has: {', '.join(encoders)}); "
+                               "export it again with the matching --quantize")
+    session = encoder_session(path / encoders[precision], threads)
+    pipeline = _pipeline(path / CT2_DIR, session, threads, marker["precision"])
+    return DeployedWhisper(path=path, name=marker.get("name", path.name), precision=precision, threads=threads,
+                           session=session, pipeline=pipeline)
