@@ -23,8 +23,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from litewhisper.atomic import check_output_dir
     from litewhisper.export.api import export_model
 
+    check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
     result = export_model(args.model, args.output, quantize=args.quantize, overwrite=args.overwrite,
                           per_channel=args.per_channel, onnx_decoder=not args.no_onnx_decoder)
     diffs = ", ".join(f"{k} max |Δ| {v:.2e}" for k, v in result.max_abs_diff.items())
