@@ -144,14 +144,15 @@ def _transcribe(args: argparse.Namespace, options) -> int:
 
 def _present(inputs: list[tuple[Path, str]]) -> set[int]:
     """Indices of the inputs that exist; missing ones are reported now, before the model loads."""
-    missing = [path for path, _ in inputs if str(path) != "-" and not Path(path).exists()]
+    present = {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
+    missing = [path for i, (path, _) in enumerate(inputs) if i not in present]
     if len(missing) == len(inputs):  # nothing to do: say so before the model load
         raise LiteWhisperError(f"audio not found: {', '.join(map(str, missing[:5]))}"
                                f"{' ...' if len(missing) > 5 else ''}; check the path(s)")
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all
         for path in missing:  # a typo is reported at once, the other inputs are still transcribed
             print(f"skipped {path}: audio file not found", file=sys.stderr)
-    return {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
+    return present
 
 
 def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:

@@ -173,10 +173,14 @@ class _MomentCollector:
             self.moments[site].add_(rows)
         return hook
 
+    def _on_cpu(self, sites: dict[str, Moments] | None) -> dict[str, Moments]:
+        """`sites` (or the collected moments) with their tensors on the CPU (a no-op for CPU tensors)."""
+        return {k: Moments(m.count, m.sum.cpu(), m.gram.cpu()) for k, m in (sites or self.moments).items()}
+
     def layer_stats(self, sites: dict[str, Moments] | None = None) -> dict[str, LayerStats]:
         """Output moments of every layer (derived through W, b where an input site was used), on the CPU;
         from `sites` (moments per site, e.g. summed over shards) or the collected ones."""
-        sites = {k: Moments(m.count, m.sum.cpu(), m.gram.cpu()) for k, m in (sites or self.moments).items()}
+        sites = self._on_cpu(sites)
         out = {}
         for name, (site, side) in self.sources.items():
             linear = self.linears[name]
@@ -186,7 +190,7 @@ class _MomentCollector:
 
     def factors(self, sites: dict[str, Moments] | None = None) -> dict[str, torch.Tensor]:
         """Output-covariance factors of widening layers measured at their input (see Moments.output_factor)."""
-        sites = {k: Moments(m.count, m.sum.cpu(), m.gram.cpu()) for k, m in (sites or self.moments).items()}
+        sites = self._on_cpu(sites)
         return {name: sites[site].output_factor(self.linears[name])
                 for name, (site, side) in self.sources.items()
                 if side == "input" and self.linears[name].in_features < self.linears[name].out_features}

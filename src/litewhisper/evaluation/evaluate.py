@@ -195,16 +195,6 @@ def spread_over_domains(items: Sequence[AudioItem], n: int) -> list[AudioItem]:
 
 # ----------------------------------------------------------------------------------------------- decoding
 
-def _duration(it: AudioItem) -> float:
-    if it.duration_s is not None:
-        return float(it.duration_s)
-    from litewhisper.audio.load import probe_audio
-    try:
-        return float(probe_audio(it.path).duration_s or 0.0)
-    except AudioError:
-        return 0.0  # unreadable: the decoder reports it
-
-
 def decode(bundle, items: list[AudioItem], config: EvalConfig, model_name: str) -> Iterable[Hypothesis]:
     """Yield a `Hypothesis` per clip, decoded exactly as `transcribe` does with `config.decoding` (clips in
     manifest order; multilingual models get each clip's language, grouped by language)."""
