@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -58,3 +62,30 @@ def save_random_model(path: Path) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+# Prepended to the scripts run_without_litewhisper runs: `import litewhisper` fails in that process.
+BLOCK_LITEWHISPER = textwrap.dedent("""
+    import sys
+    class _Block:  # litewhisper must not be importable here
+        def find_spec(self, name, path=None, target=None):
+            if name == "litewhisper" or name.startswith("litewhisper."):
+                raise ImportError("litewhisper is blocked in this process")
+    sys.meta_path.insert(0, _Block())
+    try:
+        import litewhisper
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("litewhisper was importable")
+""")
+
+
+def run_without_litewhisper(script: str, args: list, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python that cannot import litewhisper: isolated mode (-I: no PYTHONPATH, no cwd,
+    no user site; the blocker covers the editable install), hub offline, stdin not a terminal."""
+    file = tmp_path / "clean_script.py"
+    file.write_text(BLOCK_LITEWHISPER + textwrap.dedent(script))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-I", str(file), *map(str, args)], cwd=tmp_path, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperForConditionalGeneration
 
 import litewhisper
-from helpers import tiny_whisper_config
+from helpers import run_without_litewhisper, tiny_whisper_config
 from litewhisper.models.checkpoint import (AUTO_MAP, CheckpointError, HF_LITE_DIR, check_checkpoint,
                                     load_lite_whisper_model, save_checkpoint)
 from litewhisper.errors import LiteWhisperError, ModelSourceError
@@ -104,19 +100,8 @@ def test_config_and_files(saved):
     assert check_checkpoint(out)["low_rank_config"] == RANKS
 
 
-CLEAN_LOADER = textwrap.dedent("""
+CLEAN_LOADER = """
     import sys
-    class Block:  # litewhisper must not be importable here
-        def find_spec(self, name, path=None, target=None):
-            if name == "litewhisper" or name.startswith("litewhisper."):
-                raise ImportError("litewhisper is blocked in this process")
-    sys.meta_path.insert(0, Block())
-    try:
-        import litewhisper
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("litewhisper was importable")
     import numpy as np, torch
     from transformers import AutoModel, AutoModelForSpeechSeq2Seq
     ckpt, feats, out = sys.argv[1:4]
@@ -129,19 +114,14 @@ CLEAN_LOADER = textwrap.dedent("""
         with torch.no_grad():
             outs.append(model.model.encoder(x).last_hidden_state.numpy())
     np.save(out, np.stack(outs))
-""")
+"""
 
 
 def test_automodel_loads_without_litewhisper(saved, tmp_path):
     model, out = saved
     x = features(model, seed=3)
     np.save(tmp_path / "x.npy", x.numpy())
-    (tmp_path / "load.py").write_text(CLEAN_LOADER)
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    # -I: isolated mode (no PYTHONPATH, no cwd, no user site); the blocker covers the editable install
-    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "load.py"), str(out), str(tmp_path / "x.npy"),
-                           str(tmp_path / "y.npy")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_without_litewhisper(CLEAN_LOADER, [out, tmp_path / "x.npy", tmp_path / "y.npy"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(tmp_path / "y.npy")
     expected = encode(model, x).numpy()

@@ -18,6 +18,7 @@ def write_metadata(bundle, out: Path) -> None:
     """config.json (model_type "lite-whisper" for lite models), generation_config.json, tokenizer and
     preprocessor files into `out`; tokenizer.json and preprocessor_config.json also into out/ctranslate2."""
     bundle.model.config.save_pretrained(out)
+    _drop_auto_map(out / "config.json")
     bundle.model.generation_config.save_pretrained(out)
     bundle.processor.save_pretrained(out)
     bundle.processor.feature_extractor.save_pretrained(out)  # preprocessor_config.json (faster-whisper, transformers.js)
@@ -25,6 +26,19 @@ def write_metadata(bundle, out: Path) -> None:
     for name in CT2_SIDE_FILES:
         if (out / name).is_file():
             shutil.copyfile(out / name, out / CT2_DIR / name)
+
+
+def _drop_auto_map(config_file: Path) -> None:
+    """Remove a lite-whisper checkpoint's `auto_map` from an export's config.json.
+
+    An export ships neither PyTorch weights nor the remote-code files the auto_map names, so the entry can only
+    do harm: with it, AutoTokenizer / AutoProcessor.from_pretrained(export) ask "Do you wish to run the custom
+    code?" (transformers' AutoTokenizer always loads AutoConfig, which prompts for an AutoConfig auto_map whose
+    model_type it does not know). Without it they load the stock Whisper tokenizer and processor silently.
+    """
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.pop("auto_map", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_marker(out: Path, name: str, precision: str, encoders: dict[str, str], check: dict[str, Any]) -> None:
