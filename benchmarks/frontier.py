@@ -10,7 +10,8 @@ Variants: liteasr (paper: one clip per window, one θ for all layers), liteasr-p
 fast θ pairs), liteasr-pack / liteasr-pack-preset (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
-measured sensitivity), budget-sens-refine; "-clip": statistics from one clip per window instead of packed.
+measured sensitivity), budget-sens-refine, budget-sens-distill (+ decoder-aware distillation: next-token KL
+and cross-entropy on the original model's transcripts of the calibration clips); "-clip": statistics from one clip per window instead of packed.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ from litewhisper.progress import quiet
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "liteasr-pack-preset", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
-            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine")
+            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine", "budget-sens-distill")
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -85,11 +87,18 @@ def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, ref
         return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"]).bundle
     windows = "clip" if "-clip" in variant else "pack"
     budget = SizeBudget(knob, sensitivity="-sens" in variant, windows=windows, sequential="-seq" in variant,
-                        refine=refine_cfg if variant.endswith("refine") else None, min_kept=min_kept)
+                        refine=_refinement(variant, refine_cfg), min_kept=min_kept)
     result = compress(bundle, calib, budget, stats=stats[windows], sensitivities=_SENSITIVITIES.get(windows))
     if result.sensitivities is not None:
         _SENSITIVITIES[windows] = result.sensitivities  # probed once per statistics, re-used for every size
     return result.bundle
+
+
+def _refinement(variant: str, config: RefineConfig) -> RefineConfig | None:
+    """-refine: encoder-state distillation; -distill: decoder-aware distillation (next-token KL + CE)."""
+    if variant.endswith("-refine"):
+        return replace(config, objective="encoder")
+    return replace(config, objective="decoder") if variant.endswith("-distill") else None
 
 
 class Proxy:
@@ -145,7 +154,8 @@ def run(args) -> list[dict]:
     items = dev_subset(manifest, args.dev_clips, args.seed)
     eval_cfg = EvalConfig(language="en", decoding=DecodeOptions.preset(args.decoding,
                                                                        max_new_tokens=args.max_new_tokens))
-    refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=10, patience=3)
+    refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=args.refine_eval_every,
+                              patience=3, windows=args.refine_windows)
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
     proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
         if args.metric == "proxy" else None
@@ -246,6 +256,8 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--refine-lr", type=float, default=1e-4)
+    p.add_argument("--refine-windows", type=int, default=100, help="calibration clips the refinement trains on")
+    p.add_argument("--refine-eval-every", type=int, default=10)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.table_only:
