@@ -178,10 +178,17 @@ def run(args) -> list[dict]:
 
 
 def add_comparisons(results: dict, out: Path, items: list, bootstrap: int) -> None:
-    """WER without loop clips and paired changes vs the original, from OUT's hypotheses, saved in results.json."""
+    """WER, loops, WER without loop clips and paired changes vs the original on `items`, from OUT's hypotheses
+    (so `--table-only --dev-clips N` shows a subset of a full run), saved in results.json."""
     hyp_log = HypothesisLog(out / "hypotheses.jsonl", resume=True)
-    add_loop_free_wer(results, hyp_log, [str(it.id) for it in items])
-    add_paired_changes(results, hyp_log, [str(it.id) for it in items], bootstrap)
+    ids = [str(it.id) for it in items]
+    for name in [n for n in results if all((n, i) in hyp_log.done for i in ids)]:  # WER on exactly these clips
+        hyps = [hyp_log.done[(name, i)] for i in ids]
+        score, _ = score_hypotheses(hyps)
+        results[name].update(wer=score.wer, domains={d: g.rate for d, g in score.domains.items()},
+                             n_clips=len(ids), n_loops=len(loop_stats(hyps).ids))
+    add_loop_free_wer(results, hyp_log, ids)
+    add_paired_changes(results, hyp_log, ids, bootstrap)
     (out / "results.json").write_text(json.dumps(list(results.values()), indent=1))
 
 
