@@ -10,7 +10,8 @@ Variants: liteasr (paper: one clip per window, one θ for all layers), liteasr-p
 fast θ pairs), liteasr-pack / liteasr-pack-preset (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
-measured sensitivity), budget-sens-refine; "-clip": statistics from one clip per window instead of packed.
+measured sensitivity), budget-sens-refine, budget-sens-distill (+ decoder-aware distillation: next-token KL
+and cross-entropy on the original model's transcripts of the calibration clips); "-clip": statistics from one clip per window instead of packed.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +31,8 @@ from litewhisper.compression.api import compress
 from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.audio.datasets import read_manifest
 from litewhisper.decode.options import PRESETS, DecodeOptions
-from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, loop_stats, score_hypotheses
+from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, loop_stats, paired_change
+from litewhisper.evaluation.evaluate import score_hypotheses
 from litewhisper.models.cost import encoder_flops, encoder_params
 from litewhisper.models.load import load_model
 from litewhisper.compression.policy import RankPolicy, SizeBudget
@@ -40,7 +43,7 @@ from litewhisper.progress import quiet
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "liteasr-pack-preset", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
-            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine")
+            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine", "budget-sens-distill")
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -85,11 +88,18 @@ def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, ref
         return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"]).bundle
     windows = "clip" if "-clip" in variant else "pack"
     budget = SizeBudget(knob, sensitivity="-sens" in variant, windows=windows, sequential="-seq" in variant,
-                        refine=refine_cfg if variant.endswith("refine") else None, min_kept=min_kept)
+                        refine=_refinement(variant, refine_cfg), min_kept=min_kept)
     result = compress(bundle, calib, budget, stats=stats[windows], sensitivities=_SENSITIVITIES.get(windows))
     if result.sensitivities is not None:
         _SENSITIVITIES[windows] = result.sensitivities  # probed once per statistics, re-used for every size
     return result.bundle
+
+
+def _refinement(variant: str, config: RefineConfig) -> RefineConfig | None:
+    """-refine: encoder-state distillation; -distill: decoder-aware distillation (next-token KL + CE)."""
+    if variant.endswith("-refine"):
+        return replace(config, objective="encoder")
+    return replace(config, objective="decoder") if variant.endswith("-distill") else None
 
 
 class Proxy:
@@ -145,7 +155,8 @@ def run(args) -> list[dict]:
     items = dev_subset(manifest, args.dev_clips, args.seed)
     eval_cfg = EvalConfig(language="en", decoding=DecodeOptions.preset(args.decoding,
                                                                        max_new_tokens=args.max_new_tokens))
-    refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=10, patience=3)
+    refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=args.refine_eval_every,
+                              patience=3, windows=args.refine_windows)
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
     proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
         if args.metric == "proxy" else None
@@ -162,9 +173,23 @@ def run(args) -> list[dict]:
         log.warning("%s: %.2fM params, %s %.4g", name, results[name]["params"] / 1e6, key, results[name][key])
         cache_path.write_text(json.dumps(list(results.values()), indent=1))
     if proxy is None:
-        add_loop_free_wer(results, hyp_log, [str(it.id) for it in items])
-        cache_path.write_text(json.dumps(list(results.values()), indent=1))
+        add_comparisons(results, args.out, items, args.bootstrap)
     return list(results.values())
+
+
+def add_comparisons(results: dict, out: Path, items: list, bootstrap: int) -> None:
+    """WER, loops, WER without loop clips and paired changes vs the original on `items`, from OUT's hypotheses
+    (so `--table-only --dev-clips N` shows a subset of a full run), saved in results.json."""
+    hyp_log = HypothesisLog(out / "hypotheses.jsonl", resume=True)
+    ids = [str(it.id) for it in items]
+    for name in [n for n in results if all((n, i) in hyp_log.done for i in ids)]:  # WER on exactly these clips
+        hyps = [hyp_log.done[(name, i)] for i in ids]
+        score, _ = score_hypotheses(hyps)
+        results[name].update(wer=score.wer, domains={d: g.rate for d, g in score.domains.items()},
+                             n_clips=len(ids), n_loops=len(loop_stats(hyps).ids))
+    add_loop_free_wer(results, hyp_log, ids)
+    add_paired_changes(results, hyp_log, ids, bootstrap)
+    (out / "results.json").write_text(json.dumps(list(results.values()), indent=1))
 
 
 def add_loop_free_wer(results: dict, hyp_log: HypothesisLog, ids: list[str]) -> None:
@@ -177,6 +202,18 @@ def add_loop_free_wer(results: dict, hyp_log: HypothesisLog, ids: list[str]) -> 
         results[n].update(wer_loop_free=score.wer, n_loop_clips=len(loops))
 
 
+def add_paired_changes(results: dict, hyp_log: HypothesisLog, ids: list[str], bootstrap: int) -> None:
+    """`change`: relative WER change (%) against the original on the same clips, with its paired-bootstrap
+    95 % interval (`change_ci`)."""
+    names = [n for n in results if all((n, i) in hyp_log.done for i in ids)]
+    if "original" not in names:
+        return
+    base = [hyp_log.done[("original", i)] for i in ids]
+    for n in names:
+        change, lo, hi = paired_change(base, [hyp_log.done[(n, i)] for i in ids], bootstrap=bootstrap)
+        results[n].update(change=round(change, 2), change_ci=[round(lo, 2), round(hi, 2)])
+
+
 def _fmt(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
@@ -184,16 +221,17 @@ def _fmt(x, spec: str) -> str:
 def table(rows: list[dict], model: str) -> str:
     base = next(r for r in rows if r["name"] == "original")
     domains = sorted(base.get("domains", {}))
-    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER", "loops",
+    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER % [paired 95 % CI]", "loops",
             "WER w/o loops", "rel."] + domains
     lines = [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["variant"] != "original", r["variant"], -r["params"])):
         wer = r.get("wer")
         rel = None if wer is None or "wer" not in base else 100 * (wer / base["wer"] - 1)
+        rel_text = _fmt(rel, "+.1f") + (" [{:+.1f}, {:+.1f}]".format(*r["change_ci"]) if "change_ci" in r else "")
         free, base_free = r.get("wer_loop_free"), base.get("wer_loop_free")
         rel_free = None if free is None or base_free is None else 100 * (free / base_free - 1)
         cells = [r["name"], f"{r['params'] / 1e6:.2f}", f"{r['params'] / base['params']:.3f}",
-                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), _fmt(rel, "+.1f"),
+                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), rel_text,
                  _fmt(r.get("n_loops", r.get("hit_token_limit")), "d"), _fmt(free, ".2f"), _fmt(rel_free, "+.1f")]
         cells += [_fmt(r.get("domains", {}).get(d), ".2f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
@@ -205,19 +243,22 @@ def plot(rows: list[dict], model: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     base = next(r for r in rows if r["name"] == "original")
-    metrics = [m for m in ("wer", "enc_err") if any(m in r for r in rows)]
+    metrics = [m for m in ("change", "enc_err") if any(m in r for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for variant in VARIANTS:
-            pts = sorted((r["params"] / base["params"], r[metric]) for r in rows
-                         if r["variant"] == variant and metric in r)
+            pts = sorted((r["params"] / base["params"], r[metric], *r.get("change_ci", (r[metric],) * 2))
+                         for r in rows if r["variant"] == variant and metric in r)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=variant)
-        if metric == "wer" and "wer" in base:
-            ax.axhline(base["wer"], color="k", ls="--", lw=1, label="original")
-            ax.axhline(1.03 * base["wer"], color="grey", ls=":", lw=1, label="+3 % relative")
+                x, y, lo, hi = (list(v) for v in zip(*pts))
+                err = [[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]]
+                ax.errorbar(x, y, yerr=err if metric == "change" else None, marker="o", capsize=3, label=variant)
+        if metric == "change":
+            ax.axhline(0, color="k", ls="--", lw=1, label=f"original ({base['wer']:.2f} % WER)")
+            ax.axhline(3, color="grey", ls=":", lw=1, label="+3 % relative")
         ax.set_xlabel("encoder size (fraction of original, without positional table)")
-        ax.set_ylabel("corpus WER (%)" if metric == "wer" else "relative error of final encoder states")
+        ax.set_ylabel("relative WER change vs original (%), paired 95 % CI" if metric == "change"
+                      else "relative error of final encoder states")
         ax.set_title(f"{model}: {metric} vs encoder size")
         ax.invert_xaxis()
         ax.legend(fontsize=8)
@@ -232,6 +273,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--dev-clips", type=int, default=200, help="stratified dev subset size (0: all of dev)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired-bootstrap resamples for the intervals")
     p.add_argument("--max-new-tokens", type=int, default=224)
     p.add_argument("--decoding", choices=tuple(PRESETS), default="default",
                    help="decoding preset of the one decoder (default: what transcribe does)")
@@ -246,10 +288,16 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
     p.add_argument("--refine-steps", type=int, default=60)
     p.add_argument("--refine-lr", type=float, default=1e-4)
+    p.add_argument("--refine-windows", type=int, default=100, help="calibration clips the refinement trains on")
+    p.add_argument("--refine-eval-every", type=int, default=10)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     if args.table_only:
-        rows = json.loads((args.out / "results.json").read_text())
+        results = {r["name"]: r for r in json.loads((args.out / "results.json").read_text())}
+        if args.metric == "wer":
+            add_comparisons(results, args.out, dev_subset(args.data / "manifest.jsonl", args.dev_clips, args.seed),
+                            args.bootstrap)
+        rows = list(results.values())
     else:
         rows = run(args)
     text = table(rows, args.model)

@@ -50,15 +50,20 @@ def shared_manifest(split: str | None = None, lang: str | None = None) -> list[d
     return [r for r in rows if (split is None or r["split"] == split) and (lang is None or r["lang"] == lang)]
 
 
-def save_random_model(path: Path) -> Path:
-    """A tiny random Whisper with the real tiny.en tokenizer, saved as a model directory (for CLI workers)."""
+def with_tokenizer(model: WhisperForConditionalGeneration):
+    """(model, processor): the real tiny.en processor, and the model's generation config made from it."""
     from litewhisper.models.builtin import builtin_source
     from litewhisper.models.processor import build_generation_config, build_processor
 
-    model = tiny_whisper()
     _, meta = builtin_source("tiny.en")
     processor = build_processor(meta, vocab_size=model.config.vocab_size)
     model.generation_config = build_generation_config(processor.tokenizer, vocab_size=model.config.vocab_size)
+    return model, processor
+
+
+def save_random_model(path: Path) -> Path:
+    """A tiny random Whisper with the real tiny.en tokenizer, saved as a model directory (for CLI workers)."""
+    model, processor = with_tokenizer(tiny_whisper())
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

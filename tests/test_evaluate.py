@@ -59,6 +59,22 @@ def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clip
     assert json.loads((tmp_path / "r.json").read_text()) == out
 
 
+def test_paired_change_against_the_first_model(random_bundle, short_clips, tmp_path):
+    """With --bootstrap, every model after the first carries its paired relative WER change and interval."""
+    config = EvalConfig(bootstrap=50, decoding=DecodeOptions(max_new_tokens=4, batch_size=4, temperature=0.0))
+    report = evaluate([random_bundle, random_bundle], short_clips, config, hypotheses=tmp_path / "h.jsonl")
+    first, second = report.to_dict()["results"]
+    assert "relative_change" not in first
+    assert second["relative_change"] == {"vs": "random", "percent": 0.0, "ci95": [0.0, 0.0], "paired_bootstrap": True}
+    assert "vs-first%" in ev.format_table(report) and "+0.0 [+0.0,+0.0]" in ev.format_table(report)
+    hyps = read_hypotheses(tmp_path / "h.jsonl")
+    worse = [Hypothesis(**{**h.__dict__, "hypothesis": h.hypothesis + " extra words"}) for h in hyps]
+    change, lo, hi = ev.paired_change(hyps, worse, bootstrap=100)
+    assert change > 0 and lo <= change <= hi
+    with pytest.raises(LiteWhisperError, match="same clips"):
+        ev.paired_change(hyps, worse[::-1])
+
+
 def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_path, monkeypatch):
     items = read_manifest(short_clips)
     hyp_path = tmp_path / "h.jsonl"

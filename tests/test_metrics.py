@@ -5,7 +5,7 @@ import jiwer
 import pytest
 
 from litewhisper.errors import LiteWhisperError
-from litewhisper.evaluation.metrics import (ErrorCounts, bootstrap_ci, char_counts, corpus_score, score_utterance,
+from litewhisper.evaluation.metrics import (ErrorCounts, bootstrap_ci, paired_change_ci, char_counts, corpus_score, score_utterance,
                                  word_counts)
 from litewhisper.evaluation.normalize import describe, english_spelling_mapping, normalize, resolve_normalizer
 
@@ -67,6 +67,24 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
     assert (lo, hi) == bootstrap_ci(counts, 500, seed=1)
     point = 100 * sum(c.errors for c in counts) / sum(c.n_ref for c in counts)
     assert lo < point < hi and hi - lo < 10
+
+
+def test_paired_change_ci_sees_a_small_consistent_change():
+    """A 5 % relative change spread over every clip is invisible to two unpaired CIs (they overlap) but the
+    paired interval excludes zero; identical systems give exactly 0 with a zero-width interval."""
+    import random
+    rng = random.Random(0)
+    base = [ErrorCounts(substitutions=rng.randint(0, 20), hits=40) for _ in range(300)]  # clips of varied difficulty
+    other = [ErrorCounts(substitutions=c.substitutions + (1 if i % 4 == 0 else 0), hits=40)
+             for i, c in enumerate(base)]
+    change, lo, hi = paired_change_ci(base, other, 1000, seed=0)
+    assert change == pytest.approx(100 * (sum(c.errors for c in other) / sum(c.errors for c in base) - 1))
+    assert 0 < lo < change < hi
+    (lo_a, hi_a), (lo_b, hi_b) = bootstrap_ci(base, 1000), bootstrap_ci(other, 1000, seed=1)
+    assert lo_b < hi_a  # unpaired intervals overlap
+    assert paired_change_ci(base, base, 200) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same utterances"):
+        paired_change_ci(base, other[:-1])
 
 
 def test_english_normalizer_whisper_behaviour():

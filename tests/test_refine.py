@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from litewhisper.errors import LiteWhisperError
+from helpers import with_tokenizer
 from litewhisper.models.linears import LowRankLinear
-from litewhisper.compression.refine import RefineConfig, _Targets, distillation_loss, refine, trainable_parameters
+from litewhisper.compression.distill import IGNORE, pseudo_labels
+from litewhisper.compression.refine import RefineConfig, distillation_loss, objective_for, refine, trainable_parameters
 
 
 def _svd_compress(encoder: torch.nn.Module, rank: int) -> torch.nn.Module:
@@ -42,9 +44,8 @@ def test_refinement_lowers_distillation_loss(setup):
     assert len(result.val_losses) == 4 and result.val_losses[0] == result.initial_val
     # the best state is what the student holds now, and only the factors moved
     val_idx = list(range(6))  # any subset: recompute on the held-out windows through the public helper
-    targets = _Targets(teacher, features, hidden=False)
-    assert distillation_loss(student, targets, features, val_idx, config) < distillation_loss(
-        _svd_compress(teacher, 4), targets, features, val_idx, config)
+    assert distillation_loss(objective_for(student, teacher, features, config), val_idx) < distillation_loss(
+        objective_for(_svd_compress(teacher, 4), teacher, features, config), val_idx)
     for k, v in student.named_parameters():
         if k in dense_before:
             assert torch.equal(v, dense_before[k]), k
@@ -70,3 +71,46 @@ def test_errors(setup, tiny_model):
         RefineConfig(trainable="decoder")
     with pytest.raises(LiteWhisperError, match="at least 2 windows"):
         refine(_svd_compress(teacher, 4), teacher, features[:1])
+
+
+def _svd_student(model: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """A copy of a whole Whisper model whose encoder MLPs are rank-`rank` truncated SVDs."""
+    student = copy.deepcopy(model)
+    student.model.encoder = _svd_compress(model.model.encoder, rank)
+    return student
+
+
+def test_decoder_objective_pseudo_labels_and_training(tiny_model):
+    """Decoder-aware refinement: the teacher's own greedy transcripts (prompt + text + end-of-text) are the
+    labels, the KL to the teacher is 0 for the teacher itself, and training lowers it for a student."""
+    teacher, _ = with_tokenizer(tiny_model)
+    torch.manual_seed(2)
+    features = torch.randn(6, 80, 3000)
+    labels = pseudo_labels(teacher, features, batch_size=4, max_new_tokens=12)
+    gen = teacher.generation_config
+    assert len(labels.tokens) == 6 and labels.states.shape[:2] == (6, teacher.config.max_source_positions)
+    for seq in labels.tokens:
+        assert seq[0] == gen.decoder_start_token_id and seq[-1] == gen.eos_token_id
+        assert 2 <= len(seq) <= 12 + 4  # prompt + at most max_new_tokens + end-of-text
+    inputs, targets, _ = labels.batch([0, 1])
+    assert torch.equal(inputs[0, :len(labels.tokens[0]) - 1], labels.tokens[0][:-1])
+    assert (targets[0, len(labels.tokens[0]) - 1:] == IGNORE).all()
+
+    config = RefineConfig(objective="decoder", max_steps=8, lr=3e-2, eval_every=4, patience=5, val_fraction=0.34,
+                          ce_weight=0.5, max_label_tokens=12)
+    same = objective_for(copy.deepcopy(teacher), teacher, features, RefineConfig(
+        objective="decoder", ce_weight=0, max_label_tokens=12))
+    assert distillation_loss(same, [0, 1, 2]) == pytest.approx(0.0, abs=1e-5)  # KL(teacher ‖ teacher)
+    student = _svd_student(teacher, rank=2)
+    decoder_before = {k: v.clone() for k, v in student.model.decoder.state_dict().items()}
+    result = refine(student, teacher, features, config)
+    assert result.best_val < result.initial_val
+    assert all(torch.equal(v, decoder_before[k]) for k, v in student.model.decoder.state_dict().items())
+
+
+def test_decoder_objective_needs_whole_model(setup):
+    teacher, student, features = setup
+    with pytest.raises(LiteWhisperError, match="whole Whisper model"):
+        refine(student, teacher, features, RefineConfig(objective="decoder"))
+    with pytest.raises(LiteWhisperError, match="objective"):
+        RefineConfig(objective="logits")

@@ -47,7 +47,11 @@ def add_budget_args(p) -> None:
                    help="budget: treat every layer's lost variance alike instead of weighting it by the layer's "
                         "measured effect on the encoder output (default: weighted)")
     p.add_argument("--refine-steps", type=int, default=0,
-                   help="budget: steps of encoder feature distillation of the factors (0: none)")
+                   help="budget: steps of distillation of the low-rank factors from the original model (0: none)")
+    p.add_argument("--refine-objective", choices=("decoder", "encoder"), default="decoder",
+                   help="with --refine-steps: decoder = match the decoder's next-token distributions on the "
+                        "original model's transcripts of the calibration audio (distil-whisper style); encoder = "
+                        "match the final encoder states")
 
 
 def _method(args) -> str:
@@ -71,8 +75,13 @@ def compress_policy(args):
     if _method(args) == "liteasr":
         return policy_from_args(args)
     target = args.target_size if args.target_size is not None else BUDGET_PRESETS[args.preset]
+    from litewhisper.compression.refine import RefineConfig
+    from litewhisper.errors import LiteWhisperError
+    if args.refine_steps < 0:
+        raise LiteWhisperError(f"--refine-steps must be ≥ 0, got {args.refine_steps}")
+    refine = RefineConfig(max_steps=args.refine_steps, objective=args.refine_objective) if args.refine_steps else None
     return SizeBudget(target_size=target, sensitivity=args.sensitivity, windows=args.windows or "pack",
-                      sequential=args.sequential, refine=args.refine_steps, multiple_of=args.multiple_of)
+                      sequential=args.sequential, refine=refine, multiple_of=args.multiple_of)
 
 
 def _calibration_audio(args):

@@ -172,8 +172,8 @@ def _budget_student(bundle, model, audio, stats, policy: SizeBudget, config: Cal
     else:
         student = _factorized(model, stats, plan, inplace, timings)
     if policy.refine is not None:
-        _timed(timings, "refine", refine, student.get_encoder(), teacher.get_encoder(),
-               clip_features(bundle, audio), policy.refine)
+        _timed(timings, "refine", refine, student, teacher,
+               clip_features(bundle, audio, max_windows=policy.refine.windows), policy.refine)
     return student, plan, stats
 
 

@@ -1,10 +1,13 @@
-"""Light refinement: encoder-only feature distillation of a compressed encoder's factors.
+"""Refinement: distillation of a compressed encoder's factors from the original model, on unlabeled audio.
 
-Student = the compressed encoder, teacher = the original one; the loss is the mean squared error between their
-final hidden states (optionally also every intermediate layer's), relative to the teacher's mean square, on
-calibration audio — no transcripts. Only the low-rank factors (weight1, weight2, bias) train by default, so the
-result keeps the lite-whisper checkpoint layout. Early stopping on held-out windows; the best state is restored,
-and when no step beats the starting point the student is left exactly as it was.
+Student = the compressed model, teacher = the original one. Two objectives:
+- "encoder": mean squared error between their final encoder states (optionally also every intermediate
+  layer's), relative to the teacher's mean square;
+- "decoder": what the decoder does (`distill.py`): KL divergence of the next-token distributions, teacher-forced
+  on the teacher's own transcripts of the audio, plus their cross-entropy.
+Only the low-rank factors (weight1, weight2, bias) train by default, so the result keeps the lite-whisper
+checkpoint layout. Early stopping on held-out windows; the best state is restored, and when no step beats the
+starting point the student is left exactly as it was.
 """
 from __future__ import annotations
 
@@ -16,15 +19,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
+from litewhisper.compression.distill import decoder_loss, pseudo_labels
 from litewhisper.errors import LiteWhisperError
-from litewhisper.models.linears import LowRankLinear
+from litewhisper.models.linears import LowRankLinear, find_encoder
 from litewhisper.progress import progress_bar
 
-__all__ = ["RefineConfig", "RefineResult", "trainable_parameters", "relative_mse", "distillation_loss", "refine"]
+__all__ = ["RefineConfig", "RefineResult", "trainable_parameters", "relative_mse", "objective_for", "distillation_loss",
+           "refine"]
 
 log = logging.getLogger("litewhisper")
 
 TRAINABLE = ("lowrank", "encoder")
+OBJECTIVES = ("encoder", "decoder")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class RefineConfig:
     trainable: str = "lowrank"  # "lowrank": only factors; "encoder": every encoder parameter
     max_minutes: float | None = None
     seed: int = 0
+    objective: str = "encoder"  # "encoder": final-state MSE; "decoder": next-token KL on pseudo-labels (+ CE)
+    ce_weight: float = 1.0  # decoder objective: weight of the pseudo-labels' cross-entropy beside the KL
+    windows: int = 48  # calibration clips used (one clip per window)
+    max_label_tokens: int = DEFAULT_MAX_NEW_TOKENS  # decoder objective: token limit of the pseudo-labels
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -51,6 +62,11 @@ class RefineConfig:
             raise LiteWhisperError(f"lr must be > 0 and hidden_weight ≥ 0, got {self.lr}, {self.hidden_weight}")
         if self.trainable not in TRAINABLE:
             raise LiteWhisperError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.objective not in OBJECTIVES:
+            raise LiteWhisperError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.ce_weight < 0 or self.windows < 2 or self.max_label_tokens < 1:
+            raise LiteWhisperError(f"ce_weight must be ≥ 0, windows ≥ 2 and max_label_tokens ≥ 1, got "
+                                   f"{self.ce_weight}, {self.windows}, {self.max_label_tokens}")
 
 
 @dataclass(frozen=True)
@@ -98,25 +114,44 @@ def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hidden_weigh
     return loss
 
 
-class _Targets:
-    """The teacher's states for every window, computed once (no_grad)."""
+class _EncoderObjective:
+    """Relative MSE of the student's encoder states against the teacher's (computed once, no_grad)."""
 
-    def __init__(self, teacher: nn.Module, features: torch.Tensor, hidden: bool):
+    def __init__(self, student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig):
+        self.student, self.features, self.weight = find_encoder(student), features, config.hidden_weight
+        self.hidden = config.hidden_weight > 0
         with torch.no_grad():
-            self.states = [_states(teacher, features[i:i + 1], hidden) for i in range(len(features))]
+            self.states = [_states(find_encoder(teacher), features[i:i + 1], self.hidden)
+                           for i in range(len(features))]
 
-    def batch(self, idx: list[int]) -> list[torch.Tensor]:
+    def targets(self, idx: list[int]) -> list[torch.Tensor]:
         return [torch.cat([self.states[i][j] for i in idx]) for j in range(len(self.states[idx[0]]))]
 
+    def loss(self, idx: list[int]) -> torch.Tensor:
+        return _loss(_states(self.student, self.features[idx], self.hidden), self.targets(idx), self.weight)
 
-def distillation_loss(student: nn.Module, targets: _Targets, features: torch.Tensor, idx: list[int],
-                      config: RefineConfig) -> float:
+
+class _DecoderObjective:
+    """Next-token KL (+ cross-entropy) on the teacher's transcripts of the windows (`distill.py`)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig):
+        self.student, self.teacher, self.features, self.ce_weight = student, teacher, features, config.ce_weight
+        self.labels = pseudo_labels(teacher, features, max_new_tokens=config.max_label_tokens)
+
+    def loss(self, idx: list[int]) -> torch.Tensor:
+        return decoder_loss(self.student, self.teacher, self.labels, self.features, idx, self.ce_weight)
+
+
+def objective_for(student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig):
+    """The loss `config.objective` names, with its targets computed once from the teacher."""
+    kind = _DecoderObjective if config.objective == "decoder" else _EncoderObjective
+    return kind(student, teacher, features, config)
+
+
+def distillation_loss(objective, idx: list[int]) -> float:
     """Mean loss over windows `idx`, without gradients."""
-    hidden = config.hidden_weight > 0
     with torch.no_grad():
-        losses = [_loss(_states(student, features[i:i + 1], hidden), targets.batch([i]), config.hidden_weight)
-                  for i in idx]
-    return float(torch.stack(losses).mean())
+        return float(torch.stack([objective.loss([i]) for i in idx]).mean())
 
 
 def _split(n: int, config: RefineConfig) -> tuple[list[int], list[int]]:
@@ -129,16 +164,16 @@ def _split(n: int, config: RefineConfig) -> tuple[list[int], list[int]]:
 
 def refine(student: nn.Module, teacher: nn.Module, features: torch.Tensor,
            config: RefineConfig = RefineConfig()) -> RefineResult:
-    """Distil `teacher` (original encoder) into `student` (compressed encoder) in place.
+    """Distil `teacher` (the original model) into `student` (the compressed one) in place.
 
-    features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
+    student, teacher: whole Whisper models (the "decoder" objective needs them) or, for the "encoder" objective,
+    their encoders. features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
     """
     start = time.monotonic()
     train_idx, val_idx = _split(len(features), config)
-    hidden = config.hidden_weight > 0
     teacher.eval(), student.eval()  # no dropout: the student is trained deterministically
-    targets = _Targets(teacher, features, hidden)
-    params = trainable_parameters(student, config.trainable)
+    params = trainable_parameters(find_encoder(student), config.trainable)
+    objective = objective_for(student, teacher, features, config)
     frozen = [p for p in student.parameters() if all(p is not q for q in params.values())]
     saved_grad = {id(p): p.requires_grad for p in student.parameters()}
     for p in frozen:
@@ -146,22 +181,22 @@ def refine(student: nn.Module, teacher: nn.Module, features: torch.Tensor,
     for p in params.values():
         p.requires_grad_(True)
     try:
-        result = _train(student, targets, features, train_idx, val_idx, params, config, start)
+        result = _train(objective, train_idx, val_idx, params, config, start)
     finally:
         for p in student.parameters():
             p.requires_grad_(saved_grad[id(p)])
-    log.info("refinement: validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)", result.initial_val,
-             result.best_val, result.best_step, result.steps, result.seconds)
+    log.info("refinement (%s): validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)", config.objective,
+             result.initial_val, result.best_val, result.best_step, result.steps, result.seconds)
     return result
 
 
-def _train(student: nn.Module, targets: _Targets, features: torch.Tensor, train_idx: list[int],
-           val_idx: list[int], params: dict[str, nn.Parameter], config: RefineConfig, start: float) -> RefineResult:
+def _train(objective, train_idx: list[int], val_idx: list[int], params: dict[str, nn.Parameter],
+           config: RefineConfig, start: float) -> RefineResult:
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the step budget
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.max_steps) / config.max_steps)))
     gen = torch.Generator().manual_seed(config.seed)
-    best_val = initial_val = distillation_loss(student, targets, features, val_idx, config)
+    best_val = initial_val = distillation_loss(objective, val_idx)
     best_state = {k: p.detach().clone() for k, p in params.items()}
     best_step, bad, train_losses, val_losses = 0, 0, [], [initial_val]
     bar = progress_bar(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
@@ -169,8 +204,7 @@ def _train(student: nn.Module, targets: _Targets, features: torch.Tensor, train_
     for step in bar:
         pick = torch.randint(len(train_idx), (config.batch_size,), generator=gen).tolist()
         idx = [train_idx[i] for i in pick]
-        loss = _loss(_states(student, features[idx], config.hidden_weight > 0), targets.batch(idx),
-                     config.hidden_weight)
+        loss = objective.loss(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -178,7 +212,7 @@ def _train(student: nn.Module, targets: _Targets, features: torch.Tensor, train_
         train_losses.append(float(loss.detach()))
         if step % config.eval_every and step != config.max_steps:
             continue
-        val = distillation_loss(student, targets, features, val_idx, config)
+        val = distillation_loss(objective, val_idx)
         val_losses.append(val)
         bar.set_postfix(train=f"{train_losses[-1]:.4f}", val=f"{val:.4f}", best=f"{best_val:.4f}")
         if val < best_val:

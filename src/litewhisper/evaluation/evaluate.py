@@ -24,12 +24,13 @@ from litewhisper.decode.results import compression_ratio
 from litewhisper.distributed import World, all_or_none, broadcast_object, main_first, map_shards, plan_shards
 from litewhisper.distributed import shard_seconds_from_env
 from litewhisper.errors import AudioError, LiteWhisperError
-from litewhisper.evaluation.metrics import CorpusScore, corpus_score, score_utterance, total, uses_cer
+from litewhisper.evaluation.metrics import CorpusScore, UtteranceScore, corpus_score, paired_change_ci, score_utterance
+from litewhisper.evaluation.metrics import total, uses_cer
 from litewhisper.evaluation.normalize import NORMALIZERS, describe, normalize, resolve_normalizer
 
 __all__ = ["EvalConfig", "Hypothesis", "ModelResult", "EvalReport", "LoopStats", "select_clips", "decode",
-           "read_hypotheses", "HypothesisLog", "score_hypotheses", "loop_stats", "evaluate_model", "evaluate",
-           "format_table", "write_json", "is_english_only", "spread_over_domains"]
+           "read_hypotheses", "HypothesisLog", "score_hypotheses", "paired_change", "loop_stats", "evaluate_model",
+           "evaluate", "format_table", "write_json", "is_english_only", "spread_over_domains"]
 
 log = logging.getLogger("litewhisper")
 
@@ -113,6 +114,7 @@ class ModelResult:
     audio_seconds: float = 0.0
     timing_partial: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    change: tuple[str, float, float, float] | None = None  # (first model, rel. WER change %, 95 % CI low, high)
 
     @property
     def n_hit_token_limit(self) -> int:
@@ -144,6 +146,9 @@ class ModelResult:
             out["rtf"] = round(self.decode_seconds / max(self.audio_seconds, 1e-9), 4)
             if self.timing_partial:
                 out["timing_partial"] = True
+        if self.change is not None:
+            out["relative_change"] = {"vs": self.change[0], "percent": _num(self.change[1]),
+                                      "ci95": [_num(v) for v in self.change[2:]], "paired_bootstrap": True}
         out["settings"] = self.settings
         return out
 
@@ -278,9 +283,7 @@ class HypothesisLog:
 
 # ----------------------------------------------------------------------------------------------- scoring
 
-def score_hypotheses(hyps: Sequence[Hypothesis], normalizer: str = "auto", bootstrap: int = 0,
-                     seed: int = 0) -> tuple[CorpusScore, set[str]]:
-    """Corpus scores of normalised hypotheses, and the set of normalisers applied."""
+def _utterance_scores(hyps: Sequence[Hypothesis], normalizer: str) -> tuple[list[UtteranceScore], set[str]]:
     used: set[str] = set()
     scores = []
     for h in hyps:
@@ -288,7 +291,24 @@ def score_hypotheses(hyps: Sequence[Hypothesis], normalizer: str = "auto", boots
         used.add(name)
         scores.append(score_utterance(h.id, normalize(h.reference, name), normalize(h.hypothesis, name),
                                       domain=h.domain, lang=h.lang))
+    return scores, used
+
+
+def score_hypotheses(hyps: Sequence[Hypothesis], normalizer: str = "auto", bootstrap: int = 0,
+                     seed: int = 0) -> tuple[CorpusScore, set[str]]:
+    """Corpus scores of normalised hypotheses, and the set of normalisers applied."""
+    scores, used = _utterance_scores(hyps, normalizer)
     return corpus_score(scores, bootstrap=bootstrap, seed=seed), used
+
+
+def paired_change(base: Sequence[Hypothesis], other: Sequence[Hypothesis], normalizer: str = "auto",
+                  bootstrap: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Relative WER change (%) of `other` against `base` (hypotheses of the same clips, same order) with its
+    paired-bootstrap 95 % interval: (change, low, high)."""
+    if [h.id for h in base] != [h.id for h in other]:
+        raise LiteWhisperError("a paired comparison needs hypotheses of the same clips in the same order")
+    counts = [[s.counts for s in _utterance_scores(hyps, normalizer)[0]] for hyps in (base, other)]
+    return paired_change_ci(*counts, n_resamples=bootstrap, seed=seed)
 
 
 def loop_stats(hyps: Sequence[Hypothesis], normalizer: str = "auto",
@@ -398,22 +418,35 @@ def evaluate(models: Sequence[Any], data: str | os.PathLike, config: EvalConfig 
     with all_or_none(world, f"reading {hypotheses}"):
         log_file = HypothesisLog(hypotheses if world.is_main else None, resume)
     results = [evaluate_model(m, items, config, log_file=log_file, world=world) for m in models]
+    if world.is_main and config.bootstrap and len(results) > 1:
+        results = _with_changes(results, items, log_file, config)
     used = {resolve_normalizer(config.normalizer, it.lang) for it in items}
     report = EvalReport(normalizer=describe(used), data=str(data), results=results) if world.is_main else None
     return broadcast_object(report, world, "sharing the report")
+
+
+def _with_changes(results: list[ModelResult], items: Sequence[AudioItem], log_file: HypothesisLog,
+                  config: EvalConfig) -> list[ModelResult]:
+    """Each model after the first, with its paired relative WER change against the first."""
+    first = results[0].model
+    hyps = {r.model: [log_file.done[(r.model, str(it.id or it.path))] for it in items] for r in results}
+    return results[:1] + [replace(r, change=(first, *paired_change(hyps[first], hyps[r.model], config.normalizer,
+                                                                     config.bootstrap, config.seed)))
+                          for r in results[1:]]
 
 
 def format_table(report: EvalReport) -> str:
     """Readable table: pooled/macro WER, per-domain WER, loops (token-limit hits + high compression ratio) and
     their share of the errors, encoder size."""
     domains = sorted({d for r in report.results for d in r.score.domains})
-    head = ["model", "WER%", "macroWER%", *[d[:18] for d in domains], "clips", "hit-limit", "high-gzip",
-            "loop-err%", "enc-params"]
+    head = ["model", "WER%", "vs-first%", "macroWER%", *[d[:18] for d in domains], "clips", "hit-limit",
+            "high-gzip", "loop-err%", "enc-params"]
     rows = [head]
     for r in report.results:
-        s = r.score
+        s, c = r.score, r.change
         ci = f" [{s.ci95[0]:.2f},{s.ci95[1]:.2f}]" if s.ci95 else ""
-        rows.append([r.model, f"{s.wer:.2f}{ci}", f"{s.macro_wer:.2f}",
+        change = f"{c[1]:+.1f} [{c[2]:+.1f},{c[3]:+.1f}]" if c else "-"
+        rows.append([r.model, f"{s.wer:.2f}{ci}", change, f"{s.macro_wer:.2f}",
                      *[f"{s.domains[d].rate:.2f}" if d in s.domains else "-" for d in domains],
                      str(s.n_utterances), str(r.n_hit_token_limit), str(len(r.loops.high_compression_ids)),
                      f"{100 * r.loops.error_share:.1f}", f"{r.encoder_params / 1e6:.2f}M" if r.encoder_params else "-"])

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["CER_LANGUAGES", "ErrorCounts", "total", "word_counts", "char_counts", "uses_cer", "UtteranceScore",
-           "score_utterance", "bootstrap_ci", "GroupScore", "CorpusScore", "corpus_score"]
+           "score_utterance", "bootstrap_ci", "paired_change_ci", "GroupScore", "CorpusScore", "corpus_score"]
 
 CER_LANGUAGES = frozenset({"ja", "zh", "ko", "yue", "th"})  # written without word spaces
 
@@ -119,6 +119,22 @@ def bootstrap_ci(counts: Sequence[ErrorCounts], n_resamples: int = 1000, seed: i
     rates = 100.0 * num / np.maximum(den, 1.0)
     lo, hi = np.percentile(rates, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return (float(lo), float(hi))
+
+
+def paired_change_ci(base: Sequence[ErrorCounts], other: Sequence[ErrorCounts], n_resamples: int = 1000,
+                     seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(relative change %, CI low, CI high) of `other`'s corpus error rate against `base`'s on the same
+    utterances (same order), with a paired percentile bootstrap: utterances are resampled jointly, so what makes
+    a clip hard for both models cancels and a few-percent change becomes visible."""
+    if len(base) != len(other) or not base:
+        raise ValueError(f"paired scores need the same utterances, got {len(base)} and {len(other)}")
+    err_base = np.array([c.errors for c in base], dtype=np.float64)  # (n,)
+    err_other = np.array([c.errors for c in other], dtype=np.float64)  # (n,)
+    change = 100.0 * (err_other.sum() / max(err_base.sum(), 1.0) - 1.0)
+    idx = np.random.default_rng(seed).integers(0, len(base), size=(max(n_resamples, 1), len(base)))  # (B, n)
+    changes = 100.0 * (err_other[idx].sum(axis=1) / np.maximum(err_base[idx].sum(axis=1), 1.0) - 1.0)  # (B,)
+    lo, hi = np.percentile(changes, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(change), float(lo), float(hi)
 
 
 @dataclass(frozen=True)
