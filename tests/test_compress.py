@@ -154,7 +154,7 @@ def test_cli_method_conflicts_are_clear_errors(tmp_path, capsys, args, message):
     (["--target-size", "0"], "target size must be a fraction in (0, 1]"),
     (["--target-size", "1.5"], "got 1.5"),
     (["--target-size", "-1"], "got -1.0"),
-    (["--refine-steps", "-3"], "refine steps must be ≥ 0"),
+    (["--refine-steps", "-3"], "--refine-steps must be ≥ 0, got -3"),
     (["--multiple-of", "0"], "multiple_of must be an integer ≥ 1"),
     (["--batch-size", "0"], "batch_size must be a positive integer"),
 ])
