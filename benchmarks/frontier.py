@@ -164,7 +164,8 @@ def run(args) -> list[dict]:
     hyp_log = HypothesisLog(args.out / "hypotheses.jsonl", resume=True)
     for variant, knob in [("original", None)] + points(args):
         name = variant if knob is None else f"{variant}@{knob}"
-        if key in results.get(name, {}) and (proxy is not None or (name, str(items[0].id)) in hyp_log.done):
+        if key in results.get(name, {}) and (proxy is not None or all((name, str(it.id)) in hyp_log.done
+                                                                      for it in items)):  # resume: every clip
             continue
         start = time.perf_counter()
         built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg, args.min_kept)
