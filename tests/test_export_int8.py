@@ -85,7 +85,7 @@ def test_int8_defaults_are_recorded_and_the_model_is_not_mutated(lite_int8):
     assert result.max_abs_diff["fp32"] < 1e-4  # the rotated graph verified against the unrotated model
     int8 = json.loads((result.path / EXPORT_MARKER).read_text())["int8"]
     assert int8["rotate"] is True and int8["rotated_layers"] == 7
-    assert int8["per_channel"] is True  # automatic: the model has low-rank layers
+    assert int8["per_channel"] is True  # automatic: on
     assert int8["keep_fp32"] == KEEP_FP32_AUTO and int8["fp32_matmuls"]
     assert all("/layers.0/" in name for name in int8["fp32_matmuls"])
 
@@ -106,10 +106,10 @@ def test_layer0_matmuls_stay_fp32_and_the_rest_become_int8(lite_int8):
     assert any(n.op_type == "DynamicQuantizeLinear" for n in graph.node)
 
 
-def test_original_whisper_keeps_per_tensor_scales(tmp_path):
+def test_original_whisper_has_nothing_to_rotate(tmp_path):
     result = export_model(_bundle(tiny_whisper(seed=5)), tmp_path / "orig", onnx_decoder=False)
     int8 = json.loads((result.path / EXPORT_MARKER).read_text())["int8"]
-    assert int8["per_channel"] is False and int8["rotated_layers"] == 0 and int8["fp32_matmuls"]
+    assert int8["per_channel"] is True and int8["rotated_layers"] == 0 and int8["fp32_matmuls"]
     none = export_model(_bundle(tiny_whisper(seed=5)), tmp_path / "fp32", quantize="none", onnx_decoder=False)
     assert json.loads((none.path / EXPORT_MARKER).read_text())["int8"] is None
 
@@ -131,8 +131,9 @@ def test_keep_fp32_pattern_that_matches_nothing_is_an_error(tmp_path):
         export_model(_bundle(tiny_whisper()), tmp_path / "out", keep_fp32="decoder_only", onnx_decoder=False)
     assert not (tmp_path / "out").exists()
     assert Int8Options(keep_fp32="None").pattern is None and Int8Options(keep_fp32=None).pattern is None
-    assert Int8Options().resolved(low_rank=False).as_dict() == {"rotate": True, "per_channel": False,
-                                                                "keep_fp32": KEEP_FP32_AUTO}
+    assert Int8Options().resolved().as_dict() == {"rotate": True, "per_channel": True, "keep_fp32": KEEP_FP32_AUTO}
+    assert Int8Options(per_channel=False, keep_fp32="fc1").resolved().as_dict() == {
+        "rotate": True, "per_channel": False, "keep_fp32": "fc1"}
 
 
 def test_cli_flags_reach_export_model(tmp_path, monkeypatch, capsys):

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--quantize", choices=("int8", "none"), default="int8",
                    help="int8: dynamic int8 MatMul weights (default); none: fp32")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 with one weight scale per output channel (default: on for a compressed model)")
+                   help="int8 with one weight scale per output channel (default: on)")
     p.add_argument("--no-rotate", action="store_true",
                    help="int8: do not rotate the low-rank factors (an orthogonal R between them, exact in fp32, "
                         "that spreads the intermediate's variance over its channels)")

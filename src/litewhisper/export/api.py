@@ -1,9 +1,9 @@
 """`export_model(source, out_dir, quantize=...)`: a model as ONNX graphs + a CTranslate2 decoder, atomically,
 verified after writing (encoder output of every written precision against PyTorch).
 
-int8 of a compressed model: the graphs are traced from a copy whose low-rank factors are rotated (rotate.py: exact
-in fp32, equalises the intermediate's channels for per-tensor activation scales), weights get per-channel scales,
-and encoder layer 0's MatMuls stay fp32; see `Int8Options`.
+int8: the graphs of a compressed model are traced from a copy whose low-rank factors are rotated (rotate.py: exact
+in fp32, equalises the intermediate's channels for per-tensor activation scales); weights get per-channel scales
+and encoder layer 0's MatMuls stay fp32 (any model); see `Int8Options`.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", ove
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
     onnx_decoder=False leaves out the ONNX decoders (only the CTranslate2 decoder, which our runtime uses).
-    int8 only: rotate the low-rank factors; per_channel (None: on iff the model has low-rank layers); keep_fp32
+    int8 only: rotate the low-rank factors; per_channel (None: automatic, on); keep_fp32
     ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32.
     """
     from litewhisper.models.load import load_model
@@ -88,7 +88,7 @@ def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", ove
     _check_exportable(bundle)
     model = bundle.model.float().eval()  # the graphs are fp32 (export_all did this in place before, too)
     precision, low_rank = ("int8" if quantize == "int8" else "fp32"), count_low_rank(model) > 0
-    options = options.resolved(low_rank)
+    options = options.resolved()
     rotate_now = quantize == "int8" and options.rotate and low_rank
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         traced, rotated = rotated_copy(model) if rotate_now else (model, 0)  # the user's model is never rotated

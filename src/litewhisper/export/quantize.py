@@ -27,8 +27,9 @@ KEEP_FP32_AUTO = r"/layers\.0/"
 
 @dataclass(frozen=True)
 class Int8Options:
-    """rotate: rotate low-rank factors (export/rotate.py); per_channel: None = on iff the model has low-rank
-    layers; keep_fp32: "auto" (encoder layer 0), "none"/None, or a regex on the encoder graph's node names."""
+    """rotate: rotate low-rank factors (export/rotate.py); per_channel: None = automatic, on (it lowered the
+    int8 encoder's error and WER of both the original and the compressed base); keep_fp32: "auto" (encoder
+    layer 0), "none"/None, or a regex on the encoder graph's node names."""
 
     rotate: bool = True
     per_channel: bool | None = None
@@ -58,9 +59,9 @@ class Int8Options:
             return None
         return KEEP_FP32_AUTO if keep.lower() == "auto" else keep
 
-    def resolved(self, low_rank: bool) -> Int8Options:
-        """per_channel decided (on for a model with low-rank layers), keep_fp32 as its regex (or None)."""
-        per_channel = low_rank if self.per_channel is None else self.per_channel
+    def resolved(self) -> Int8Options:
+        """per_channel decided (automatic: on), keep_fp32 as its regex (or None)."""
+        per_channel = True if self.per_channel is None else self.per_channel
         return dataclasses.replace(self, per_channel=per_channel, keep_fp32=self.pattern)
 
     def as_dict(self) -> dict[str, Any]:
