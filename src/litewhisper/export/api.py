@@ -1,5 +1,10 @@
 """`export_model(source, out_dir, quantize=...)`: a model as ONNX graphs + a CTranslate2 decoder, atomically,
-verified after writing (encoder output of every written precision against PyTorch)."""
+verified after writing (encoder output of every written precision against PyTorch).
+
+int8: the graphs of a compressed model are traced from a copy whose low-rank factors are rotated (rotate.py: exact
+in fp32, equalises the intermediate's channels for per-tensor activation scales); weights get per-channel scales
+and encoder layer 0's MatMuls stay fp32 (any model); see `Int8Options`.
+"""
 from __future__ import annotations
 
 import logging
@@ -15,7 +20,8 @@ from litewhisper.errors import LiteWhisperError
 from litewhisper.export.ct2 import export_ct2_decoder
 from litewhisper.export.layout import write_marker, write_metadata
 from litewhisper.export.onnx import export_all
-from litewhisper.export.quantize import QUANTIZATIONS, quantize_graph
+from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph
+from litewhisper.export.rotate import count_low_rank, rotated_copy
 from litewhisper.models.deployed import (CT2_DIR, ONNX_DIR, encoder_session, is_export,
                                          require_onnx_extra)
 
@@ -61,41 +67,63 @@ def _size(path: Path) -> int:
 
 
 def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", overwrite: bool = False,
-                 per_channel: bool = False, onnx_decoder: bool = True) -> ExportResult:
+                 per_channel: bool | None = None, onnx_decoder: bool = True, rotate: bool = True,
+                 keep_fp32: str | None = "auto") -> ExportResult:
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
     onnx_decoder=False leaves out the ONNX decoders (only the CTranslate2 decoder, which our runtime uses).
+    int8 only: rotate the low-rank factors; per_channel (None: automatic, on); keep_fp32
+    ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32.
     """
     from litewhisper.models.load import load_model
 
     if quantize not in QUANTIZATIONS:
         raise LiteWhisperError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    options = Int8Options(rotate=rotate, per_channel=per_channel, keep_fp32=keep_fp32)  # validates
     require_onnx_extra("litewhisper export")
     check_output_dir(out_dir, overwrite)  # fail before minutes of work
     if isinstance(source, (str, os.PathLike)) and is_export(source):
         raise ExportError(f"{source} is already an export; pass the original model (built-in name or checkpoint)")
     bundle = load_model(source) if isinstance(source, (str, os.PathLike)) else source
     _check_exportable(bundle)
-    precision = "int8" if quantize == "int8" else "fp32"
+    model = bundle.model.float().eval()  # the graphs are fp32 (export_all did this in place before, too)
+    precision, low_rank = ("int8" if quantize == "int8" else "fp32"), count_low_rank(model) > 0
+    options = options.resolved()
+    rotate_now = quantize == "int8" and options.rotate and low_rank
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        encoder, *decoders = export_all(bundle.model, tmp / ONNX_DIR, decoders=onnx_decoder)
-        diffs = {"fp32": verify_encoder(bundle.model, encoder)}
+        traced, rotated = rotated_copy(model) if rotate_now else (model, 0)  # the user's model is never rotated
+        encoder, *decoders = export_all(traced, tmp / ONNX_DIR, decoders=onnx_decoder)
+        del traced  # a rotated copy: free it before the int8 pass
+        diffs = {"fp32": verify_encoder(model, encoder)}  # against the unrotated model
         if diffs["fp32"] > FP32_TOLERANCE:
             raise ExportError(f"exported encoder differs from PyTorch by {diffs['fp32']:.2e} (> {FP32_TOLERANCE}); "
                               "the model uses an operation the ONNX export does not reproduce")
-        encoders = {"fp32": f"{ONNX_DIR}/{encoder.name}"}
+        encoders, settings = {"fp32": f"{ONNX_DIR}/{encoder.name}"}, None
         if quantize == "int8":
-            q_encoder = quantize_graph(encoder, per_channel=per_channel)
-            for path in decoders:
-                quantize_graph(path, per_channel=per_channel, embeddings=True)
-                path.unlink()  # int8 export: the fp32 decoders would only double the size
-            diffs["int8"] = verify_encoder(bundle.model, q_encoder)
-            encoder.unlink()
+            q_encoder, settings = _quantize_all(encoder, decoders, options, rotated)
+            diffs["int8"] = verify_encoder(model, q_encoder)
             encoders = {"int8": f"{ONNX_DIR}/{q_encoder.name}"}
-        export_ct2_decoder(bundle.model, bundle.processor.tokenizer, tmp / CT2_DIR, quantize)  # (re)creates it
+        export_ct2_decoder(model, bundle.processor.tokenizer, tmp / CT2_DIR, quantize)  # (re)creates it
         write_metadata(bundle, tmp)
-        write_marker(tmp, bundle.name, precision, encoders, {"encoder_max_abs_diff": diffs})
+        write_marker(tmp, bundle.name, precision, encoders, {"encoder_max_abs_diff": diffs}, int8=settings)
         size = _size(tmp)
     for name, diff in diffs.items():
         log.info("verified %s encoder: max |Δ| vs PyTorch %.2e", name, diff)
     return ExportResult(path=Path(out_dir), precision=precision, max_abs_diff=diffs, size_bytes=size)
+
+
+def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options,
+                  rotated: int) -> tuple[Path, dict]:
+    """int8 twins of the graphs (the fp32 ones are removed); returns (int8 encoder, settings for the marker)."""
+    keep = matmul_names(encoder, options.keep_fp32)
+    if options.keep_fp32 is not None and not keep:
+        raise ExportError(f"keep_fp32 pattern {options.keep_fp32!r} matches no MatMul node of the encoder graph; "
+                          "node names look like /encoder/layers.0/fc1/MatMul ('none' keeps every MatMul int8)")
+    log.info("int8: %d low-rank linears rotated, per-channel %s, %d encoder MatMuls kept fp32",
+             rotated, "on" if options.per_channel else "off", len(keep))
+    q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
+    for path in decoders:
+        quantize_graph(path, per_channel=bool(options.per_channel), embeddings=True)
+        path.unlink()  # int8 export: the fp32 decoders would only double the size
+    encoder.unlink()
+    return q_encoder, {**options.as_dict(), "rotated_layers": rotated, "fp32_matmuls": keep}

@@ -41,7 +41,9 @@ def _drop_auto_map(config_file: Path) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_marker(out: Path, name: str, precision: str, encoders: dict[str, str], check: dict[str, Any]) -> None:
+def write_marker(out: Path, name: str, precision: str, encoders: dict[str, str], check: dict[str, Any],
+                 int8: dict[str, Any] | None = None) -> None:
+    """litewhisper_export.json; int8: the int8 settings (rotate, per_channel, keep_fp32, ...), None for fp32."""
     marker = {"format": EXPORT_FORMAT, "name": name, "precision": precision, "encoders": encoders,
-              "verify": check}
+              "verify": check, "int8": int8}
     (out / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
