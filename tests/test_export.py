@@ -15,7 +15,7 @@ from test_attention import make_lowrank
 from litewhisper.attention.reduced import use_reduced_attention
 from litewhisper.errors import LiteWhisperError, ModelSourceError
 from litewhisper.export.api import ExportError, export_model
-from litewhisper.export.onnx import export_all, export_encoder
+from litewhisper.export.onnx import export_all, export_encoder, per_head_attention
 from litewhisper.models.builtin import builtin_source
 from litewhisper.models.deployed import EXPORT_MARKER, check_threads, load_deployed
 from litewhisper.models.load import WhisperBundle, load_model
@@ -58,6 +58,22 @@ def test_encoder_and_decoder_graphs_equal_pytorch(graphs):
         step = past.run(None, feed)
         np.testing.assert_allclose(step[0][:, 0], full[:, prompt].numpy(), atol=1e-4)
         assert step[1].shape == (2, 4, prompt + 1, 8)  # present.0.decoder.key grew by one position
+
+
+def test_encoder_attention_is_traced_head_by_head_and_the_model_is_restored(graphs):
+    model, (enc_path, *_) = graphs
+    softmaxes = [n for n in onnx.load(str(enc_path)).graph.node if n.op_type == "Softmax"]
+    cfg = model.config
+    assert len(softmaxes) == cfg.encoder_layers * cfg.encoder_attention_heads  # one (b, 1, t, t) score per head
+    before = cfg._attn_implementation
+    feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model.get_encoder()(feats).last_hidden_state
+        with per_head_attention(model):
+            assert cfg._attn_implementation != before
+            per_head = model.get_encoder()(feats).last_hidden_state
+    assert cfg._attn_implementation == before
+    torch.testing.assert_close(per_head, reference, atol=1e-5, rtol=1e-5)
 
 
 def _lite_model():

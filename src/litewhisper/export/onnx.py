@@ -10,24 +10,58 @@
 Names follow optimum's Whisper export, so transformers.js / optimum runtimes load the directory as they load
 an ordinary Whisper. A lite encoder's factorised linears trace as two MatMuls (x @ W1 @ W2 + b: a 3-D input
 never becomes Gemm) and its reduced-dimension self-attention (attention/reduced.py) is traced where
-`use_reduced_attention(mode="auto")` put it, i.e. where the ranks save FLOPs.
+`use_reduced_attention(mode="auto")` put it, i.e. where the ranks save FLOPs. The encoder's standard
+self-attention is traced one head at a time (`per_head_attention`), so onnxruntime holds one head's scores.
 """
 from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from litewhisper.constants import WINDOW_FRAMES
 
-__all__ = ["OPSET", "export_encoder", "export_decoder", "export_decoder_with_past", "export_all"]
+__all__ = ["OPSET", "per_head_attention", "export_encoder", "export_decoder", "export_decoder_with_past", "export_all"]
 
 log = logging.getLogger("litewhisper")
 
 OPSET = 17
+PER_HEAD = "litewhisper_per_head"
+
+
+def _attend_per_head(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' eager attention, one head at a time. q, k, v: (b, h, t, d) -> (b, t, h, d)."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    heads = []
+    for h in range(query.shape[1]):
+        scores = torch.matmul(query[:, h:h + 1], key[:, h:h + 1].transpose(2, 3)) * scaling  # (b, 1, t, s)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        heads.append(torch.matmul(scores.softmax(-1), value[:, h:h + 1]))  # (b, 1, t, d)
+    return torch.cat(heads, dim=1).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def per_head_attention(model: nn.Module) -> Iterator[None]:
+    """Within: the model's standard attention runs head by head (same maths). Traced, the graph's peak memory
+    holds one head's (b, 1, 1500, 1500) scores instead of all of them (base: 9 MiB instead of 72) and it runs a
+    little faster in onnxruntime. Reduced-dimension attention keeps its own path."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PER_HEAD, _attend_per_head)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = PER_HEAD
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
 
 
 class _Encoder(nn.Module):
@@ -112,8 +146,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def export_encoder(model: nn.Module, path: Path) -> None:
     features = torch.zeros(1, model.config.num_mel_bins, WINDOW_FRAMES)  # (1, n_mels, 3000)
-    _export(_Encoder(model), (features,), path, ["input_features"], ["last_hidden_state"],
-            {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
+    with per_head_attention(model):
+        _export(_Encoder(model), (features,), path, ["input_features"], ["last_hidden_state"],
+                {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
 
 
 def _kv_axes(names: list[str], seq: str) -> dict[str, dict[int, str]]:

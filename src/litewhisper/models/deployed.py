@@ -74,6 +74,7 @@ def encoder_session(path: Path, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_mem_pattern = False  # with per-head attention: 162 vs 189 MiB peak for base@0.8, same speed
     if not path.is_file():
         raise ModelSourceError(f"{path} is missing; re-export the model with --overwrite")
     try:
