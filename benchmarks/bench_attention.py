@@ -12,6 +12,7 @@ Ratios are time(variant) / time(baseline): < 1 is faster.
   python benchmarks/bench_attention.py --device cuda --parts blocks encoder  # + end-to-end large-v3 encoder
   python benchmarks/bench_attention.py --device cpu --shapes tiny base --ranks 16 32 48 64 --batch 1 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,22 @@ def random_lowrank(d_model: int, rank: int, gen: torch.Generator) -> LowRankLine
     """A random LowRankLinear d_model -> d_model whose outputs have unit scale."""
     m = LowRankLinear(d_model, d_model, rank)
     with torch.no_grad():
-        m.weight1.copy_(torch.randn(d_model, rank, generator=gen) * d_model ** -0.5)
-        m.weight2.copy_(torch.randn(rank, d_model, generator=gen) * rank ** -0.5)
+        m.weight1.copy_(torch.randn(d_model, rank, generator=gen) * d_model**-0.5)
+        m.weight2.copy_(torch.randn(rank, d_model, generator=gen) * rank**-0.5)
         m.bias.copy_(torch.randn(d_model, generator=gen) * 0.1)
     return m
 
 
 def whisper_config(shape: str) -> WhisperConfig:
     d, heads, layers, mels = SHAPES[shape]
-    return WhisperConfig(d_model=d, encoder_attention_heads=heads, encoder_layers=layers, encoder_ffn_dim=4 * d,
-                         num_mel_bins=mels, attn_implementation="sdpa")
+    return WhisperConfig(
+        d_model=d,
+        encoder_attention_heads=heads,
+        encoder_layers=layers,
+        encoder_ffn_dim=4 * d,
+        num_mel_bins=mels,
+        attn_implementation="sdpa",
+    )
 
 
 def attention_variants(shape: str, rank: int, device: str, dtype: torch.dtype) -> dict[str, nn.Module]:
@@ -54,9 +61,12 @@ def attention_variants(shape: str, rank: int, device: str, dtype: torch.dtype) -
     for name in ("q_proj", "k_proj", "v_proj"):
         setattr(low, name, random_lowrank(config.d_model, rank, gen))
     dense, low = dense.to(device, dtype).eval(), low.to(device, dtype).eval()
-    out = {"dense_sdpa": dense, "lowrank_sdpa": low,
-           "reduced_torch": ReducedDimSelfAttention(low, ReducedAttentionConfig("reduced", "torch")),
-           "reduced_auto": ReducedDimSelfAttention(low, ReducedAttentionConfig("auto", "torch"))}
+    out = {
+        "dense_sdpa": dense,
+        "lowrank_sdpa": low,
+        "reduced_torch": ReducedDimSelfAttention(low, ReducedAttentionConfig("reduced", "torch")),
+        "reduced_auto": ReducedDimSelfAttention(low, ReducedAttentionConfig("auto", "torch")),
+    }
     if device == "cuda":
         out["reduced_triton"] = ReducedDimSelfAttention(low, ReducedAttentionConfig("reduced", "triton"))
     return out
@@ -85,10 +95,17 @@ def interleaved_medians(fns: dict[str, callable], device: str, repeats: int, war
 
 
 def bench_blocks(args) -> None:
-    print(f"# attention block, L={args.seq_len}, device={args.device}, dtype={args.dtype}, "
-          f"threads={torch.get_num_threads()}, median of {args.repeats} interleaved repeats")
-    print(f"{'shape':9} {'B':>2} {'rank':>4}  {'plan(auto)':22} " + " ".join(f"{n:>15}" for n in (
-        "dense_sdpa ms", "lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")) + "  vs lowrank_sdpa")
+    print(
+        f"# attention block, L={args.seq_len}, device={args.device}, dtype={args.dtype}, "
+        f"threads={torch.get_num_threads()}, median of {args.repeats} interleaved repeats"
+    )
+    print(
+        f"{'shape':9} {'B':>2} {'rank':>4}  {'plan(auto)':22} "
+        + " ".join(
+            f"{n:>15}" for n in ("dense_sdpa ms", "lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")
+        )
+        + "  vs lowrank_sdpa"
+    )
     dtype = getattr(torch, args.dtype)
     for shape in args.shapes:
         d = SHAPES[shape][0]
@@ -96,18 +113,26 @@ def bench_blocks(args) -> None:
             x = torch.randn(batch, args.seq_len, d, device=args.device, dtype=dtype)  # (B, L, D)
             for rank in args.ranks:
                 blocks = attention_variants(shape, rank, args.device, dtype)
-                med = interleaved_medians({n: (lambda m=m: m(x)) for n, m in blocks.items()}, args.device,
-                                          args.repeats)
+                calls = {n: (lambda m=m, x=x: m(x)) for n, m in blocks.items()}
+                med = interleaved_medians(calls, args.device, args.repeats)
                 plan = blocks["reduced_auto"].plan
                 base = med["dense_sdpa"]
                 cells = [f"{base * 1e3:15.2f}"] + [
                     f"{med[n] / base:8.2f}x{med[n] * 1e3:6.1f}" if n in med else f"{'-':>15}"
-                    for n in ("lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")]
+                    for n in ("lowrank_sdpa", "reduced_torch", "reduced_auto", "reduced_triton")
+                ]
                 vs_low = " ".join(f"{n[8:]} {med[n] / med['lowrank_sdpa']:.2f}x" for n in med if n.startswith("red"))
-                print(f"{shape:9} {batch:>2} {rank:>4}  {plan.scores + '/' + plan.values:22} " + " ".join(cells)
-                      + "  " + vs_low, flush=True)
-    print("# cells: ratio vs dense_sdpa, then ms; last: reduced variants vs lowrank_sdpa (same low-rank weights, "
-          "standard attention); plan(auto) = scores path / values path chosen by mode 'auto'")
+                print(
+                    f"{shape:9} {batch:>2} {rank:>4}  {plan.scores + '/' + plan.values:22} "
+                    + " ".join(cells)
+                    + "  "
+                    + vs_low,
+                    flush=True,
+                )
+    print(
+        "# cells: ratio vs dense_sdpa, then ms; last: reduced variants vs lowrank_sdpa (same low-rank weights, "
+        "standard attention); plan(auto) = scores path / values path chosen by mode 'auto'"
+    )
 
 
 def bench_encoder(args) -> None:
@@ -123,14 +148,17 @@ def bench_encoder(args) -> None:
                     setattr(layer.self_attn, name, random_lowrank(config.d_model, rank, gen))
             enc = enc.to(args.device, dtype).eval()
             feats = torch.randn(args.batch[0], config.num_mel_bins, 3000, device=args.device, dtype=dtype)
-            fns = {"lowrank_sdpa": lambda e=enc: e(feats)}
-            for backend in (("torch", "triton") if args.device == "cuda" else ("torch",)):
+            fns = {"lowrank_sdpa": lambda e=enc, f=feats: e(f)}
+            for backend in ("torch", "triton") if args.device == "cuda" else ("torch",):
                 swapped = use_reduced_attention(copy.deepcopy(enc), mode="reduced", backend=backend)
-                fns[f"reduced_{backend}"] = lambda e=swapped: e(feats)
+                fns[f"reduced_{backend}"] = lambda e=swapped, f=feats: e(f)
             med = interleaved_medians(fns, args.device, args.repeats)
             base = med["lowrank_sdpa"]
-            print(f"encoder {shape} B={args.batch[0]} rank={rank}: lowrank_sdpa {base * 1e3:.1f} ms; " + "; ".join(
-                f"{n} {t * 1e3:.1f} ms ({t / base:.2f}x)" for n, t in med.items() if n != "lowrank_sdpa"), flush=True)
+            print(
+                f"encoder {shape} B={args.batch[0]} rank={rank}: lowrank_sdpa {base * 1e3:.1f} ms; "
+                + "; ".join(f"{n} {t * 1e3:.1f} ms ({t / base:.2f}x)" for n, t in med.items() if n != "lowrank_sdpa"),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -143,8 +171,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadiest on a busy machine)")
-    p.add_argument("--parts", nargs="+", default=["blocks"], choices=["blocks", "encoder"],
-                   help="attention blocks and/or the end-to-end encoder (30 s input, all layers swapped)")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["blocks"],
+        choices=["blocks", "encoder"],
+        help="attention blocks and/or the end-to-end encoder (30 s input, all layers swapped)",
+    )
     args = p.parse_args()
     cuda = args.device == "cuda"
     if args.threads:

@@ -1,6 +1,7 @@
 """Deployment benchmark: model × runtime × precision, every row measured in one run, interleaved.
 
-Columns: encoder ms (one 30-s window, batch 1, median of --encoder-reps in a fresh process, best round), end-to-end wall time of a whole process
+Columns: encoder ms (one 30-s window, batch 1, median of --encoder-reps in a fresh process, best round), end-to-end
+wall time of a whole process
 transcribing the same dev clips (greedy, timestamps, temperature fallback, no condition on previous text; the
 median over --rounds), corpus WER on those clips, peak RSS of that process (/usr/bin/time), size on disk (the
 files the runtime reads), and ratios against faster-whisper int8 on the same original checkpoint and threads.
@@ -15,6 +16,7 @@ Rows (each needs its export directory, made with `litewhisper export`):
         --export base:fp32=/tmp/wt14-base-fp32 --export base:int8=/tmp/wt14-base-int8 \
         --export base@0.8:fp32=/tmp/wt14-lite-base-fp32 --export base@0.8:int8=/tmp/wt14-lite-base-int8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -127,8 +129,7 @@ def fw_dir(name: str, work: Path) -> Path:
     out = work / f"fw-{name}"
     if not (out / "model.bin").is_file():
         out.mkdir(parents=True, exist_ok=True)
-        for extra in ("config.json", "vocabulary.txt", "vocabulary.json", "tokenizer.json",
-                      "preprocessor_config.json"):
+        for extra in ("config.json", "vocabulary.txt", "vocabulary.json", "tokenizer.json", "preprocessor_config.json"):
             if (meta / extra).is_file():
                 shutil.copy(meta / extra, out / extra)
         with open(out / "model.bin.tmp", "wb") as f:
@@ -156,21 +157,22 @@ def build_rows(args, work: Path) -> list[Row]:
             from litewhisper.models.builtin import builtin_model_dir, is_builtin
 
             src = builtin_model_dir(source) if is_builtin(source) else Path(source)
-            rows.append(Row(name, "PyTorch (batch 8)", "fp32", "torch", source,
-                            dir_size([src / "model.safetensors"]), base))
+            rows.append(
+                Row(name, "PyTorch (batch 8)", "fp32", "torch", source, dir_size([src / "model.safetensors"]), base)
+            )
     for spec in args.export:  # NAME:PRECISION=DIR
         key, path = spec.split("=", 1)
         name, precision = key.split(":")
-        rows.append(Row(name, "litewhisper (ORT+CT2)", precision, "onnx", path, export_size(Path(path)),
-                        name.split("@")[0]))
+        rows.append(
+            Row(name, "litewhisper (ORT+CT2)", precision, "onnx", path, export_size(Path(path)), name.split("@")[0])
+        )
     for spec in args.whispercpp:  # NAME=GGML_FILE
         name, path = spec.split("=", 1)
         rows.append(Row(name, "whisper.cpp (pywhispercpp)", "fp16", "wcpp", path, Path(path).stat().st_size, name))
     return rows
 
 
-def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float | None = None
-            ) -> list[str] | None:
+def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float | None = None) -> list[str] | None:
     out = work / "out.json"
     if row.kind in ("fw", "wcpp"):
         script = FW_SCRIPT if row.kind == "fw" else WCPP_SCRIPT
@@ -182,8 +184,14 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float
     timefile = work / "time.txt"
     start = time.perf_counter()
     try:
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(timefile), *cmd], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", str(timefile), *cmd],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         print(f"{row.model} {row.runtime}: over {timeout} s, left out", file=sys.stderr)
         return None
@@ -202,32 +210,45 @@ def encoder_ms(row: Row, threads: int, reps: int) -> float | None:
         return None  # pywhispercpp has no encoder-only call
     kind = {"fw": "ct2", "onnx": "onnx", "torch": "torch"}[row.kind]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run([sys.executable, "-c", ENC_SCRIPT, kind, row.path, str(threads), str(reps)], env=env,
-                          cwd=REPO, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", ENC_SCRIPT, kind, row.path, str(threads), str(reps)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(proc.stdout.split()[-1])
 
 
 def wer(refs: list[str], hyps: list[str]) -> float:
-    scores = [score_utterance(str(i), normalize(r, "english"), normalize(h, "english")) for i, (r, h) in
-              enumerate(zip(refs, hyps))]
+    scores = [
+        score_utterance(str(i), normalize(r, "english"), normalize(h, "english"))
+        for i, (r, h) in enumerate(zip(refs, hyps, strict=True))
+    ]
     return corpus_score(scores).wer
 
 
 def table(rows: list[Row], threads: int, n_clips: int, audio_s: float) -> str:
     ref = {r.reference: r for r in rows if r.kind == "fw"}
-    head = ("| model | runtime | precision | encoder ms | × CT2 enc | wall s | × fw | WER % | peak RSS MiB | "
-            "size MiB |")
-    lines = [f"{n_clips} English dev clips ({audio_s:.0f} s of audio), {threads} threads, greedy; wall = median "
-             "whole-process time; × = faster-whisper int8 (same original checkpoint) ÷ row (higher is faster)",
-             "", head, "|" + "---|" * (head.count("|") - 1)]
+    head = "| model | runtime | precision | encoder ms | × CT2 enc | wall s | × fw | WER % | peak RSS MiB | size MiB |"
+    lines = [
+        f"{n_clips} English dev clips ({audio_s:.0f} s of audio), {threads} threads, greedy; wall = median "
+        "whole-process time; × = faster-whisper int8 (same original checkpoint) ÷ row (higher is faster)",
+        "",
+        head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]
     for r in rows:
         fw = ref.get(r.reference)
         wall, enc = statistics.median(r.walls), min((e for e in r.encoder if e is not None), default=None)
         enc_ratio = f"{min(fw.encoder) / enc:.2f}×" if fw and enc else "—"
         enc_text = f"{r.precision} | {enc:.0f}" if enc else f"{r.precision} | —"
         wall_ratio = f"{statistics.median(fw.walls) / wall:.2f}×" if fw else "—"
-        lines.append(f"| {r.model} | {r.runtime} | {enc_text} | {enc_ratio} | {wall:.1f} | "
-                     f"{wall_ratio} | {r.wer:.2f} | {max(r.rss):.0f} | {r.size / 2**20:.1f} |")
+        lines.append(
+            f"| {r.model} | {r.runtime} | {enc_text} | {enc_ratio} | {wall:.1f} | "
+            f"{wall_ratio} | {r.wer:.2f} | {max(r.rss):.0f} | {r.size / 2**20:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -246,7 +267,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = p.parse_args()
     manifest = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    picked = [r for r in manifest if r["split"] == "dev" and r["lang"] == "en"][:args.clips]
+    picked = [r for r in manifest if r["split"] == "dev" and r["lang"] == "en"][: args.clips]
     clips, refs = [str(DATA / r["path"]) for r in picked], [r["text"] for r in picked]
     args.work.mkdir(parents=True, exist_ok=True)
     rows = build_rows(args, args.work)
@@ -258,9 +279,12 @@ def main() -> None:
                 continue
             row.wer = wer(refs, hyps) if row.wer is None else row.wer
             row.encoder.append(encoder_ms(row, args.threads, args.encoder_reps))
-            print(f"round {rnd + 1}: {row.model} {row.runtime} {row.precision}: {row.walls[-1]:.1f} s, "
-                  f"WER {row.wer:.2f} %, peak {row.rss[-1]:.0f} MiB, encoder {row.encoder[-1]} ms",
-                  file=sys.stderr, flush=True)
+            print(
+                f"round {rnd + 1}: {row.model} {row.runtime} {row.precision}: {row.walls[-1]:.1f} s, "
+                f"WER {row.wer:.2f} %, peak {row.rss[-1]:.0f} MiB, encoder {row.encoder[-1]} ms",
+                file=sys.stderr,
+                flush=True,
+            )
     text = table(rows, args.threads, len(clips), sum(r["duration_s"] for r in picked))
     print(text)
     if args.out:

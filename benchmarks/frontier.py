@@ -11,8 +11,10 @@ fast θ pairs), liteasr-pack / liteasr-pack-preset (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
 measured sensitivity), budget-sens-refine, budget-sens-distill (+ decoder-aware distillation: next-token KL
-and cross-entropy on the original model's transcripts of the calibration clips); "-clip": statistics from one clip per window instead of packed.
+and cross-entropy on the original model's transcripts of the calibration clips); "-clip": statistics from one clip
+per window instead of packed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,23 +29,42 @@ from pathlib import Path
 
 import torch
 
+from litewhisper.audio.datasets import read_manifest
 from litewhisper.compression.api import compress
 from litewhisper.compression.calibration import CalibrationConfig, calibrate
-from litewhisper.audio.datasets import read_manifest
-from litewhisper.decode.options import PRESETS, DecodeOptions
-from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, evaluate_model, loop_stats, paired_change
-from litewhisper.evaluation.evaluate import score_hypotheses
-from litewhisper.models.cost import encoder_flops, encoder_params
-from litewhisper.models.load import load_model
 from litewhisper.compression.policy import RankPolicy, SizeBudget
 from litewhisper.compression.refine import RefineConfig, relative_mse
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.decode.options import PRESETS, DecodeOptions
+from litewhisper.evaluation.evaluate import (
+    EvalConfig,
+    HypothesisLog,
+    evaluate_model,
+    loop_stats,
+    paired_change,
+    score_hypotheses,
+)
+from litewhisper.models.cost import encoder_flops, encoder_params
+from litewhisper.models.load import load_model
 from litewhisper.progress import quiet
 
 log = logging.getLogger("litewhisper")
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VARIANTS = ("liteasr", "liteasr-preset", "liteasr-pack", "liteasr-pack-preset", "budget", "budget-refine", "budget-seq", "budget-seq-refine", "budget-sens",
-            "budget-sens-refine", "budget-sens-clip", "budget-sens-clip-refine", "budget-sens-distill")
+VARIANTS = (
+    "liteasr",
+    "liteasr-preset",
+    "liteasr-pack",
+    "liteasr-pack-preset",
+    "budget",
+    "budget-refine",
+    "budget-seq",
+    "budget-seq-refine",
+    "budget-sens",
+    "budget-sens-refine",
+    "budget-sens-clip",
+    "budget-sens-clip-refine",
+    "budget-sens-distill",
+)
 
 
 def dev_subset(manifest: Path, n: int, seed: int = 0) -> list:
@@ -74,21 +95,25 @@ def cached_stats(bundle, calib: list, windowing: str, path: Path) -> ActivationS
 _SENSITIVITIES: dict[str, dict[str, float]] = {}
 
 
-def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig,
-          min_kept: float = 0.0):
+def build(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig, min_kept: float = 0.0):
     """The compressed bundle for one point: knob = θ (liteasr*) or target size fraction (budget*)."""
     with quiet():
         return _compressed(bundle, variant, knob, stats, calib, refine_cfg, min_kept)
 
 
-def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig,
-                min_kept: float):
+def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, refine_cfg: RefineConfig, min_kept: float):
     if variant.startswith("liteasr"):
         policy = RankPolicy.preset(knob) if isinstance(knob, str) else RankPolicy(theta_attn=knob, theta_mlp=knob)
         return compress(bundle, policy=policy, stats=stats["pack" if "-pack" in variant else "clip"]).bundle
     windows = "clip" if "-clip" in variant else "pack"
-    budget = SizeBudget(knob, sensitivity="-sens" in variant, windows=windows, sequential="-seq" in variant,
-                        refine=_refinement(variant, refine_cfg), min_kept=min_kept)
+    budget = SizeBudget(
+        knob,
+        sensitivity="-sens" in variant,
+        windows=windows,
+        sequential="-seq" in variant,
+        refine=_refinement(variant, refine_cfg),
+        min_kept=min_kept,
+    )
     result = compress(bundle, calib, budget, stats=stats[windows], sensitivities=_SENSITIVITIES.get(windows))
     if result.sensitivities is not None:
         _SENSITIVITIES[windows] = result.sensitivities  # probed once per statistics, re-used for every size
@@ -107,9 +132,11 @@ class Proxy:
 
     def __init__(self, bundle, items: list, path: Path):
         from litewhisper.audio.load import load_audio
+
         fe = bundle.processor.feature_extractor
-        self.features = fe([load_audio(it.path) for it in items], sampling_rate=16000,
-                           return_tensors="pt").input_features  # (N, n_mels, 3000)
+        self.features = fe(
+            [load_audio(it.path) for it in items], sampling_rate=16000, return_tensors="pt"
+        ).input_features  # (N, n_mels, 3000)
         if path.is_file():
             self.teacher = torch.load(path)
         else:
@@ -119,28 +146,39 @@ class Proxy:
     @torch.inference_mode()
     def states(self, bundle) -> torch.Tensor:
         enc = bundle.model.get_encoder()
-        return torch.cat([enc(self.features[i:i + 4]).last_hidden_state for i in range(0, len(self.features), 4)])
+        return torch.cat([enc(self.features[i : i + 4]).last_hidden_state for i in range(0, len(self.features), 4)])
 
     def error(self, bundle) -> float:
         return float(relative_mse(self.states(bundle), self.teacher))  # states (N, positions, d_model)
 
 
-def score_point(name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None,
-                hyp_log: HypothesisLog) -> dict:
+def score_point(
+    name: str, bundle, items: list, eval_cfg: EvalConfig, proxy: Proxy | None, hyp_log: HypothesisLog
+) -> dict:
     row = {"params": encoder_params(bundle.model), "flops": encoder_flops(bundle.model)}
     if proxy is not None:
         row["enc_err"] = proxy.error(bundle)
         return row
     result = evaluate_model(bundle, items, eval_cfg, name=name, log_file=hyp_log)
-    return {**row, "wer": result.score.wer, "domains": {d: g.rate for d, g in result.score.domains.items()},
-            "n_clips": len(items), "hit_token_limit": result.n_hit_token_limit, "n_loops": len(result.loops.ids),
-            "decode_s": round(result.decode_seconds, 1)}
+    return {
+        **row,
+        "wer": result.score.wer,
+        "domains": {d: g.rate for d, g in result.score.domains.items()},
+        "n_clips": len(items),
+        "hit_token_limit": result.n_hit_token_limit,
+        "n_loops": len(result.loops.ids),
+        "decode_s": round(result.decode_seconds, 1),
+    }
 
 
 def points(args) -> list[tuple[str, float]]:
     """(variant, knob) pairs interleaved across variants, so a partial run already compares them."""
-    knobs = {"liteasr": args.thetas, "liteasr-pack": args.thetas, "liteasr-preset": args.presets,
-             "liteasr-pack-preset": args.presets}
+    knobs = {
+        "liteasr": args.thetas,
+        "liteasr-pack": args.thetas,
+        "liteasr-preset": args.presets,
+        "liteasr-pack-preset": args.presets,
+    }
     per_variant = [[(v, k) for k in knobs.get(v, args.sizes)] for v in args.variants]
     return [pv[i] for i in range(max(map(len, per_variant))) for pv in per_variant if i < len(pv)]
 
@@ -153,19 +191,29 @@ def run(args) -> list[dict]:
     manifest = args.data / "manifest.jsonl"
     calib = read_manifest(manifest, split="calib")
     items = dev_subset(manifest, args.dev_clips, args.seed)
-    eval_cfg = EvalConfig(language="en", decoding=DecodeOptions.preset(args.decoding,
-                                                                       max_new_tokens=args.max_new_tokens))
-    refine_cfg = RefineConfig(max_steps=args.refine_steps, lr=args.refine_lr, eval_every=args.refine_eval_every,
-                              patience=3, windows=args.refine_windows)
+    eval_cfg = EvalConfig(
+        language="en", decoding=DecodeOptions.preset(args.decoding, max_new_tokens=args.max_new_tokens)
+    )
+    refine_cfg = RefineConfig(
+        max_steps=args.refine_steps,
+        lr=args.refine_lr,
+        eval_every=args.refine_eval_every,
+        patience=3,
+        windows=args.refine_windows,
+    )
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
-    proxy = Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt") \
-        if args.metric == "proxy" else None
+    proxy = (
+        Proxy(bundle, dev_subset(manifest, args.proxy_clips, args.seed + 1), args.out / "teacher.pt")
+        if args.metric == "proxy"
+        else None
+    )
     key = "enc_err" if proxy is not None else "wer"
     hyp_log = HypothesisLog(args.out / "hypotheses.jsonl", resume=True)
     for variant, knob in [("original", None)] + points(args):
         name = variant if knob is None else f"{variant}@{knob}"
-        if key in results.get(name, {}) and (proxy is not None or all((name, str(it.id)) in hyp_log.done
-                                                                      for it in items)):  # resume: every clip
+        if key in results.get(name, {}) and (
+            proxy is not None or all((name, str(it.id)) in hyp_log.done for it in items)
+        ):  # resume: every clip
             continue
         start = time.perf_counter()
         built = bundle if knob is None else build(bundle, variant, knob, stats, calib, refine_cfg, args.min_kept)
@@ -186,8 +234,12 @@ def add_comparisons(results: dict, out: Path, items: list, bootstrap: int) -> No
     for name in [n for n in results if all((n, i) in hyp_log.done for i in ids)]:  # WER on exactly these clips
         hyps = [hyp_log.done[(name, i)] for i in ids]
         score, _ = score_hypotheses(hyps)
-        results[name].update(wer=score.wer, domains={d: g.rate for d, g in score.domains.items()},
-                             n_clips=len(ids), n_loops=len(loop_stats(hyps).ids))
+        results[name].update(
+            wer=score.wer,
+            domains={d: g.rate for d, g in score.domains.items()},
+            n_clips=len(ids),
+            n_loops=len(loop_stats(hyps).ids),
+        )
     add_loop_free_wer(results, hyp_log, ids)
     add_paired_changes(results, hyp_log, ids, bootstrap)
     (out / "results.json").write_text(json.dumps(list(results.values()), indent=1))
@@ -222,8 +274,18 @@ def _fmt(x, spec: str) -> str:
 def table(rows: list[dict], model: str) -> str:
     base = next(r for r in rows if r["name"] == "original")
     domains = sorted(base.get("domains", {}))
-    head = ["point", "enc params (M)", "size", "GFLOPs/30 s", "enc. err", "WER", "rel. WER % [paired 95 % CI]", "loops",
-            "WER w/o loops", "rel."] + domains
+    head = [
+        "point",
+        "enc params (M)",
+        "size",
+        "GFLOPs/30 s",
+        "enc. err",
+        "WER",
+        "rel. WER % [paired 95 % CI]",
+        "loops",
+        "WER w/o loops",
+        "rel.",
+    ] + domains
     lines = [f"### {model}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["variant"] != "original", r["variant"], -r["params"])):
         wer = r.get("wer")
@@ -231,9 +293,18 @@ def table(rows: list[dict], model: str) -> str:
         rel_text = _fmt(rel, "+.1f") + (" [{:+.1f}, {:+.1f}]".format(*r["change_ci"]) if "change_ci" in r else "")
         free, base_free = r.get("wer_loop_free"), base.get("wer_loop_free")
         rel_free = None if free is None or base_free is None else 100 * (free / base_free - 1)
-        cells = [r["name"], f"{r['params'] / 1e6:.2f}", f"{r['params'] / base['params']:.3f}",
-                 f"{r['flops'] / 1e9:.2f}", _fmt(r.get("enc_err"), ".4f"), _fmt(wer, ".2f"), rel_text,
-                 _fmt(r.get("n_loops", r.get("hit_token_limit")), "d"), _fmt(free, ".2f"), _fmt(rel_free, "+.1f")]
+        cells = [
+            r["name"],
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['params'] / base['params']:.3f}",
+            f"{r['flops'] / 1e9:.2f}",
+            _fmt(r.get("enc_err"), ".4f"),
+            _fmt(wer, ".2f"),
+            rel_text,
+            _fmt(r.get("n_loops", r.get("hit_token_limit")), "d"),
+            _fmt(free, ".2f"),
+            _fmt(rel_free, "+.1f"),
+        ]
         cells += [_fmt(r.get("domains", {}).get(d), ".2f") for d in domains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -241,25 +312,33 @@ def table(rows: list[dict], model: str) -> str:
 
 def plot(rows: list[dict], model: str, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     base = next(r for r in rows if r["name"] == "original")
     metrics = [m for m in ("change", "enc_err") if any(m in r for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=False):
         for variant in VARIANTS:
-            pts = sorted((r["params"] / base["params"], r[metric], *r.get("change_ci", (r[metric],) * 2))
-                         for r in rows if r["variant"] == variant and metric in r)
+            pts = sorted(
+                (r["params"] / base["params"], r[metric], *r.get("change_ci", (r[metric],) * 2))
+                for r in rows
+                if r["variant"] == variant and metric in r
+            )
             if pts:
-                x, y, lo, hi = (list(v) for v in zip(*pts))
-                err = [[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]]
+                x, y, lo, hi = (list(v) for v in zip(*pts, strict=True))
+                err = [[a - b for a, b in zip(y, lo, strict=True)], [b - a for a, b in zip(y, hi, strict=True)]]
                 ax.errorbar(x, y, yerr=err if metric == "change" else None, marker="o", capsize=3, label=variant)
         if metric == "change":
             ax.axhline(0, color="k", ls="--", lw=1, label=f"original ({base['wer']:.2f} % WER)")
             ax.axhline(3, color="grey", ls=":", lw=1, label="+3 % relative")
         ax.set_xlabel("encoder size (fraction of original, without positional table)")
-        ax.set_ylabel("relative WER change vs original (%), paired 95 % CI" if metric == "change"
-                      else "relative error of final encoder states")
+        ax.set_ylabel(
+            "relative WER change vs original (%), paired 95 % CI"
+            if metric == "change"
+            else "relative error of final encoder states"
+        )
         ax.set_title(f"{model}: {metric} vs encoder size")
         ax.invert_xaxis()
         ax.legend(fontsize=8)
@@ -276,14 +355,22 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", type=int, default=1000, help="paired-bootstrap resamples for the intervals")
     p.add_argument("--max-new-tokens", type=int, default=224)
-    p.add_argument("--decoding", choices=tuple(PRESETS), default="default",
-                   help="decoding preset of the one decoder (default: what transcribe does)")
+    p.add_argument(
+        "--decoding",
+        choices=tuple(PRESETS),
+        default="default",
+        help="decoding preset of the one decoder (default: what transcribe does)",
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--thetas", nargs="+", type=float, default=[0.9999, 0.9995, 0.999, 0.995, 0.99])
     p.add_argument("--presets", nargs="+", default=["acc", "balanced", "fast"], help="liteasr-preset: θ presets")
     p.add_argument("--sizes", nargs="+", type=float, default=[0.95, 0.9, 0.85, 0.8, 0.75, 0.7])
-    p.add_argument("--metric", choices=("wer", "proxy"), default="wer",
-                   help="wer: corpus WER on the dev subset; proxy: relative error of the final encoder states")
+    p.add_argument(
+        "--metric",
+        choices=("wer", "proxy"),
+        default="wer",
+        help="wer: corpus WER on the dev subset; proxy: relative error of the final encoder states",
+    )
     p.add_argument("--proxy-clips", type=int, default=24, help="dev clips for the proxy metric")
     p.add_argument("--min-kept", type=float, default=0.0, help="budget: floor on each layer's kept variance")
     p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
@@ -296,8 +383,9 @@ def main(argv=None) -> int:
     if args.table_only:
         results = {r["name"]: r for r in json.loads((args.out / "results.json").read_text())}
         if args.metric == "wer":
-            add_comparisons(results, args.out, dev_subset(args.data / "manifest.jsonl", args.dev_clips, args.seed),
-                            args.bootstrap)
+            add_comparisons(
+                results, args.out, dev_subset(args.data / "manifest.jsonl", args.dev_clips, args.seed), args.bootstrap
+            )
         rows = list(results.values())
     else:
         rows = run(args)

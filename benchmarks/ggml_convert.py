@@ -8,6 +8,7 @@ openai-whisper names. Only dense Whisper checkpoints: whisper.cpp has no low-ran
 
     PYTHONPATH=src python benchmarks/ggml_convert.py ~/.cache/litewhisper/base /tmp/ggml-base.bin
 """
+
 from __future__ import annotations
 
 import json
@@ -18,26 +19,39 @@ from pathlib import Path
 import numpy as np
 
 GGML_MAGIC = 0x67676D6C
-TOP_LEVEL = {"encoder.layer_norm": "encoder.ln_post", "encoder.embed_positions.weight": "encoder.positional_embedding",
-             "decoder.layer_norm": "decoder.ln", "decoder.embed_positions.weight": "decoder.positional_embedding",
-             "decoder.embed_tokens.weight": "decoder.token_embedding.weight"}
-LAYER_PARTS = {"self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key", "self_attn.v_proj": "attn.value",
-               "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln",
-               "encoder_attn.q_proj": "cross_attn.query", "encoder_attn.k_proj": "cross_attn.key",
-               "encoder_attn.v_proj": "cross_attn.value", "encoder_attn.out_proj": "cross_attn.out",
-               "encoder_attn_layer_norm": "cross_attn_ln", "fc1": "mlp.0", "fc2": "mlp.2", "final_layer_norm": "mlp_ln"}
-F32_NAMES = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding",
-             "decoder.positional_embedding"}
+TOP_LEVEL = {
+    "encoder.layer_norm": "encoder.ln_post",
+    "encoder.embed_positions.weight": "encoder.positional_embedding",
+    "decoder.layer_norm": "decoder.ln",
+    "decoder.embed_positions.weight": "decoder.positional_embedding",
+    "decoder.embed_tokens.weight": "decoder.token_embedding.weight",
+}
+LAYER_PARTS = {
+    "self_attn.q_proj": "attn.query",
+    "self_attn.k_proj": "attn.key",
+    "self_attn.v_proj": "attn.value",
+    "self_attn.out_proj": "attn.out",
+    "self_attn_layer_norm": "attn_ln",
+    "encoder_attn.q_proj": "cross_attn.query",
+    "encoder_attn.k_proj": "cross_attn.key",
+    "encoder_attn.v_proj": "cross_attn.value",
+    "encoder_attn.out_proj": "cross_attn.out",
+    "encoder_attn_layer_norm": "cross_attn_ln",
+    "fc1": "mlp.0",
+    "fc2": "mlp.2",
+    "final_layer_norm": "mlp_ln",
+}
+F32_NAMES = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding", "decoder.positional_embedding"}
 
 
 def ggml_name(hf: str) -> str | None:
     """model.encoder.layers.3.fc1.weight -> encoder.blocks.3.mlp.0.weight; None for proj_out (tied)."""
     if not hf.startswith("model."):
         return None
-    name = hf[len("model."):]
+    name = hf[len("model.") :]
     for prefix, new in TOP_LEVEL.items():
         if name.startswith(prefix):
-            return new + name[len(prefix):]
+            return new + name[len(prefix) :]
     side, rest = name.split(".", 1)
     if not rest.startswith("layers."):
         return name  # conv1 / conv2
@@ -55,7 +69,7 @@ def byte_decoder() -> dict[str, int]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def convert(model_dir: Path, out: Path) -> None:
@@ -69,10 +83,24 @@ def convert(model_dir: Path, out: Path) -> None:
     weights = load_file(str(model_dir / "model.safetensors"))
     dec = byte_decoder()
     with open(out, "wb") as f:
-        f.write(struct.pack("i" * 13, GGML_MAGIC, cfg["vocab_size"], cfg["max_source_positions"], cfg["d_model"],
-                            cfg["encoder_attention_heads"], cfg["encoder_layers"], cfg["max_target_positions"],
-                            cfg["d_model"], cfg["decoder_attention_heads"], cfg["decoder_layers"], cfg["num_mel_bins"],
-                            1, filters.shape[0]))
+        f.write(
+            struct.pack(
+                "i" * 13,
+                GGML_MAGIC,
+                cfg["vocab_size"],
+                cfg["max_source_positions"],
+                cfg["d_model"],
+                cfg["encoder_attention_heads"],
+                cfg["encoder_layers"],
+                cfg["max_target_positions"],
+                cfg["d_model"],
+                cfg["decoder_attention_heads"],
+                cfg["decoder_layers"],
+                cfg["num_mel_bins"],
+                1,
+                filters.shape[0],
+            )
+        )
         f.write(struct.pack("i", filters.shape[1]))
         f.write(filters.tobytes())
         f.write(struct.pack("i", len(vocab)))

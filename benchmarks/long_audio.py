@@ -11,6 +11,7 @@ Modes: `transcribe` (CLI, tiny.en by default; WER against the clips' texts), `de
 through `stream_audio` and drop it: the audio side alone), `load` (the whole file into memory with
 `load_audio`, as before streaming — for contrast).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,7 +85,9 @@ def wer(reference: str, hypothesis: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 120])
-    parser.add_argument("--modes", nargs="+", choices=("transcribe", "decode", "load"), default=["transcribe", "decode"])
+    parser.add_argument(
+        "--modes", nargs="+", choices=("transcribe", "decode", "load"), default=["transcribe", "decode"]
+    )
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--out", type=Path, help="append results as JSON lines here (default: stdout only)")
     args = parser.parse_args()
@@ -99,8 +102,9 @@ def main() -> None:
                     cmd = [sys.executable, "-c", READERS[mode].format(path=str(path))]
                 row = run_child(cmd, env)
                 text = row.pop("stdout")
-                row.update(minutes=minutes, mode=mode, model=args.model if mode == "transcribe" else None,
-                           cpus=os.cpu_count())
+                row.update(
+                    minutes=minutes, mode=mode, model=args.model if mode == "transcribe" else None, cpus=os.cpu_count()
+                )
                 if mode == "transcribe":
                     row["wer"] = wer(reference, text)
                     row["rtf"] = round(row["wall_s"] / (minutes * 60), 3)

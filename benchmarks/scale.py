@@ -11,9 +11,11 @@ statistics and of the whole run, time per window, plan/factorize time. Projected
 (one 30-s window each): time = windows x time per window + the fixed end cost; memory does not grow with the
 clips (streamed float64 moments). With --layers N < 32 the encoder has the real width but N layers, and every
 per-layer figure is brought to the full depth: times x 32/N, memory + (32 - N) x the per-layer weights, statistics,
-eigenvectors and accumulators ("projected"; the statistics' size is also given exactly by formula). The official LiteASR code keeps every layer output of every window (float16)
+eigenvectors and accumulators ("projected"; the statistics' size is also given exactly by formula). The official
+LiteASR code keeps every layer output of every window (float16)
 and its memory grows with the clips; its figure is computed analytically here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +35,22 @@ from litewhisper.compression.plan import RankPolicy, plan_ranks
 from litewhisper.models.linears import encoder_linears
 
 SHAPES = {  # encoder shapes; turbo = large-v3's encoder with a 4-layer decoder
-    "large-v3": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
-                     encoder_ffn_dim=5120, decoder_layers=32),
-    "turbo": dict(num_mel_bins=128, d_model=1280, encoder_layers=32, encoder_attention_heads=20,
-                  encoder_ffn_dim=5120, decoder_layers=4),
+    "large-v3": dict(
+        num_mel_bins=128,
+        d_model=1280,
+        encoder_layers=32,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_layers=32,
+    ),
+    "turbo": dict(
+        num_mel_bins=128,
+        d_model=1280,
+        encoder_layers=32,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_layers=4,
+    ),
 }
 GB = 1e9
 
@@ -49,7 +63,7 @@ def accumulator_bytes(d_model: int, layers: int) -> int:
 
 def saved_stats_bytes(d_model: int, ffn: int, layers: int) -> int:
     """Output moments of every linear (q, k, v, out, fc2: D x D; fc1: F x F), float64."""
-    return layers * (5 * (d_model ** 2 + d_model) + ffn ** 2 + ffn) * 8
+    return layers * (5 * (d_model**2 + d_model) + ffn**2 + ffn) * 8
 
 
 def liteasr_bytes(d_model: int, ffn: int, layers: int, windows: int, positions: int = 1500) -> int:
@@ -76,9 +90,9 @@ def run(model: str, windows: int, device: str, dtype: torch.dtype, layers: int |
     audio = [(0.1 * rng.standard_normal(30 * 16_000)).astype(np.float32) for _ in range(windows)]
     config = CalibrationConfig(windowing="clip", batch_size=1, device=device)
     with PeakMemory() as calib_mem:
-        start, cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         stats = calibrate(encoder, audio, config, progress=False)
-        calib_s, calib_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+        calib_s = time.perf_counter() - start
     with PeakMemory() as comp_mem:
         start = time.perf_counter()
         plan = plan_ranks(stats, RankPolicy.preset("balanced"))
@@ -92,20 +106,29 @@ def run(model: str, windows: int, device: str, dtype: torch.dtype, layers: int |
     run_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # memory that grows with depth: weights, statistics (+ the plan's eigenvectors), accumulators; the rest
     # (activations of one batch, libraries) does not
-    per_layer = (sum(p.nbytes for p in encoder.parameters()) + 2 * stats_bytes
-                 + accumulator_bytes(d, shape["encoder_layers"])) / shape["encoder_layers"]
+    per_layer = (
+        sum(p.nbytes for p in encoder.parameters()) + 2 * stats_bytes + accumulator_bytes(d, shape["encoder_layers"])
+    ) / shape["encoder_layers"]
     added = (full["encoder_layers"] - shape["encoder_layers"]) * per_layer
     return {
-        "model": model, "device": device, "dtype": str(dtype).removeprefix("torch."), "windows": windows,
-        "layers_measured": shape["encoder_layers"], "linears": len(encoder_linears(encoder)),
-        "build_s": round(build_s, 1), "calibrate_s_measured": round(calib_s, 1),
+        "model": model,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "windows": windows,
+        "layers_measured": shape["encoder_layers"],
+        "linears": len(encoder_linears(encoder)),
+        "build_s": round(build_s, 1),
+        "calibrate_s_measured": round(calib_s, 1),
         "s_per_window": round(per_window, 1),
-        "plan_s": round(plan_s * scale, 1), "factorize_s": round(factorize_s * scale, 1),
-        "stats_saved_gb": round(stats_bytes * scale / GB, 2), "stats_saved_gb_formula": round(saved_stats_bytes(d, f, n) / GB, 2),
+        "plan_s": round(plan_s * scale, 1),
+        "factorize_s": round(factorize_s * scale, 1),
+        "stats_saved_gb": round(stats_bytes * scale / GB, 2),
+        "stats_saved_gb_formula": round(saved_stats_bytes(d, f, n) / GB, 2),
         "accumulators_gb": round(accumulator_bytes(d, n) / GB, 2),
         "calibrate_rss_increase_gb_measured": round(calib_mem.increase / GB, 2),
         "compress_rss_increase_gb_measured": round(comp_mem.increase / GB, 2),
-        "run_peak_rss_gb_measured": round(run_peak / GB, 2), "run_peak_gb": round((run_peak + added) / GB, 2),
+        "run_peak_rss_gb_measured": round(run_peak / GB, 2),
+        "run_peak_gb": round((run_peak + added) / GB, 2),
         "cuda_peak_gb": round(max(calib_mem.cuda_peak, comp_mem.cuda_peak) * scale / GB, 2),
         "projected_1000_clips_h": round((1000 * per_window + (plan_s + factorize_s) * scale) / 3600, 2),
         "liteasr_100_clips_gb": round(liteasr_bytes(d, f, n, 100) / GB, 1),
@@ -115,26 +138,63 @@ def run(model: str, windows: int, device: str, dtype: torch.dtype, layers: int |
 
 
 def table(rows: list[dict]) -> str:
-    head = ["model", "device", "layers measured", "windows", "s/window", "plan+factorize s", "stats GB (saved)", "accumulators GB",
-            "measured peak GB", "run peak GB", "CUDA peak GB", "1,000 clips: h", "1,000 clips: GB",
-            "LiteASR 100 / 1,000 clips GB"]
+    head = [
+        "model",
+        "device",
+        "layers measured",
+        "windows",
+        "s/window",
+        "plan+factorize s",
+        "stats GB (saved)",
+        "accumulators GB",
+        "measured peak GB",
+        "run peak GB",
+        "CUDA peak GB",
+        "1,000 clips: h",
+        "1,000 clips: GB",
+        "LiteASR 100 / 1,000 clips GB",
+    ]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        lines.append(" | ".join(str(v) for v in [
-            r["model"], r["device"], r["layers_measured"], r["windows"], r["s_per_window"], round(r["plan_s"] + r["factorize_s"], 1),
-            r["stats_saved_gb"], r["accumulators_gb"], r["run_peak_rss_gb_measured"], r["run_peak_gb"],
-            r["cuda_peak_gb"], r["projected_1000_clips_h"], r["run_peak_gb"],
-            f"{r['liteasr_100_clips_gb']} / {r['liteasr_1000_clips_gb']}"]))
+        lines.append(
+            " | ".join(
+                str(v)
+                for v in [
+                    r["model"],
+                    r["device"],
+                    r["layers_measured"],
+                    r["windows"],
+                    r["s_per_window"],
+                    round(r["plan_s"] + r["factorize_s"], 1),
+                    r["stats_saved_gb"],
+                    r["accumulators_gb"],
+                    r["run_peak_rss_gb_measured"],
+                    r["run_peak_gb"],
+                    r["cuda_peak_gb"],
+                    r["projected_1000_clips_h"],
+                    r["run_peak_gb"],
+                    f"{r['liteasr_100_clips_gb']} / {r['liteasr_1000_clips_gb']}",
+                ]
+            )
+        )
     return "\n".join(f"| {line} |" for line in lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SHAPES), nargs="+", default=["large-v3"])
-    parser.add_argument("--windows", type=int, default=4,
-                        help="30-s calibration windows (default 4: the plan needs as many frames as fc1 outputs)")
-    parser.add_argument("--layers", type=int, default=None,
-                        help="measure N of the 32 layers (real width) and scale per-layer figures (default all)")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=4,
+        help="30-s calibration windows (default 4: the plan needs as many frames as fc1 outputs)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="measure N of the 32 layers (real width) and scale per-layer figures (default all)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--json", help="also write the rows here")

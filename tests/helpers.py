@@ -1,4 +1,5 @@
 """Shared test helpers: tiny random Whisper models built in-process, and the shared real-speech data."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,26 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-def tiny_whisper_config(d_model: int = 32, layers: int = 2, heads: int = 4, ffn: int = 64,
-                        vocab_size: int = 51864, num_mel_bins: int = 80) -> WhisperConfig:
+def tiny_whisper_config(
+    d_model: int = 32, layers: int = 2, heads: int = 4, ffn: int = 64, vocab_size: int = 51864, num_mel_bins: int = 80
+) -> WhisperConfig:
     """A Whisper config small enough for unit tests (tiny.en's vocabulary and special tokens)."""
     return WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=num_mel_bins, d_model=d_model,
-        encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn, decoder_ffn_dim=ffn,
-        max_source_positions=1500, max_target_positions=448,
-        decoder_start_token_id=50257, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
+        vocab_size=vocab_size,
+        num_mel_bins=num_mel_bins,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=ffn,
+        decoder_ffn_dim=ffn,
+        max_source_positions=1500,
+        max_target_positions=448,
+        decoder_start_token_id=50257,
+        pad_token_id=50256,
+        bos_token_id=50256,
+        eos_token_id=50256,
     )
 
 
@@ -38,15 +49,18 @@ def tiny_whisper(seed: int = 0, **kwargs) -> WhisperForConditionalGeneration:
 def require_shared_data() -> Path:
     """The real-speech folder beside the checkout; fail (never skip) with a clear message if absent."""
     if not (SHARED_DATA / "manifest.jsonl").is_file():
-        pytest.fail(f"real-speech data not found at {SHARED_DATA}: these tests need ../shared/data "
-                    "beside the repository checkout")
+        pytest.fail(
+            f"real-speech data not found at {SHARED_DATA}: these tests need ../shared/data "
+            "beside the repository checkout"
+        )
     return SHARED_DATA
 
 
 def shared_manifest(split: str | None = None, lang: str | None = None) -> list[dict]:
     """Manifest rows of ../shared/data, optionally filtered by split and language."""
-    rows = [json.loads(line) for line in (require_shared_data() / "manifest.jsonl").read_text().splitlines()
-            if line.strip()]
+    rows = [
+        json.loads(line) for line in (require_shared_data() / "manifest.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [r for r in rows if (split is None or r["split"] == split) and (lang is None or r["lang"] == lang)]
 
 
@@ -92,5 +106,12 @@ def run_without_litewhisper(script: str, args: list, tmp_path: Path, timeout: in
     file = tmp_path / "clean_script.py"
     file.write_text(BLOCK_LITEWHISPER + textwrap.dedent(script))
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-I", str(file), *map(str, args)], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-I", str(file), *map(str, args)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

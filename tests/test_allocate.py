@@ -1,13 +1,19 @@
 import pytest
 import torch
 
-from litewhisper.compression.budget import (BudgetError, LayerSpectrum, allocate_for_size, allocate_ranks, layer_options,
-                                  linear_budget)
+from litewhisper.compression.budget import (
+    BudgetError,
+    LayerSpectrum,
+    allocate_for_size,
+    allocate_ranks,
+    layer_options,
+    linear_budget,
+)
 from litewhisper.errors import LiteWhisperError
 
 
 def _spectrum(name: str, d: int, decay: float, d_in: int | None = None) -> LayerSpectrum:
-    return LayerSpectrum(name, d_in or d, d, torch.tensor([decay ** i for i in range(d)], dtype=torch.float64))
+    return LayerSpectrum(name, d_in or d, d, torch.tensor([decay**i for i in range(d)], dtype=torch.float64))
 
 
 def test_options_step_and_dense_fallback():
@@ -15,7 +21,7 @@ def test_options_step_and_dense_fallback():
     ranks = [o.rank for o in opts]
     assert ranks == [16, 32, 48, None]  # rank 64 would cost 64·256 + 128 ≥ 128·128 + 128
     assert opts[-1].params == 128 * 128 + 128 and opts[-1].lost == 0.0
-    assert all(a.params < b.params and a.lost >= b.lost for a, b in zip(opts, opts[1:]))
+    assert all(a.params < b.params and a.lost >= b.lost for a, b in zip(opts, opts[1:], strict=False))
 
 
 def test_budget_and_step_respected():
@@ -25,8 +31,9 @@ def test_budget_and_step_respected():
         alloc = allocate_ranks(spectra, int(frac * dense), multiple_of=16)
         assert alloc.params <= alloc.budget
         assert all(r is None or r % 16 == 0 for r in alloc.ranks.values())
-        total = sum(s.dense_params if alloc.ranks[s.name] is None else s.lowrank_params(alloc.ranks[s.name])
-                    for s in spectra)
+        total = sum(
+            s.dense_params if alloc.ranks[s.name] is None else s.lowrank_params(alloc.ranks[s.name]) for s in spectra
+        )
         assert total == alloc.params
     assert all(r is None for r in allocate_ranks(spectra, dense).ranks.values())
 
@@ -71,10 +78,10 @@ def test_errors():
 def test_plan_budget_from_stats(tiny_model):
     import numpy as np
 
-    from litewhisper.compression.calibration import CalibrationConfig, calibrate
-    from litewhisper.models.cost import encoder_params
     from litewhisper.compression.budget import plan_budget
+    from litewhisper.compression.calibration import CalibrationConfig, calibrate
     from litewhisper.compression.policy import SizeBudget
+    from litewhisper.models.cost import encoder_params
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(2)]
     stats = calibrate(tiny_model, clips, CalibrationConfig(windowing="pack"))
@@ -90,9 +97,9 @@ def test_size_budget_sequential_and_refined(tiny_model):
 
     from litewhisper.compression.api import compress
     from litewhisper.compression.policy import SizeBudget
+    from litewhisper.compression.refine import RefineConfig
     from litewhisper.models.cost import encoder_params
     from litewhisper.models.linears import LowRankLinear
-    from litewhisper.compression.refine import RefineConfig
 
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(3)]
     total = encoder_params(tiny_model)
@@ -119,10 +126,13 @@ def test_size_budget_is_validated_in_one_place():
     assert SizeBudget(0.8, refine=5).refine == RefineConfig(max_steps=5) and SizeBudget(0.8, refine=0).refine is None
     assert SizeBudget.preset("balanced").target_size == 0.8 and SizeBudget(0.8).windows == "pack"
     assert SizeBudget(0.8).needs_audio and not SizeBudget(0.8, sensitivity=False).needs_audio
-    for kwargs, message in (({"target_size": 1.5}, "fraction in"), ({"target_size": 0.8, "windows": "x"}, "windows"),
-                            ({"target_size": 0.8, "multiple_of": 0}, "multiple_of"),
-                            ({"target_size": 0.8, "refine": -1}, "refine steps"),
-                            ({"target_size": 0.8, "min_kept": 1.0}, "min_kept")):
+    for kwargs, message in (
+        ({"target_size": 1.5}, "fraction in"),
+        ({"target_size": 0.8, "windows": "x"}, "windows"),
+        ({"target_size": 0.8, "multiple_of": 0}, "multiple_of"),
+        ({"target_size": 0.8, "refine": -1}, "refine steps"),
+        ({"target_size": 0.8, "min_kept": 1.0}, "min_kept"),
+    ):
         with pytest.raises(PlanError, match=message):
             SizeBudget(**kwargs)
 

@@ -1,5 +1,6 @@
 """The top-level names are the documented functions and classes, not same-named submodules; every name the
 README's Python examples use imports."""
+
 import ast
 import importlib
 import inspect
@@ -18,8 +19,9 @@ def test_public_names_resolve_to_callables():
 
 
 def test_from_import_gives_functions():
-    from litewhisper import calibrate, compress, transcribe  # noqa: F401 (after the submodules are imported)
     import litewhisper.compression.calibration  # noqa: F401
+    from litewhisper import calibrate, compress, transcribe  # noqa: F401 (after the submodules are imported)
+
     assert inspect.isfunction(transcribe) and inspect.isfunction(calibrate) and inspect.isfunction(compress)
     assert litewhisper.transcribe is transcribe and litewhisper.compress is compress
 
@@ -71,8 +73,19 @@ NOT_YET: tuple[str, ...] = ()
 
 
 # stage order of the package: a module imports only from its own stage or the stages before it
-STAGES = ("audio", "attention", "models", "compression", "export", "decode", "evaluation", "bench", "report", "ray",
-          "cli")
+STAGES = (
+    "audio",
+    "attention",
+    "models",
+    "compression",
+    "export",
+    "decode",
+    "evaluation",
+    "bench",
+    "report",
+    "ray",
+    "cli",
+)
 BASE = ("errors", "atomic", "constants", "progress", "swap", "distributed")  # imported by any stage, import no stage
 
 
@@ -85,7 +98,11 @@ def test_imports_point_down_the_stages():
         if stage in ("__init__", "__main__"):
             continue
         for target in re.findall(r"^\s*(?:from|import) litewhisper\.(\w+)", path.read_text(encoding="utf-8"), re.M):
-            if rank[target] > rank[stage] or (rank[stage] == 0 and target in BASE and target != stage
-                                               and target not in ("errors", "atomic", "progress")):
+            if rank[target] > rank[stage] or (
+                rank[stage] == 0
+                and target in BASE
+                and target != stage
+                and target not in ("errors", "atomic", "progress")
+            ):
                 upward.append(f"{path.relative_to(src)} -> {target}")
     assert not upward, f"imports pointing up the stage order: {upward}"

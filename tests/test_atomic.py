@@ -1,4 +1,5 @@
 """Atomic writes: results respect the umask; temporaries left by killed writers are swept on the next write."""
+
 import os
 import subprocess
 import sys
@@ -50,10 +51,12 @@ def test_stale_temporaries_are_swept_live_ones_kept(tmp_path):
 
 
 def test_temporary_of_a_killed_writer_is_swept(tmp_path):
-    code = ("import os, signal\nfrom litewhisper.atomic import atomic_directory\n"
-            f"with atomic_directory({str(tmp_path / 'ckpt')!r}) as tmp:\n"
-            "    (tmp / 'model.safetensors').write_bytes(b'x' * 1000)\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal\nfrom litewhisper.atomic import atomic_directory\n"
+        f"with atomic_directory({str(tmp_path / 'ckpt')!r}) as tmp:\n"
+        "    (tmp / 'model.safetensors').write_bytes(b'x' * 1000)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
     left = [p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.")]

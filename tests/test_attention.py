@@ -1,4 +1,5 @@
 """Reduced-dimension self-attention (PyTorch path): equals the standard path, per-part mode decisions, swap."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,13 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.attention.reduced import (AttentionConfigError, ReducedAttentionConfig, ReducedDimSelfAttention,
-                                   plan_attention, use_reduced_attention)
+from litewhisper.attention.reduced import (
+    AttentionConfigError,
+    ReducedAttentionConfig,
+    ReducedDimSelfAttention,
+    plan_attention,
+    use_reduced_attention,
+)
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear
 
@@ -17,8 +23,8 @@ def lowrank_like(lin: torch.nn.Module, rank: int, bias: bool = True, gen: torch.
     """A LowRankLinear with random factors scaled so that q·kᵀ/√D_h is O(1) (a peaked, non-uniform softmax)."""
     m = LowRankLinear(lin.in_features, lin.out_features, rank, bias=bias)
     with torch.no_grad():
-        m.weight1.copy_(torch.randn(lin.in_features, rank, generator=gen) * lin.in_features ** -0.5)
-        m.weight2.copy_(torch.randn(rank, lin.out_features, generator=gen) * rank ** -0.5)
+        m.weight1.copy_(torch.randn(lin.in_features, rank, generator=gen) * lin.in_features**-0.5)
+        m.weight2.copy_(torch.randn(rank, lin.out_features, generator=gen) * rank**-0.5)
         if bias:
             m.bias.copy_(torch.randn(lin.out_features, generator=gen) * 0.5)
     return m
@@ -27,7 +33,7 @@ def lowrank_like(lin: torch.nn.Module, rank: int, bias: bool = True, gen: torch.
 def make_lowrank(attn, ranks: tuple[int | None, int | None, int | None], q_bias: bool = True, seed: int = 0):
     """Replace q/k/v of a WhisperAttention by random LowRankLinear (None keeps that projection dense)."""
     gen = torch.Generator().manual_seed(seed)
-    for name, rank in zip(("q_proj", "k_proj", "v_proj"), ranks):
+    for name, rank in zip(("q_proj", "k_proj", "v_proj"), ranks, strict=True):
         if rank is not None:
             bias = q_bias if name == "q_proj" else True  # k gets a bias too: compressed k_proj has one
             setattr(attn, name, lowrank_like(getattr(attn, name), rank, bias, gen))
@@ -45,8 +51,12 @@ def reduced(attn, mode="reduced", backend="torch") -> ReducedDimSelfAttention:
 
 
 # ranks below and above the head size (64); q<k -> key-side fold, q>k -> query-side fold
-RANKS = [((16, 16, 16), "reduced_query"), ((16, 48, 32), "reduced_key"), ((48, 16, 80), "reduced_query"),
-         ((96, 128, 112), "reduced_key")]
+RANKS = [
+    ((16, 16, 16), "reduced_query"),
+    ((16, 48, 32), "reduced_key"),
+    ((48, 16, 80), "reduced_query"),
+    ((96, 128, 112), "reduced_key"),
+]
 
 
 @pytest.mark.parametrize("seq", [7, 33, 1500])
@@ -79,7 +89,7 @@ def test_reduced_bf16_close_to_fp32(ranks):
     attn = tiny_attention(ranks)
     x = torch.randn(2, 1500, 256)
     with torch.no_grad():
-        ref, _ = attn(x)                                                  # fp32 standard reference
+        ref, _ = attn(x)  # fp32 standard reference
         attn16 = copy.deepcopy(attn).to(torch.bfloat16)
         std16, _ = attn16(x.bfloat16())
         red16, _ = reduced(attn16)(x.bfloat16())
@@ -101,7 +111,7 @@ def test_mixed_dense_and_lowrank_parts():
 
 def _encoder_model():
     model = tiny_whisper(d_model=128, heads=2, layers=3, ffn=256)
-    for layer, ranks in zip(model.model.encoder.layers, [(16, 32, 16), (96, 48, 80), (128, 128, 128)]):
+    for layer, ranks in zip(model.model.encoder.layers, [(16, 32, 16), (96, 48, 80), (128, 128, 128)], strict=True):
         make_lowrank(layer.self_attn, ranks, seed=ranks[0])
     return model
 
@@ -111,16 +121,17 @@ def test_full_encoder_with_swapped_attention(mode):
     model = _encoder_model()
     feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))  # (B, mels, frames)
     with torch.no_grad():
-        want = model.model.encoder(feats).last_hidden_state                # (2, 1500, 128)
+        want = model.model.encoder(feats).last_hidden_state  # (2, 1500, 128)
         keys = set(model.state_dict())
         use_reduced_attention(model, mode=mode, backend="torch")
         got = model.model.encoder(feats).last_hidden_state
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert set(model.state_dict()) == keys                                 # checkpoints stay loadable
+    assert set(model.state_dict()) == keys  # checkpoints stay loadable
     kinds = [type(layer.self_attn).__name__ for layer in model.model.encoder.layers]
     # auto: layer 3 (ranks 128 > head size 64) saves nothing and keeps the original module
-    expected = ["ReducedDimSelfAttention"] * 3 if mode == "reduced" else ["ReducedDimSelfAttention"] * 2 + [
-        "WhisperAttention"]
+    expected = (
+        ["ReducedDimSelfAttention"] * 3 if mode == "reduced" else ["ReducedDimSelfAttention"] * 2 + ["WhisperAttention"]
+    )
     assert kinds == expected
     assert all(type(layer.self_attn).__name__ == "WhisperAttention" for layer in model.model.decoder.layers)
     assert all(type(layer.encoder_attn).__name__ == "WhisperAttention" for layer in model.model.decoder.layers)
@@ -137,24 +148,28 @@ def test_dense_model_is_left_untouched():
 
 def test_filter_fn_selects_modules_by_name():
     model = _encoder_model()
-    use_reduced_attention(model, mode="reduced", filter_fn=lambda m, name: name.endswith("layers.0.self_attn")
-                          and "encoder" in name)
+    use_reduced_attention(
+        model, mode="reduced", filter_fn=lambda m, name: name.endswith("layers.0.self_attn") and "encoder" in name
+    )
     kinds = [type(layer.self_attn).__name__ for layer in model.model.encoder.layers]
     assert kinds == ["ReducedDimSelfAttention", "WhisperAttention", "WhisperAttention"]
 
 
-@pytest.mark.parametrize("ranks,mode,expected", [
-    ((16, 16, 16), "auto", ("reduced_query", "reduced")),
-    ((32, 48, 32), "auto", ("reduced_key", "reduced")),       # L² term uses min(k_Q, k_K) = k_Q
-    ((48, 32, 48), "auto", ("reduced_query", "reduced")),
-    ((128, 128, 128), "auto", ("standard", "standard")),      # above the head size: no saving
-    ((64, 64, 64), "auto", ("reduced_query", "standard")),    # scores skip the Q/K up-projections; values tie
-    ((96, 128, 48), "auto", ("standard", "reduced")),
-    ((None, 16, 16), "auto", ("standard", "reduced")),        # dense q: scores cannot be reduced
-    ((16, 16, None), "auto", ("reduced_query", "standard")),
-    ((128, 128, 128), "reduced", ("reduced_query", "reduced")),
-    ((16, 16, 16), "standard", ("standard", "standard")),
-])
+@pytest.mark.parametrize(
+    "ranks,mode,expected",
+    [
+        ((16, 16, 16), "auto", ("reduced_query", "reduced")),
+        ((32, 48, 32), "auto", ("reduced_key", "reduced")),  # L² term uses min(k_Q, k_K) = k_Q
+        ((48, 32, 48), "auto", ("reduced_query", "reduced")),
+        ((128, 128, 128), "auto", ("standard", "standard")),  # above the head size: no saving
+        ((64, 64, 64), "auto", ("reduced_query", "standard")),  # scores skip the Q/K up-projections; values tie
+        ((96, 128, 48), "auto", ("standard", "reduced")),
+        ((None, 16, 16), "auto", ("standard", "reduced")),  # dense q: scores cannot be reduced
+        ((16, 16, None), "auto", ("reduced_query", "standard")),
+        ((128, 128, 128), "reduced", ("reduced_query", "reduced")),
+        ((16, 16, 16), "standard", ("standard", "standard")),
+    ],
+)
 def test_mode_selection(ranks, mode, expected):
     plan = plan_attention(*ranks, head_dim=64, seq_len=1500, mode=mode)
     assert (plan.scores, plan.values) == expected
@@ -201,12 +216,12 @@ def test_real_tiny_en_encoder_on_real_speech(real_tiny_en):
             lin = getattr(layer.self_attn, name)
             # orthonormal basis: the `rank` output coordinates of largest weight norm (no LAPACK call: those are
             # pathologically slow under pytest on this busy 2-core machine); exactness does not depend on it
-            top = lin.weight.detach().norm(dim=1).topk(rank).indices       # (k,)
+            top = lin.weight.detach().norm(dim=1).topk(rank).indices  # (k,)
             basis = torch.eye(lin.out_features, dtype=torch.float64)[:, top]  # (out, k)
             mean = torch.randn(lin.out_features, generator=gen, dtype=torch.float64) * 0.1
             setattr(layer.self_attn, name, factorize_linear(lin, mean, basis))
     with torch.no_grad():
-        want = model.model.encoder(feats).last_hidden_state                # (1, 1500, 384)
+        want = model.model.encoder(feats).last_hidden_state  # (1, 1500, 384)
         use_reduced_attention(model, backend="torch")
         got = model.model.encoder(feats).last_hidden_state
     assert all(isinstance(layer.self_attn, ReducedDimSelfAttention) for layer in model.model.encoder.layers)

@@ -1,4 +1,5 @@
 """Audio in: every format FFmpeg decodes (PyAV), standard input, bad files, and long recordings in bounded memory."""
+
 from __future__ import annotations
 
 import io
@@ -111,13 +112,14 @@ def test_bad_files_say_what_they_are(tmp_path, caplog):
 def test_truncated_wav_is_read_with_a_warning(tmp_path, caplog):
     sf.write(tmp_path / "full.wav", tone(11.0), SR, subtype="PCM_16")
     data = (tmp_path / "full.wav").read_bytes()
-    (tmp_path / "cut.wav").write_bytes(data[:44 + 478 * 2])  # header says 11 s, 478 frames present
+    (tmp_path / "cut.wav").write_bytes(data[: 44 + 478 * 2])  # header says 11 s, 478 frames present
     assert probe_audio(tmp_path / "cut.wav").duration_s == pytest.approx(11.0)
     with caplog.at_level(logging.WARNING, logger="litewhisper"):
         samples = load_audio(tmp_path / "cut.wav")
     assert samples.size == 478
-    assert "cut.wav is truncated: its header says 11.00 s of audio but the file holds 0.03 s (478 frames)" \
-        in caplog.text
+    assert (
+        "cut.wav is truncated: its header says 11.00 s of audio but the file holds 0.03 s (478 frames)" in caplog.text
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="litewhisper"):
         load_audio(tmp_path / "full.wav")
@@ -128,7 +130,15 @@ def test_discovery_finds_every_format(tmp_path):
     for name in ("a.m4a", "b.webm", "c.mp4", "d.wav", "e.opus", "f.wma", "g.amr", "h.mkv", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     assert [it.path.name for it in discover_audio(tmp_path)] == [
-        "a.m4a", "b.webm", "c.mp4", "d.wav", "e.opus", "f.wma", "g.amr", "h.mkv"]
+        "a.m4a",
+        "b.webm",
+        "c.mp4",
+        "d.wav",
+        "e.opus",
+        "f.wma",
+        "g.amr",
+        "h.mkv",
+    ]
 
 
 def _write_long_wav(path: Path, minutes: float) -> Path:
@@ -159,6 +169,7 @@ def test_streaming_a_long_file_keeps_memory_bounded(tmp_path):
 
 class RecordingBackend:
     """A fake backend: one 5-s segment every 5 s of each window, text = its absolute start; records sizes."""
+
     name, is_multilingual = "fake", False
 
     def __init__(self):
@@ -185,13 +196,12 @@ def test_decode_stream_windows_are_bounded_and_seamless():
     starts = [s.start for s in done.decoded.segments]
     ends = [s.end for s in done.decoded.segments]
     assert starts[0] == 0.0 and ends[-1] == 3600.0
-    assert all(b == a for a, b in zip(ends, starts[1:]))  # no gap, no overlap, no repeat
+    assert all(b == a for a, b in zip(ends, starts[1:], strict=False))  # no gap, no overlap, no repeat
 
 
 @pytest.mark.real
 @pytest.mark.parametrize("suffix,container,codec,rate", FORMATS)
-def test_real_compressed_formats_transcribe_like_the_original(real_tiny_en, tmp_path, suffix, container, codec,
-                                                              rate):
+def test_real_compressed_formats_transcribe_like_the_original(real_tiny_en, tmp_path, suffix, container, codec, rate):
     from litewhisper.decode.transcribe import transcribe
 
     original = require_shared_data() / "misc" / "jfk.flac"
@@ -207,7 +217,13 @@ def test_real_stdin_pipe(real_tiny_en, tmp_path):
     sf.write(tmp_path / "jfk.wav", load_audio(original), SR, subtype="PCM_16")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     with (tmp_path / "jfk.wav").open("rb") as stdin:
-        done = subprocess.run([sys.executable, "-m", "litewhisper", "transcribe", "tiny.en", "-", "--quiet"],
-                              stdin=stdin, capture_output=True, text=True, env=env, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "litewhisper", "transcribe", "tiny.en", "-", "--quiet"],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     assert done.returncode == 0, done.stderr
     assert "ask not what your country can do for you" in done.stdout

@@ -1,4 +1,5 @@
 """bench: interleaving order, per-round speedup bookkeeping with a fake clock, FLOP bound, module timer."""
+
 import itertools
 
 import numpy as np
@@ -6,8 +7,19 @@ import pytest
 import torch
 
 from helpers import tiny_whisper
-from litewhisper.bench.latency import (BenchConfig, EncoderResult, Spread, bench, bench_encoders, bench_end_to_end,
-                               format_bench, interleaved_timings, module_timer, report_dict, speedups)
+from litewhisper.bench.latency import (
+    BenchConfig,
+    EncoderResult,
+    Spread,
+    bench,
+    bench_encoders,
+    bench_end_to_end,
+    format_bench,
+    interleaved_timings,
+    module_timer,
+    report_dict,
+    speedups,
+)
 from litewhisper.bench.peers import PeerUnavailable, ct2_files
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.cost import encoder_flops
@@ -39,6 +51,7 @@ def test_speedup_is_median_of_per_round_ratios_under_drift():
     def model(cost):
         def run():
             clock.now += cost * factor[0]
+
         return run
 
     def a():
@@ -61,6 +74,7 @@ def test_bench_encoders_bookkeeping_ideal_speedup():
     def cost(c):
         def run():
             clock.now += c
+
         return run
 
     fns = {1: {"orig": cost(2.0), "fast": cost(1.0)}, 4: {"orig": cost(8.0), "fast": cost(2.0)}}
@@ -95,6 +109,7 @@ def test_end_to_end_interleaves_batches():
         def run(arrays):
             order.append((name, len(arrays)))
             return 0.5 * len(arrays), 0.25 * len(arrays)
+
         return run
 
     arrays = [np.zeros(16000, np.float32)] * 5

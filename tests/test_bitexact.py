@@ -5,6 +5,7 @@ cost model), and the restructured code wrote exactly the same checkpoints. They 
 when calibration started adding per-shard float64 moments in shard order (so 1, 2 or 8 torchrun workers give the
 same bytes): same ranks, weights within 7e-8 relative of the earlier ones. Any other change must keep them.
 """
+
 import hashlib
 
 import numpy as np
@@ -31,17 +32,24 @@ def _compress(case: str):
         "liteasr": RankPolicy(0.9, 0.95, multiple_of=4),
         "budget": SizeBudget(0.8, multiple_of=4),
         "budget-plain-clip": SizeBudget(0.85, multiple_of=8, sensitivity=False, windows="clip"),
-        "budget-sequential-refined": SizeBudget(0.8, multiple_of=4, sequential=True,
-                                                refine=RefineConfig(max_steps=3, eval_every=1, val_fraction=0.34)),
+        "budget-sequential-refined": SizeBudget(
+            0.8, multiple_of=4, sequential=True, refine=RefineConfig(max_steps=3, eval_every=1, val_fraction=0.34)
+        ),
     }
     return compress(tiny_whisper(seed=3), _audio(), policies[case])
 
 
 def tensor_hashes(path) -> dict[str, str]:
     tensors = load_file(str(path / "model.safetensors"))
-    return {name: hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()
-                                 if t.dim() else t.reshape(1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-            for name, t in sorted(tensors.items()) if ".encoder." in name}
+    return {
+        name: hashlib.sha256(
+            t.contiguous().view(torch.uint8).numpy().tobytes()
+            if t.dim()
+            else t.reshape(1).view(torch.uint8).numpy().tobytes()
+        ).hexdigest()[:16]
+        for name, t in sorted(tensors.items())
+        if ".encoder." in name
+    }
 
 
 def digest(hashes: dict[str, str]) -> str:
@@ -71,9 +79,12 @@ if __name__ == "__main__":  # print the expected digests (run once before a refa
     import sys
     import tempfile
     from pathlib import Path
+
     for case in ("liteasr", "budget", "budget-plain-clip", "budget-sequential-refined"):
         with tempfile.TemporaryDirectory() as tmp:
             res = _compress(case)
             h = tensor_hashes(save_checkpoint(res.model, Path(tmp) / case))
-            print(f'    "{case}": ({len(h)}, "{digest(h)}"),  # ranks {[e.rank for e in res.plan.entries]}',
-                  file=sys.stdout)
+            print(
+                f'    "{case}": ({len(h)}, "{digest(h)}"),  # ranks {[e.rank for e in res.plan.entries]}',
+                file=sys.stdout,
+            )

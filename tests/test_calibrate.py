@@ -1,4 +1,5 @@
 """Calibration statistics: streaming moments, windowing, merge, save/load, hooks, q/k/v derivation."""
+
 import math
 
 import numpy as np
@@ -7,9 +8,9 @@ import torch
 
 from helpers import tiny_whisper
 from litewhisper.compression.calibration import CalibrationConfig, calibrate, iter_windows, moment_hooks
+from litewhisper.compression.stats import ActivationStats, Moments
 from litewhisper.errors import CalibrationError
 from litewhisper.models.linears import encoder_linears
-from litewhisper.compression.stats import ActivationStats, Moments
 
 SR = 16_000
 
@@ -69,8 +70,9 @@ def test_merge_of_shards_equals_one_pass(tiny_model):
     for name, s in whole.layers.items():
         scale = s.moments.gram.abs().max().item()
         torch.testing.assert_close(merged.layers[name].moments.gram, s.moments.gram, rtol=1e-12, atol=1e-12 * scale)
-        torch.testing.assert_close(merged.layers[name].moments.sum, s.moments.sum, rtol=1e-12,
-                                   atol=1e-12 * s.moments.sum.abs().max().item())
+        torch.testing.assert_close(
+            merged.layers[name].moments.sum, s.moments.sum, rtol=1e-12, atol=1e-12 * s.moments.sum.abs().max().item()
+        )
 
 
 def test_save_load_round_trip_is_exact(tiny_model, tmp_path):

@@ -1,4 +1,5 @@
 """lite-whisper checkpoints: export, exact reload, remote-code loading without litewhisper, published layout."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,15 @@ from transformers import WhisperForConditionalGeneration
 
 import litewhisper
 from helpers import run_without_litewhisper, tiny_whisper_config
-from litewhisper.models.checkpoint import (AUTO_MAP, CheckpointError, HF_LITE_DIR, check_checkpoint,
-                                    load_lite_whisper_model, save_checkpoint)
 from litewhisper.errors import LiteWhisperError, ModelSourceError
+from litewhisper.models.checkpoint import (
+    AUTO_MAP,
+    HF_LITE_DIR,
+    CheckpointError,
+    check_checkpoint,
+    load_lite_whisper_model,
+    save_checkpoint,
+)
 from litewhisper.models.linears import LowRankLinear
 
 # (layer, linear) -> rank of the test model; layer 1's k_proj has no bias, as Whisper's dense k_proj.
@@ -88,12 +95,15 @@ def test_config_and_files(saved):
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "lite-whisper"
     assert config["architectures"] == ["LiteWhisperForConditionalGeneration"]
-    assert config["auto_map"] == AUTO_MAP and set(AUTO_MAP) == {"AutoConfig", "AutoModel",
-                                                                "AutoModelForSpeechSeq2Seq"}
+    assert config["auto_map"] == AUTO_MAP and set(AUTO_MAP) == {"AutoConfig", "AutoModel", "AutoModelForSpeechSeq2Seq"}
     assert config["low_rank_config"] == RANKS
     assert config["d_model"] == 32 and config["encoder_layers"] == 2
-    for name in ("model.safetensors", "generation_config.json", "configuration_lite_whisper.py",
-                 "modeling_lite_whisper.py"):
+    for name in (
+        "model.safetensors",
+        "generation_config.json",
+        "configuration_lite_whisper.py",
+        "modeling_lite_whisper.py",
+    ):
         assert (out / name).is_file(), name
     for name in ("configuration_lite_whisper.py", "modeling_lite_whisper.py"):
         assert (out / name).read_bytes() == (HF_LITE_DIR / name).read_bytes()
@@ -135,10 +145,17 @@ def published_layout(tmp_path, seed: int = 5):
     reference = lite_model(seed, ranks)
     state = {k: v.clone() for k, v in reference.state_dict().items() if k != "proj_out.weight"}
     config = reference.config.to_dict()
-    config.update(model_type="lite-whisper", architectures=["LiteWhisperForConditionalGeneration"],
-                  low_rank_config=ranks, torch_dtype="float32", transformers_version="4.46.3",
-                  auto_map={"AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
-                            "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration"})
+    config.update(
+        model_type="lite-whisper",
+        architectures=["LiteWhisperForConditionalGeneration"],
+        low_rank_config=ranks,
+        torch_dtype="float32",
+        transformers_version="4.46.3",
+        auto_map={
+            "AutoConfig": "configuration_lite_whisper.LiteWhisperConfig",
+            "AutoModel": "modeling_lite_whisper.LiteWhisperForConditionalGeneration",
+        },
+    )
     config.pop("dtype", None)
     path = tmp_path / "published"
     path.mkdir()
@@ -161,8 +178,10 @@ def test_sharded_published_layout_loads(tmp_path):
     state = load_file(str(path / "model.safetensors"))
     (path / "model.safetensors").unlink()
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     for name, part in shards.items():
         save_file({k: state[k] for k in part}, str(path / name), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}
@@ -198,9 +217,16 @@ class _Bundle:
         self.model, self.processor, self.path = model, None, path
 
 
-@pytest.mark.parametrize("source_dtype, asked, stored", [
-    ("float16", None, torch.float16), ("bfloat16", None, torch.bfloat16), (None, None, torch.float32),
-    ("float16", "float32", torch.float32), (None, torch.float16, torch.float16)])
+@pytest.mark.parametrize(
+    "source_dtype, asked, stored",
+    [
+        ("float16", None, torch.float16),
+        ("bfloat16", None, torch.bfloat16),
+        (None, None, torch.float32),
+        ("float16", "float32", torch.float32),
+        (None, torch.float16, torch.float16),
+    ],
+)
 def test_checkpoint_dtype_follows_the_source_unless_asked(tmp_path, source_dtype, asked, stored):
     model = lite_model()
     source = tmp_path / "source"
@@ -236,6 +262,7 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt  # after config and weights were written
+
     monkeypatch.setattr(ckpt.shutil, "copyfile", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(lite_model(), tmp_path / "out")
@@ -251,6 +278,7 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
         state = export(model, low_rank_config, dtype)
         state["model.encoder.layers.0.fc1.weight1"] = state["model.encoder.layers.0.fc1.weight1"] * 1.5
         return state
+
     monkeypatch.setattr(ckpt, "_export_state_dict", corrupted)
     with pytest.raises(CheckpointError, match="verification failed"):
         save_checkpoint(lite_model(), tmp_path / "out")
@@ -263,14 +291,17 @@ def _edit_config(path, edit):
     (path / "config.json").write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: c["low_rank_config"][0].update(q_proj=16), r"q_proj\.weight1: shape \(32, 8\), expected \(32, 16\)"),
-    (lambda c: c["low_rank_config"][1].pop("v_proj"), r"v_proj\.weight: missing"),
-    (lambda c: c["low_rank_config"][1].update(fc2=8), r"fc2\.weight1: missing"),
-    (lambda c: c["low_rank_config"].pop(), r"list of 2 dicts"),
-    (lambda c: c["low_rank_config"][0].update(conv1=4), r"expected a dict with keys among"),
-    (lambda c: c["low_rank_config"][0].update(q_proj=0), r"positive integer rank"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["low_rank_config"][0].update(q_proj=16), r"q_proj\.weight1: shape \(32, 8\), expected \(32, 16\)"),
+        (lambda c: c["low_rank_config"][1].pop("v_proj"), r"v_proj\.weight: missing"),
+        (lambda c: c["low_rank_config"][1].update(fc2=8), r"fc2\.weight1: missing"),
+        (lambda c: c["low_rank_config"].pop(), r"list of 2 dicts"),
+        (lambda c: c["low_rank_config"][0].update(conv1=4), r"expected a dict with keys among"),
+        (lambda c: c["low_rank_config"][0].update(q_proj=0), r"positive integer rank"),
+    ],
+)
 def test_mismatched_low_rank_config_is_a_clear_error(saved, tmp_path, edit, message):
     path = tmp_path / "bad"
     shutil.copytree(saved[1], path)
@@ -324,6 +355,7 @@ def test_real_tiny_en_bundle_round_trip(tmp_path, monkeypatch):
     assert prompts == []  # loading our own checkpoint never asks about remote code
     assert reloaded.processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])
     from transformers import AutoProcessor, WhisperProcessor
+
     processor = AutoProcessor.from_pretrained(out)  # no trust_remote_code: a stock Whisper processor
     assert isinstance(processor, WhisperProcessor) and prompts == []
     assert processor.tokenizer.decode([1770, 13]) == bundle.processor.tokenizer.decode([1770, 13])

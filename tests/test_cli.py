@@ -1,4 +1,5 @@
 """CLI polish: --version, --quiet on every command (--no-progress a hidden alias), python -m litewhisper."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """`litewhisper transcribe`: stdout and file outputs, folders and manifests, bad files, exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -6,10 +7,10 @@ import re
 
 import pytest
 import soundfile as sf
+from test_transcribe import SR, make_tiny_bundle, noise
 
 from helpers import require_shared_data
 from litewhisper.cli import main
-from test_transcribe import SR, make_tiny_bundle, noise
 
 
 @pytest.fixture
@@ -20,8 +21,9 @@ def fake_models(monkeypatch):
     import litewhisper.cli.transcribe as cli
 
     flags = cli.decoding_options  # random models babble: a few tokens, no temperature fallback
-    monkeypatch.setattr(cli, "decoding_options",
-                        lambda args, **kw: flags(args, **kw).replace(max_new_tokens=5, temperature=(0.0,)))
+    monkeypatch.setattr(
+        cli, "decoding_options", lambda args, **kw: flags(args, **kw).replace(max_new_tokens=5, temperature=(0.0,))
+    )
 
     def load_model(source, device="cpu", dtype=None):
         calls.append((source, device, dtype))
@@ -65,8 +67,17 @@ def test_bad_files_reported_skipped_exit_1(fake_models, audio_dir, tmp_path, cap
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF" + bytes(200))
     out_dir = tmp_path / "out"
-    args = ["transcribe", "tiny.en", str(tmp_path / "missing.wav"), str(tmp_path / "empty.wav"),
-            str(tmp_path / "corrupt.wav"), str(audio_dir), "--output-dir", str(out_dir), "--quiet"]
+    args = [
+        "transcribe",
+        "tiny.en",
+        str(tmp_path / "missing.wav"),
+        str(tmp_path / "empty.wav"),
+        str(tmp_path / "corrupt.wav"),
+        str(audio_dir),
+        "--output-dir",
+        str(out_dir),
+        "--quiet",
+    ]
     assert main(args) == 1
     out, err = capsys.readouterr()
     assert out == ""
@@ -81,8 +92,23 @@ def test_bad_files_reported_skipped_exit_1(fake_models, audio_dir, tmp_path, cap
 @pytest.mark.parametrize("fmt", ["json", "srt", "vtt"])
 def test_output_dir_formats_from_manifest(fake_models, audio_dir, tmp_path, fmt, capsys):
     out_dir = tmp_path / "out"
-    assert main(["transcribe", "tiny.en", str(audio_dir / "list.jsonl"), "--split", "dev",
-                 "--format", fmt, "--output-dir", str(out_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "transcribe",
+                "tiny.en",
+                str(audio_dir / "list.jsonl"),
+                "--split",
+                "dev",
+                "--format",
+                fmt,
+                "--output-dir",
+                str(out_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == ""
     assert [p.name for p in out_dir.rglob("*") if p.is_file()] == [f"a.{fmt}"]  # split filter applied
     text = (out_dir / f"a.{fmt}").read_text(encoding="utf-8")
@@ -121,8 +147,19 @@ def test_real_tiny_en_cli_writes_srt_and_skips_bad_file(real_tiny_en, monkeypatc
     monkeypatch.setattr("litewhisper.models.load.load_model", lambda source, device, dtype: real_tiny_en)
     jfk = require_shared_data() / "misc" / "jfk.flac"
     out_dir = tmp_path / "out"
-    code = main(["transcribe", "tiny.en", str(jfk), str(tmp_path / "nope.flac"), "--format", "srt",
-                 "--output-dir", str(out_dir), "--quiet"])
+    code = main(
+        [
+            "transcribe",
+            "tiny.en",
+            str(jfk),
+            str(tmp_path / "nope.flac"),
+            "--format",
+            "srt",
+            "--output-dir",
+            str(out_dir),
+            "--quiet",
+        ]
+    )
     assert code == 1
     assert "nope.flac" in capsys.readouterr().err
     srt = (out_dir / "jfk.srt").read_text(encoding="utf-8")

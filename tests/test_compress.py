@@ -1,4 +1,5 @@
 """compress() end to end on a tiny random model, CLI plan/calibrate, and the real tiny.en on real speech."""
+
 import re
 
 import numpy as np
@@ -6,14 +7,13 @@ import pytest
 import torch
 
 from helpers import SHARED_DATA, require_shared_data, tiny_whisper
-from litewhisper.compression.calibration import calibrate
 from litewhisper.cli import main
 from litewhisper.compression.api import CompressionResult, compress
-from litewhisper.errors import CalibrationError
-from litewhisper.models.linears import encoder_linears
-from litewhisper.models.linears import LowRankLinear
+from litewhisper.compression.calibration import calibrate
 from litewhisper.compression.plan import RankPolicy
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.errors import CalibrationError
+from litewhisper.models.linears import LowRankLinear, encoder_linears
 
 
 def audio(seconds=(4, 6), seed=0):
@@ -58,8 +58,23 @@ def test_compress_inplace(tiny_model):
 
 def test_cli_plan_prints_table_and_validates(tiny_model, tmp_path, capsys):
     stats_file = calibrate(tiny_model, audio()).save(tmp_path / "s.safetensors")
-    assert main(["plan", str(stats_file), "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4",
-                 "--json", str(tmp_path / "plan.json")]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                str(stats_file),
+                "--theta-attn",
+                "0.9",
+                "--theta-mlp",
+                "0.9",
+                "--multiple-of",
+                "4",
+                "--json",
+                str(tmp_path / "plan.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "layers.0.fc1" in out and "theta_attn=0.9" in out and (tmp_path / "plan.json").is_file()
     assert main(["plan", str(stats_file), "--theta-mlp", "1.5"]) == 2
@@ -85,28 +100,51 @@ def test_real_tiny_en_cli_compress_still_transcribes_jfk(tmp_path, capsys, litew
 
     (8 clips one per window, padding counted, gave "And so am I fellow Americans": padding dominates the PCA.)
     """
+    from litewhisper.decode.transcribe import transcribe
     from litewhisper.models.cost import encoder_params
     from litewhisper.models.load import load_model
-    from litewhisper.decode.transcribe import transcribe
 
     data = require_shared_data()
     out, stats = tmp_path / "lite-tiny.en", tmp_path / "stats.safetensors"
-    assert main(["compress", "tiny.en", "-o", str(out), "--calibration", str(data / "manifest.jsonl"),
-                 "--split", "calib", "--max-clips", "16", "--windows", "pack", "--preset", "acc", "--save-stats", str(stats),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "tiny.en",
+                "-o",
+                str(out),
+                "--calibration",
+                str(data / "manifest.jsonl"),
+                "--split",
+                "calib",
+                "--max-clips",
+                "16",
+                "--windows",
+                "pack",
+                "--preset",
+                "acc",
+                "--save-stats",
+                str(stats),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "encoder params 7.63M" in printed and "layers.3.fc2" in printed
     bundle = load_model(out)
     n_low = sum(isinstance(m, LowRankLinear) for m in encoder_linears(bundle.encoder).values())
     assert n_low > 0 and encoder_params(bundle.model) < 7_632_384
     text = transcribe(bundle, SHARED_DATA / "misc" / "jfk.flac")[0].text
-    assert _words(text) == _words("And so my fellow Americans, ask not what your country can do for you, "
-                                  "ask what you can do for your country.")
+    assert _words(text) == _words(
+        "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+    )
 
 
 def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatch, capsys):
     """CLI wiring with a tiny random model standing in for `load_model` (audio from a folder of wav files)."""
     import soundfile as sf
+
     import litewhisper.cli.calibrate as cli_calibrate
     import litewhisper.cli.compress as cli_compress
 
@@ -116,48 +154,111 @@ def test_cli_calibrate_then_compress_from_stats(tiny_model, tmp_path, monkeypatc
         sf.write(folder / f"{i}.wav", clip, 16_000)
     monkeypatch.setattr(cli_calibrate, "load_bundle", lambda args: tiny_model)
     stats_file = tmp_path / "stats.safetensors"
-    assert main(["calibrate", "random", "--calibration", str(folder), "--max-clips", "2", "--windows", "pack",
-                 "--frames", "audio", "-o", str(stats_file), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "random",
+                "--calibration",
+                str(folder),
+                "--max-clips",
+                "2",
+                "--windows",
+                "pack",
+                "--frames",
+                "audio",
+                "-o",
+                str(stats_file),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     stats = ActivationStats.load(stats_file)
     assert stats.metadata["clips"] == "2" and stats.frames == (3 + 4) * 50 and stats.metadata["windowing"] == "pack"
     assert "wrote" in capsys.readouterr().out
 
     saved = {}
     monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: tiny_model)
-    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
-                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle, out=out))
-    assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
-                 "--theta-attn", "0.9", "--theta-mlp", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+    monkeypatch.setattr(
+        "litewhisper.models.checkpoint.save_checkpoint",
+        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle, out=out),
+    )
+    assert (
+        main(
+            [
+                "compress",
+                "random",
+                "-o",
+                str(tmp_path / "out"),
+                "--stats",
+                str(stats_file),
+                "--theta-attn",
+                "0.9",
+                "--theta-mlp",
+                "0.9",
+                "--multiple-of",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert saved["out"] == tmp_path / "out" and saved["model"] is not tiny_model
     assert any(isinstance(m, LowRankLinear) for m in saved["model"].modules())
     assert "encoder params" in capsys.readouterr().out
 
     # budgeted method (sensitivity-weighted by default): statistics reused, audio read for the probes
     from litewhisper.models.cost import encoder_params
-    assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file), "--calibration",
-                 str(folder), "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+
+    assert (
+        main(
+            [
+                "compress",
+                "random",
+                "-o",
+                str(tmp_path / "out"),
+                "--stats",
+                str(stats_file),
+                "--calibration",
+                str(folder),
+                "--target-size",
+                "0.9",
+                "--multiple-of",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert encoder_params(saved["model"]) <= 0.9 * encoder_params(tiny_model)
     assert "sensitivity" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target-size", "0.8", "--theta-attn", "0.99"], "not both"),
-    (["--method", "liteasr", "--target-size", "0.8"], "--target-size is for --method budget"),
-    (["--method", "budget", "--theta-mlp", "0.99"], "are for --method liteasr"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-size", "0.8", "--theta-attn", "0.99"], "not both"),
+        (["--method", "liteasr", "--target-size", "0.8"], "--target-size is for --method budget"),
+        (["--method", "budget", "--theta-mlp", "0.99"], "are for --method liteasr"),
+    ],
+)
 def test_cli_method_conflicts_are_clear_errors(tmp_path, capsys, args, message):
     assert main(["compress", "tiny.en", "-o", str(tmp_path / "out"), *args]) == 2
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--target-size", "0"], "target size must be a fraction in (0, 1]"),
-    (["--target-size", "1.5"], "got 1.5"),
-    (["--target-size", "-1"], "got -1.0"),
-    (["--refine-steps", "-3"], "--refine-steps must be ≥ 0, got -3"),
-    (["--multiple-of", "0"], "multiple_of must be an integer ≥ 1"),
-    (["--batch-size", "0"], "batch_size must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-size", "0"], "target size must be a fraction in (0, 1]"),
+        (["--target-size", "1.5"], "got 1.5"),
+        (["--target-size", "-1"], "got -1.0"),
+        (["--refine-steps", "-3"], "--refine-steps must be ≥ 0, got -3"),
+        (["--multiple-of", "0"], "multiple_of must be an integer ≥ 1"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+    ],
+)
 def test_cli_compress_validates_before_the_model_loads(tmp_path, monkeypatch, capsys, args, message):
     import litewhisper.cli.compress as cli_compress
 
@@ -180,6 +281,7 @@ def test_cli_plan_previews_what_compress_applies(tiny_model, tmp_path, monkeypat
     """`plan MODEL` with compress's flags gives compress's ranks (budget method, sensitivity probes); validation
     comes before anything loads."""
     import soundfile as sf
+
     import litewhisper.cli.compress as cli_compress
     from litewhisper.compression.plan import RankPlan
     from litewhisper.models.checkpoint import low_rank_config_of
@@ -190,22 +292,26 @@ def test_cli_plan_previews_what_compress_applies(tiny_model, tmp_path, monkeypat
         sf.write(folder / f"{i}.wav", clip, 16_000)
     loads, saved = [], {}
     monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: loads.append(dtype) or tiny_model)
-    monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint",
-                        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle))
+    monkeypatch.setattr(
+        "litewhisper.models.checkpoint.save_checkpoint",
+        lambda bundle, out, overwrite=False, dtype=None: saved.update(model=bundle),
+    )
     flags = ["--calibration", str(folder), "--target-size", "0.85", "--multiple-of", "4", "--quiet"]
     assert main(["plan", "random", *flags, "--json", str(tmp_path / "plan.json")]) == 0
     assert main(["compress", "random", "-o", str(tmp_path / "out"), *flags]) == 0
     planned = {e.name: e.rank for e in RankPlan.load(tmp_path / "plan.json").entries}
-    applied = {f"layers.{i}.{'self_attn.' if n.endswith('proj') else ''}{n}": r
-               for i, ranks in enumerate(low_rank_config_of(saved["model"])) for n, r in ranks.items()}
+    applied = {
+        f"layers.{i}.{'self_attn.' if n.endswith('proj') else ''}{n}": r
+        for i, ranks in enumerate(low_rank_config_of(saved["model"]))
+        for n, r in ranks.items()
+    }
     assert {n: r for n, r in planned.items() if r is not None} == applied and applied
     assert loads == ["float32", "float32"]
     assert main(["plan", "random", "--target-size", "1.5"]) == 2 and len(loads) == 2  # refused before loading
     assert "got 1.5" in capsys.readouterr().err
 
 
-def test_cli_compress_from_stats_summary_once_no_calibration_warning(tiny_model, tmp_path, monkeypatch, capsys,
-                                                                      caplog):
+def test_cli_compress_from_stats_summary_once_no_calibration_warning(tiny_model, tmp_path, monkeypatch, capsys, caplog):
     import litewhisper.audio.synth as synth
     import litewhisper.cli.compress as cli_compress
 
@@ -214,8 +320,24 @@ def test_cli_compress_from_stats_summary_once_no_calibration_warning(tiny_model,
     monkeypatch.setattr(synth, "builtin_calibration_audio", lambda: audio((3, 4)))  # probes' audio
     monkeypatch.setattr("litewhisper.models.checkpoint.save_checkpoint", lambda *a, **k: None)
     with caplog.at_level("INFO", logger="litewhisper"):
-        assert main(["compress", "random", "-o", str(tmp_path / "out"), "--stats", str(stats_file),
-                     "--target-size", "0.9", "--multiple-of", "4", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "compress",
+                    "random",
+                    "-o",
+                    str(tmp_path / "out"),
+                    "--stats",
+                    str(stats_file),
+                    "--target-size",
+                    "0.9",
+                    "--multiple-of",
+                    "4",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     out = capsys.readouterr().out
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # the statistics were given
     assert "sensitivity probes run on the built-in synthetic" in caplog.text

@@ -6,6 +6,7 @@ adds. SDPA runs on its math backend here so that its two products are counted as
 formula for the fused CPU kernel). q/k/v share one rank in the reduced case: the PyTorch reference path pads the
 narrower of the score and value operands (a backend detail the ideal count leaves out).
 """
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -29,6 +30,7 @@ def _counted_flops(model) -> int:
 
 def _low_rank(model, ranks: dict[str, int]):
     """Every encoder linear whose short name is in `ranks` becomes a random LowRankLinear of that rank."""
+
     def make(linear, name):
         low = LowRankLinear(linear.in_features, linear.out_features, ranks[name.rsplit(".", 1)[-1]])
         torch.nn.init.normal_(low.weight1, std=0.1), torch.nn.init.normal_(low.weight2, std=0.1)

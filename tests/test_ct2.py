@@ -1,4 +1,5 @@
 """CTranslate2 model.bin reader: exact round trip of tiny random Whispers written by ctranslate2's converter."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,11 +8,11 @@ import struct
 import ctranslate2
 import pytest
 import torch
-from helpers import tiny_whisper
 
+from helpers import tiny_whisper
+from litewhisper.errors import ModelSourceError
 from litewhisper.models.builtin import builtin_source
 from litewhisper.models.ct2 import load_ct2_directory, read_model_bin, whisper_config, whisper_state_dict
-from litewhisper.errors import ModelSourceError
 from litewhisper.models.processor import build_processor
 
 
@@ -69,9 +70,21 @@ def test_float16_checkpoint_read_as_float32_on_request(ct2_dirs):
 def test_config_from_shapes_and_stored_heads(ct2_dirs):
     cfg = whisper_config(read_model_bin(ct2_dirs["float32"] / "model.bin"))
     ref = ct2_dirs["model"].config
-    for field in ("vocab_size", "num_mel_bins", "d_model", "encoder_layers", "decoder_layers",
-                  "encoder_attention_heads", "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim",
-                  "max_source_positions", "max_target_positions", "decoder_start_token_id", "eos_token_id"):
+    for field in (
+        "vocab_size",
+        "num_mel_bins",
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "max_source_positions",
+        "max_target_positions",
+        "decoder_start_token_id",
+        "eos_token_id",
+    ):
         assert getattr(cfg, field) == getattr(ref, field), field
 
 
@@ -112,13 +125,16 @@ def test_split_parts_read_like_the_whole_file(ct2_dirs, tmp_path):
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda b: b[: len(b) // 2], "truncated"),
-    (lambda b: b[:7], "truncated"),
-    (lambda b: struct.pack("<I", 99) + b[4:], "binary version 99"),
-    (lambda b: b + b"\0\0\0", "trailing bytes"),
-    (lambda b: b"", "truncated"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:7], "truncated"),
+        (lambda b: struct.pack("<I", 99) + b[4:], "binary version 99"),
+        (lambda b: b + b"\0\0\0", "trailing bytes"),
+        (lambda b: b"", "truncated"),
+    ],
+)
 def test_corrupt_model_bin_is_a_clear_error(ct2_dirs, tmp_path, damage, message):
     bad = tmp_path / "model.bin"
     bad.write_bytes(damage((ct2_dirs["float32"] / "model.bin").read_bytes()))

@@ -1,5 +1,6 @@
 """The one decoder: options, loops, splits, CLI flags; real tiny.en: transcribe == evaluate, WER vs jiwer,
 silence -> no text, word timestamps, VAD."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from helpers import require_shared_data, shared_manifest
 from litewhisper.audio.datasets import discover_audio
@@ -24,8 +24,15 @@ def test_options_validate_and_presets():
     board = DecodeOptions.preset("leaderboard")
     assert not board.fallback and not board.timestamps and board.no_speech_threshold is None
     assert DecodeOptions(temperature=0.2).temperature == (0.2,)
-    for bad in (dict(temperature=()), dict(temperature=(-1.0,)), dict(beam_size=0), dict(max_new_tokens=445),
-                dict(no_speech_threshold=1.5), dict(task="summarize"), dict(language="xx")):
+    for bad in (
+        dict(temperature=()),
+        dict(temperature=(-1.0,)),
+        dict(beam_size=0),
+        dict(max_new_tokens=445),
+        dict(no_speech_threshold=1.5),
+        dict(task="summarize"),
+        dict(language="xx"),
+    ):
         with pytest.raises(LiteWhisperError):
             DecodeOptions(**bad)
     with pytest.raises(LiteWhisperError, match="leaderboard"):
@@ -37,18 +44,41 @@ def test_cli_flags_build_options_and_none_switches_a_threshold_off():
     p = argparse.ArgumentParser()
     add_decoding_args(p)
     assert decoding_options(p.parse_args([])) == DecodeOptions()
-    opts = decoding_options(p.parse_args(["--beam-size", "3", "--temperature", "0,0.5", "--logprob-threshold",
-                                          "none", "--word-timestamps", "--initial-prompt", "Hi."]), language="en")
-    assert (opts.beam_size, opts.temperature, opts.logprob_threshold, opts.word_timestamps, opts.language) == \
-        (3, (0.0, 0.5), None, True, "en")
-    assert decoding_options(p.parse_args(["--decoding", "leaderboard", "--max-new-tokens", "9"])) == \
-        DecodeOptions.preset("leaderboard", max_new_tokens=9)
+    opts = decoding_options(
+        p.parse_args(
+            [
+                "--beam-size",
+                "3",
+                "--temperature",
+                "0,0.5",
+                "--logprob-threshold",
+                "none",
+                "--word-timestamps",
+                "--initial-prompt",
+                "Hi.",
+            ]
+        ),
+        language="en",
+    )
+    assert (opts.beam_size, opts.temperature, opts.logprob_threshold, opts.word_timestamps, opts.language) == (
+        3,
+        (0.0, 0.5),
+        None,
+        True,
+        "en",
+    )
+    assert decoding_options(
+        p.parse_args(["--decoding", "leaderboard", "--max-new-tokens", "9"])
+    ) == DecodeOptions.preset("leaderboard", max_new_tokens=9)
 
 
 def test_loop_stats_count_high_compression_and_their_error_share():
     loop = "the cat sat " * 40
-    hyps = [Hypothesis("m", "a", "hello world", "hello world"), Hypothesis("m", "b", loop, "the cat sat"),
-            Hypothesis("m", "c", "x", "red green blue", hit_token_limit=True)]
+    hyps = [
+        Hypothesis("m", "a", "hello world", "hello world"),
+        Hypothesis("m", "b", loop, "the cat sat"),
+        Hypothesis("m", "c", "x", "red green blue", hit_token_limit=True),
+    ]
     assert compression_ratio(loop) > 2.4 > compression_ratio("hello world")
     stats = loop_stats(hyps, "english")
     assert stats.high_compression_ids == ("b",) and stats.hit_token_limit_ids == ("c",) and stats.ids == ("c", "b")
@@ -66,6 +96,7 @@ def test_unknown_split_lists_the_splits_and_default_is_every_row(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- real tiny.en
+
 
 def _real_manifest(tmp_path, n: int = 3):
     data = require_shared_data()
@@ -89,8 +120,22 @@ def test_transcribe_and_evaluate_agree_and_wer_matches_jiwer(real_tiny_en, tmp_p
     manifest, rows = _real_manifest(tmp_path)
     assert main(["transcribe", "tiny.en", str(manifest), "--format", "json", "--quiet"]) == 0
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert main(["evaluate", "tiny.en", "--data", str(manifest), "--quiet", "--json", str(tmp_path / "r.json"),
-                 "--hypotheses", str(tmp_path / "h.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "tiny.en",
+                "--data",
+                str(manifest),
+                "--quiet",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--hypotheses",
+                str(tmp_path / "h.jsonl"),
+            ]
+        )
+        == 0
+    )
     hyps = {h.id: h.hypothesis for h in read_hypotheses(tmp_path / "h.jsonl")}
     assert [p["text"] for p in printed] == [hyps[r.get("utt_id") or r["path"]] for r in rows]
     result = json.loads((tmp_path / "r.json").read_text())["results"][0]
@@ -106,17 +151,17 @@ def test_silence_gives_an_empty_transcript(real_tiny_en, tmp_path, capsys):
     """Issue 13 item 2: 10 s of digital silence is not "you"."""
     from litewhisper.decode.transcribe import transcribe
 
-    r, = transcribe(real_tiny_en, [np.zeros(160_000, dtype=np.float32)])
+    (r,) = transcribe(real_tiny_en, [np.zeros(160_000, dtype=np.float32)])
     assert r.text == "" and r.segments == [] and r.duration_s == 10.0
-    board, = transcribe(real_tiny_en, [np.zeros(160_000, dtype=np.float32)], DecodeOptions.preset("leaderboard"))
+    (board,) = transcribe(real_tiny_en, [np.zeros(160_000, dtype=np.float32)], DecodeOptions.preset("leaderboard"))
     assert board.text  # without the no-speech rule Whisper hallucinates on silence
 
 
 @pytest.mark.real
 def test_word_timestamps_and_vad_map_times_back(real_tiny_en, tmp_path):
+    from litewhisper.audio.load import load_audio
     from litewhisper.decode.formats import render
     from litewhisper.decode.transcribe import transcribe
-    from litewhisper.audio.load import load_audio
 
     jfk = load_audio(require_shared_data() / "misc" / "jfk.flac")  # 11 s
     padded = np.concatenate([np.zeros(4 * 16_000, dtype=np.float32), jfk])
@@ -124,7 +169,7 @@ def test_word_timestamps_and_vad_map_times_back(real_tiny_en, tmp_path):
     words = [w for s in plain.segments for w in s.words]
     assert [w.word for w in words][:4] == ["And", "so", "my", "fellow"] or "Americans" in plain.text
     assert all(0 <= a.start <= a.end <= plain.duration_s for a in words)
-    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert all(a.start <= b.start for a, b in zip(words, words[1:], strict=False))
     assert vad.text == plain.text
     shifted = [w for s in vad.segments for w in s.words]
     assert shifted[0].start >= 3.0 and vad.segments[0].start >= 3.0  # times of the original (padded) audio

@@ -1,4 +1,5 @@
 """torch.distributed workers: shards, and 2 gloo workers on CPU giving the single-process statistics and WER."""
+
 import contextlib
 import io
 import json
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from helpers import require_shared_data, save_random_model, shared_manifest
-from litewhisper.distributed import World, WorkerError, detect_world, exchange, my_rounds, plan_shards
+from litewhisper.distributed import World, detect_world, exchange, my_rounds, plan_shards
 from litewhisper.errors import LiteWhisperError
 
 
@@ -44,6 +45,7 @@ def test_single_process_exchange_reraises_the_original_error():
 
 # ----------------------------------------------------------------------------------------------- 2 workers
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,10 +69,11 @@ def _worker(rank: int, ports: list[int], jobs: list[tuple[str, list[str], str]],
         raise RuntimeError("injected fault")
 
     records = []
-    for port, (name, argv, fault) in zip(ports, jobs):
+    for port, (name, argv, fault) in zip(ports, jobs, strict=True):
         os.environ["MASTER_PORT"] = str(port)
-        calibration._encode_shard = (lambda *a, **k: broken(*a, fault=fault, **k)) if rank == 1 and fault \
-            else encode_shard
+        calibration._encode_shard = (
+            (lambda *a, _fault=fault, **k: broken(*a, fault=_fault, **k)) if rank == 1 and fault else encode_shard
+        )
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -92,8 +95,10 @@ def _run_workers(tmp_path: Path, jobs, timeout: float = 240) -> list[list[dict]]
         if p.is_alive():
             p.kill()
             pytest.fail("a worker hung: failures must stop the job")
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) if (tmp_path / f"rank{r}.json").exists()
-            else None for r in range(2)]
+    return [
+        json.loads((tmp_path / f"rank{r}.json").read_text()) if (tmp_path / f"rank{r}.json").exists() else None
+        for r in range(2)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +120,34 @@ def test_two_gloo_workers_match_one_process(random_model_dir, tmp_path, monkeypa
     calib = _manifest(tmp_path / "calib.jsonl", shared_manifest("calib")[:7])
     dev = _manifest(tmp_path / "dev.jsonl", [r for r in shared_manifest("dev", "en") if r["duration_s"] < 4][:6])
     model = str(random_model_dir)
-    calibrate = ["calibrate", model, "--calibration", str(calib), "--windows", "pack", "--shard-seconds", "6",
-                 "--quiet", "-o"]
-    evaluate = ["evaluate", model, "--data", str(dev), "--split", "all", "--max-new-tokens", "5", "--quiet",
-                "--decoding", "leaderboard",  # greedy: sampled fallback is seeded per batch, so it depends on batching
-                "--batch-size", "2", "--json"]
+    calibrate = [
+        "calibrate",
+        model,
+        "--calibration",
+        str(calib),
+        "--windows",
+        "pack",
+        "--shard-seconds",
+        "6",
+        "--quiet",
+        "-o",
+    ]
+    evaluate = [
+        "evaluate",
+        model,
+        "--data",
+        str(dev),
+        "--split",
+        "all",
+        "--max-new-tokens",
+        "5",
+        "--quiet",
+        "--decoding",
+        "leaderboard",  # greedy: sampled fallback is seeded per batch, so it depends on batching
+        "--batch-size",
+        "2",
+        "--json",
+    ]
     assert main(calibrate + [str(tmp_path / "one.safetensors")]) == 0
     assert main(evaluate + [str(tmp_path / "one.json"), "--hypotheses", str(tmp_path / "one.jsonl")]) == 0
     # the interrupted distributed run had decoded two clips: --resume decodes only the others
@@ -127,11 +155,18 @@ def test_two_gloo_workers_match_one_process(random_model_dir, tmp_path, monkeypa
     (tmp_path / "two.jsonl").write_text("".join(first_two))
 
     broken = tmp_path / "broken.safetensors"
-    records = _run_workers(tmp_path, [
-        ("calibrate", calibrate + [str(tmp_path / "two.safetensors")], ""),
-        ("evaluate", evaluate + [str(tmp_path / "two.json"), "--hypotheses", str(tmp_path / "two.jsonl"),
-                                 "--resume"], ""),
-        ("raise", calibrate + [str(broken)], "raise")])
+    records = _run_workers(
+        tmp_path,
+        [
+            ("calibrate", calibrate + [str(tmp_path / "two.safetensors")], ""),
+            (
+                "evaluate",
+                evaluate + [str(tmp_path / "two.json"), "--hypotheses", str(tmp_path / "two.jsonl"), "--resume"],
+                "",
+            ),
+            ("raise", calibrate + [str(broken)], "raise"),
+        ],
+    )
     assert [[r["code"] for r in ranks] for ranks in records] == [[0, 0, 2], [0, 0, -1]], records
     # a worker that raises fails the job on every worker, naming its rank; nothing is written
     assert "worker rank 1 of 2 failed during calibration: RuntimeError: injected fault" in records[0][2]["stderr"]
@@ -140,16 +175,20 @@ def test_two_gloo_workers_match_one_process(random_model_dir, tmp_path, monkeypa
     assert one == two  # rank 0 added the shards' float64 moments in the single-process order
 
     def hyps(path):
-        return sorted(json.loads(line)["id"] + "|" + json.loads(line)["hypothesis"]
-                      for line in path.read_text().splitlines())
+        return sorted(
+            json.loads(line)["id"] + "|" + json.loads(line)["hypothesis"] for line in path.read_text().splitlines()
+        )
+
     assert hyps(tmp_path / "one.jsonl") == hyps(tmp_path / "two.jsonl") and len(hyps(tmp_path / "two.jsonl")) == 6
 
     def scores(path):
         result = json.loads(path.read_text())["results"][0]
         return {k: v for k, v in result.items() if k not in ("decode_seconds", "rtf")}
+
     assert scores(tmp_path / "one.json") == scores(tmp_path / "two.json")
 
     from litewhisper.compression.stats import ActivationStats
+
     stats = ActivationStats.load(tmp_path / "two.safetensors")
     assert stats.clips == 7 and int(stats.metadata["windows"]) >= 2  # what `compress --stats` checks
 
@@ -159,8 +198,17 @@ def test_a_dying_worker_fails_the_job_naming_its_rank(random_model_dir, tmp_path
     monkeypatch.setenv("LITEWHISPER_DIST_TIMEOUT_S", "60")  # a hung worker would fail the job after this long
     calib = _manifest(tmp_path / "calib.jsonl", shared_manifest("calib")[:4])
     out = tmp_path / "stats.safetensors"
-    argv = ["calibrate", str(random_model_dir), "--calibration", str(calib), "--shard-seconds", "5", "--quiet",
-            "-o", str(out)]
+    argv = [
+        "calibrate",
+        str(random_model_dir),
+        "--calibration",
+        str(calib),
+        "--shard-seconds",
+        "5",
+        "--quiet",
+        "-o",
+        str(out),
+    ]
     rank0, rank1 = _run_workers(tmp_path, [("calibrate", argv, "exit")])
     assert rank0[0]["code"] == 2 and rank1 is None  # rank 1 died; rank 0 stopped with a LiteWhisperError
     assert "lost contact with worker rank 1 during calibration" in rank0[0]["stderr"]

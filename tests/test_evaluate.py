@@ -1,16 +1,17 @@
 """evaluate: JSONL written per clip, resume after interruption, token-limit count, JSON schema, real tiny.en."""
+
 import json
 
 import pytest
 
 import litewhisper.evaluation.evaluate as ev
 from helpers import require_shared_data, shared_manifest, tiny_whisper
-from litewhisper.cli import main
 from litewhisper.audio.datasets import read_manifest
+from litewhisper.cli import main
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.errors import LiteWhisperError
+from litewhisper.evaluation.evaluate import EvalConfig, Hypothesis, HypothesisLog, evaluate, read_hypotheses
 from litewhisper.models.cost import encoder_params
-from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, Hypothesis, evaluate, read_hypotheses
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,16 @@ def test_random_model_hits_token_limit_and_json_schema(random_bundle, short_clip
     assert set(out) == {"normalizer", "data", "results"} and out["normalizer"] == "english"
     assert len(out["results"]) == 2
     r = out["results"][0]
-    for key in ("model", "wer", "n_utterances", "n_ref_words", "encoder_params", "domains", "macro_wer",
-                "n_hit_token_limit"):
+    for key in (
+        "model",
+        "wer",
+        "n_utterances",
+        "n_ref_words",
+        "encoder_params",
+        "domains",
+        "macro_wer",
+        "n_hit_token_limit",
+    ):
         assert key in r
     assert r["n_utterances"] == 6 and r["n_hit_token_limit"] == 6  # random model: no end-of-text in 4 tokens
     assert r["n_loops"] == 6 and r["loop_error_share"] == 1.0  # every clip looped: all errors are loop errors
@@ -145,8 +154,19 @@ def test_real_tiny_en_cli_on_five_clips(tmp_path, capsys):
     rows += [r for r in shared_manifest("dev", "en") if r["domain"] == "audiobook-nonfiction-single-speaker"][:4]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({**r, "path": str(data / r["path"])}) + "\n" for r in rows))
-    rc = main(["evaluate", "tiny.en", "--data", str(manifest), "--json", str(tmp_path / "r.json"),
-               "--hypotheses", str(tmp_path / "h.jsonl"), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "tiny.en",
+            "--data",
+            str(manifest),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--hypotheses",
+            str(tmp_path / "h.jsonl"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     out = json.loads((tmp_path / "r.json").read_text())
     r = out["results"][0]

@@ -1,5 +1,6 @@
 """int8 export of compressed models: rotation of the low-rank factors (exact, not mutating the user's model),
 per-channel scales by default, encoder layer 0 kept fp32, options recorded and validated, and rotation's gain."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-from helpers import tiny_whisper
 from test_attention import lowrank_like, make_lowrank
 from test_export import _bundle
+
+from helpers import tiny_whisper
 from litewhisper.attention.reduced import use_reduced_attention
 from litewhisper.cli import main
 from litewhisper.errors import LiteWhisperError
@@ -26,7 +27,7 @@ def _lite_model(seed: int = 4) -> torch.nn.Module:
     """d_model 128: layer 0 reduced attention (q/k/v ranks 16, 32, 16) + fc1 rank 24, layer 1 q/k/v 96, 48, 80."""
     model = tiny_whisper(d_model=128, heads=2, layers=2, ffn=256, seed=seed)
     layers = model.model.encoder.layers
-    for layer, ranks in zip(layers, [(16, 32, 16), (96, 48, 80)]):
+    for layer, ranks in zip(layers, [(16, 32, 16), (96, 48, 80)], strict=True):
         make_lowrank(layer.self_attn, ranks, seed=ranks[0])
     layers[0].fc1 = lowrank_like(layers[0].fc1, 24, gen=torch.Generator().manual_seed(1))
     use_reduced_attention(model, mode="auto", backend="torch")
@@ -63,8 +64,10 @@ def test_rotated_copy_is_exact_and_leaves_the_model_untouched():
     assert torch.allclose(twin_fc1.weight1, fc1.weight1 @ r, atol=1e-6)
     assert torch.allclose(twin_fc1.weight2, r.T @ fc1.weight2, atol=1e-6)
     q = twin.model.encoder.layers[0].self_attn.q_proj  # rank 16: Hadamard
-    assert torch.allclose(q.weight1.abs().sum(), (model.model.encoder.layers[0].self_attn.q_proj.weight1
-                                                  @ rotation_matrix(16).float()).abs().sum())
+    assert torch.allclose(
+        q.weight1.abs().sum(),
+        (model.model.encoder.layers[0].self_attn.q_proj.weight1 @ rotation_matrix(16).float()).abs().sum(),
+    )
     assert type(twin.model.encoder.layers[0].self_attn).__name__ == "ReducedDimSelfAttention"
     want, got = _encode(model), _encode(twin)  # buffers of reduced attention rebuilt from the rotated factors
     assert (got - want).abs().max() < 1e-5
@@ -101,8 +104,11 @@ def test_layer0_matmuls_stay_fp32_and_the_rest_become_int8(lite_int8):
         assert nodes[name].op_type == "MatMul"
     assert nodes["/encoder/layers.0/fc2/MatMul"].input[1] in floats  # fp32 weight, not quantized
     integer = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
-    assert "/encoder/layers.1/fc1/MatMul_quant" in integer and "/encoder/layers.1/self_attn/v_proj/MatMul_quant" \
-        in integer and not any("/layers.0/" in n for n in integer)
+    assert (
+        "/encoder/layers.1/fc1/MatMul_quant" in integer
+        and "/encoder/layers.1/self_attn/v_proj/MatMul_quant" in integer
+        and not any("/layers.0/" in n for n in integer)
+    )
     assert any(n.op_type == "DynamicQuantizeLinear" for n in graph.node)
 
 
@@ -114,12 +120,15 @@ def test_original_whisper_has_nothing_to_rotate(tmp_path):
     assert json.loads((none.path / EXPORT_MARKER).read_text())["int8"] is None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"keep_fp32": "layers.(0"}, r"keep_fp32 'layers.\(0' is not a valid regular expression"),
-    ({"keep_fp32": ""}, "keep_fp32 must be 'auto', 'none' or a regular expression"),
-    ({"per_channel": "yes"}, r"per_channel must be True, False or None \(automatic\), got 'yes'"),
-    ({"rotate": 1}, "rotate must be True or False, got 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"keep_fp32": "layers.(0"}, r"keep_fp32 'layers.\(0' is not a valid regular expression"),
+        ({"keep_fp32": ""}, "keep_fp32 must be 'auto', 'none' or a regular expression"),
+        ({"per_channel": "yes"}, r"per_channel must be True, False or None \(automatic\), got 'yes'"),
+        ({"rotate": 1}, "rotate must be True or False, got 1"),
+    ],
+)
 def test_bad_options_are_clear_errors_before_any_work(kwargs, message, tmp_path):
     with pytest.raises(LiteWhisperError, match=message):
         export_model("no-such-model", tmp_path / "out", **kwargs)  # raised before the model is looked up
@@ -133,7 +142,10 @@ def test_keep_fp32_pattern_that_matches_nothing_is_an_error(tmp_path):
     assert Int8Options(keep_fp32="None").pattern is None and Int8Options(keep_fp32=None).pattern is None
     assert Int8Options().resolved().as_dict() == {"rotate": True, "per_channel": True, "keep_fp32": KEEP_FP32_AUTO}
     assert Int8Options(per_channel=False, keep_fp32="fc1").resolved().as_dict() == {
-        "rotate": True, "per_channel": False, "keep_fp32": "fc1"}
+        "rotate": True,
+        "per_channel": False,
+        "keep_fp32": "fc1",
+    }
 
 
 def test_cli_flags_reach_export_model(tmp_path, monkeypatch, capsys):
@@ -147,13 +159,16 @@ def test_cli_flags_reach_export_model(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(api, "export_model", fake)
     assert main(["export", "m", "-o", str(tmp_path / "a")]) == 0
-    assert main(["export", "m", "-o", str(tmp_path / "b"), "--no-rotate", "--no-per-channel",
-                 "--keep-fp32", "none"]) == 0
+    assert (
+        main(["export", "m", "-o", str(tmp_path / "b"), "--no-rotate", "--no-per-channel", "--keep-fp32", "none"]) == 0
+    )
     assert main(["export", "m", "-o", str(tmp_path / "c"), "--per-channel", "--keep-fp32", "fc1"]) == 0
     picked = [{k: s[k] for k in ("rotate", "per_channel", "keep_fp32")} for s in seen]
-    assert picked == [{"rotate": True, "per_channel": None, "keep_fp32": "auto"},
-                      {"rotate": False, "per_channel": False, "keep_fp32": "none"},
-                      {"rotate": True, "per_channel": True, "keep_fp32": "fc1"}]
+    assert picked == [
+        {"rotate": True, "per_channel": None, "keep_fp32": "auto"},
+        {"rotate": False, "per_channel": False, "keep_fp32": "none"},
+        {"rotate": True, "per_channel": True, "keep_fp32": "fc1"},
+    ]
 
 
 def test_cli_bad_keep_fp32_regex(tmp_path, capsys):
@@ -168,8 +183,8 @@ def _anisotropic(lin: torch.nn.Module, rank: int, gen: torch.Generator) -> LowRa
     m = lowrank_like(lin, rank, gen=gen)
     scale = torch.logspace(np.log10(30), np.log10(0.3), rank)  # (k,)
     with torch.no_grad():
-        m.weight1.mul_(scale)            # (in, k): channel j of x @ weight1 scaled by scale[j]
-        m.weight2.div_(scale[:, None])   # (k, out): undone in the product
+        m.weight1.mul_(scale)  # (in, k): channel j of x @ weight1 scaled by scale[j]
+        m.weight2.div_(scale[:, None])  # (k, out): undone in the product
     return m
 
 
@@ -180,8 +195,9 @@ def _relative_rms_error(model, result: ExportResult) -> float:
     feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1)).clamp(-1.5, 1.5)
     want = _encode(model, seed=1).numpy()  # same features (seed 1)
     got = encoder_session(result.path / "onnx" / "encoder_model_quantized.onnx", threads=1).run(
-        None, {"input_features": feats.numpy()})[0]
-    return float(np.sqrt(((got - want) ** 2).mean() / (want ** 2).mean()))
+        None, {"input_features": feats.numpy()}
+    )[0]
+    return float(np.sqrt(((got - want) ** 2).mean() / (want**2).mean()))
 
 
 def test_rotation_reduces_int8_error_of_anisotropic_factors(tmp_path):
@@ -190,7 +206,13 @@ def test_rotation_reduces_int8_error_of_anisotropic_factors(tmp_path):
     for layer in model.model.encoder.layers:  # ranks 32 (Hadamard) and 48 (random rotation)
         layer.fc1, layer.fc2 = _anisotropic(layer.fc1, 32, gen), _anisotropic(layer.fc2, 48, gen)
     bundle = _bundle(model)
-    errors = {rotate: _relative_rms_error(model, export_model(
-        bundle, tmp_path / str(rotate), rotate=rotate, per_channel=False, keep_fp32="none", onnx_decoder=False))
-        for rotate in (False, True)}
+    errors = {
+        rotate: _relative_rms_error(
+            model,
+            export_model(
+                bundle, tmp_path / str(rotate), rotate=rotate, per_channel=False, keep_fp32="none", onnx_decoder=False
+            ),
+        )
+        for rotate in (False, True)
+    }
     assert errors[True] < 0.6 * errors[False], errors  # measured: 0.42 without rotation, 0.20 with

@@ -1,4 +1,5 @@
 """Factorization: exact at full rank, PCA projection at lower rank, one generic name-driven swap."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,12 +7,11 @@ from torch import nn
 
 from helpers import tiny_whisper
 from litewhisper.compression.calibration import calibrate
-from litewhisper.errors import CalibrationError
 from litewhisper.compression.factorize import apply_plan, factorize_linear, swap_modules
-from litewhisper.models.cost import encoder_flops, encoder_params
-from litewhisper.models.linears import encoder_linears
-from litewhisper.models.linears import LowRankLinear
 from litewhisper.compression.plan import RankPolicy, decompose, plan_ranks
+from litewhisper.errors import CalibrationError
+from litewhisper.models.cost import encoder_flops, encoder_params
+from litewhisper.models.linears import LowRankLinear, encoder_linears
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,10 @@ def test_full_rank_factorization_reproduces_every_layer(calibrated):
         spec = decompose(stats, name)
         low = factorize_linear(linear, stats.mean(name), spec.eigenvectors)
         assert isinstance(low, LowRankLinear) and low.rank == linear.out_features
-        assert low.weight1.shape == (linear.in_features, low.rank) and low.weight2.shape == (low.rank, linear.out_features)
+        assert low.weight1.shape == (linear.in_features, low.rank) and low.weight2.shape == (
+            low.rank,
+            linear.out_features,
+        )
         x = torch.randn(3, 50, linear.in_features)
         torch.testing.assert_close(low(x), linear(x), rtol=1e-5, atol=1e-5)
 
@@ -81,9 +84,10 @@ def test_apply_plan_without_cached_basis_gives_same_weights(calibrated, tmp_path
     plan = plan_ranks(stats, RankPolicy(0.9, 0.9, multiple_of=4))
     plan.save(tmp_path / "plan.json")
     from litewhisper.compression.plan import RankPlan
+
     a = apply_plan(tiny_whisper(), plan, stats)
     b = apply_plan(tiny_whisper(), RankPlan.load(tmp_path / "plan.json"), stats)
-    for (na, pa), (nb, pb) in zip(a.model.encoder.named_parameters(), b.model.encoder.named_parameters()):
+    for (na, pa), (nb, pb) in zip(a.model.encoder.named_parameters(), b.model.encoder.named_parameters(), strict=True):
         assert na == nb and torch.equal(pa, pb)
 
 
@@ -102,7 +106,9 @@ def test_swap_modules_is_generic():
 
 def test_encoder_params_and_flops_tiny_en_shape():
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
     from helpers import tiny_whisper_config
+
     cfg = tiny_whisper_config(d_model=384, layers=4, heads=6, ffn=1536)
     encoder = WhisperEncoder(cfg)
     assert encoder_params(encoder) == 7_632_384  # whisper tiny encoder without the positional table
@@ -116,6 +122,7 @@ def test_encoder_params_and_flops_tiny_en_shape():
 def test_widening_layers_use_the_cheaper_factor_pca(calibrated):
     """fc1's spectrum from the SVD of its input-side factor equals the eigh of its output covariance."""
     from litewhisper.compression.stats import ActivationStats
+
     _, stats = calibrated
     assert set(stats.factors) == {"layers.0.fc1", "layers.1.fc1"}
     plain = ActivationStats(stats.layers, stats.metadata)  # no cached factors: eigh path

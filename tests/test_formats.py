@@ -1,26 +1,34 @@
 """Transcript writers: exact srt / vtt text, JSON keys, atomic writes."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from litewhisper.errors import LiteWhisperError
 from litewhisper.decode.formats import FORMATS, format_timestamp, render, to_json, write_transcription
 from litewhisper.decode.transcribe import Segment, Transcription
+from litewhisper.errors import LiteWhisperError
 
 RESULT = Transcription(
-    path="talk.flac", text="Hello there. General Kenobi!", language="en", duration_s=3725.5,
-    segments=[Segment(0.0, 2.5, "Hello there."), Segment(3661.0015, 3725.5, "General Kenobi!")])
+    path="talk.flac",
+    text="Hello there. General Kenobi!",
+    language="en",
+    duration_s=3725.5,
+    segments=[Segment(0.0, 2.5, "Hello there."), Segment(3661.0015, 3725.5, "General Kenobi!")],
+)
 
 
-@pytest.mark.parametrize("seconds, srt, vtt", [
-    (0.0, "00:00:00,000", "00:00:00.000"),
-    (1.5, "00:00:01,500", "00:00:01.500"),
-    (59.9996, "00:01:00,000", "00:01:00.000"),  # rounding carries into the minutes
-    (3661.0015, "01:01:01,002", "01:01:01.002"),
-    (36000.25, "10:00:00,250", "10:00:00.250"),
-])
+@pytest.mark.parametrize(
+    "seconds, srt, vtt",
+    [
+        (0.0, "00:00:00,000", "00:00:00.000"),
+        (1.5, "00:00:01,500", "00:00:01.500"),
+        (59.9996, "00:01:00,000", "00:01:00.000"),  # rounding carries into the minutes
+        (3661.0015, "01:01:01,002", "01:01:01.002"),
+        (36000.25, "10:00:00,250", "10:00:00.250"),
+    ],
+)
 def test_format_timestamp(seconds, srt, vtt):
     assert format_timestamp(seconds) == srt
     assert format_timestamp(seconds, ".") == vtt
@@ -33,15 +41,14 @@ def test_negative_timestamp_rejected():
 
 def test_srt_exact():
     assert render(RESULT, "srt") == (
-        "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n"
-        "2\n01:01:01,002 --> 01:02:05,500\nGeneral Kenobi!\n")
+        "1\n00:00:00,000 --> 00:00:02,500\nHello there.\n\n2\n01:01:01,002 --> 01:02:05,500\nGeneral Kenobi!\n"
+    )
 
 
 def test_vtt_exact():
     assert render(RESULT, "vtt") == (
-        "WEBVTT\n\n"
-        "00:00:00.000 --> 00:00:02.500\nHello there.\n\n"
-        "01:01:01.002 --> 01:02:05.500\nGeneral Kenobi!\n")
+        "WEBVTT\n\n00:00:00.000 --> 00:00:02.500\nHello there.\n\n01:01:01.002 --> 01:02:05.500\nGeneral Kenobi!\n"
+    )
 
 
 def test_subtitles_without_segments_use_one_cue_and_empty_text_none():

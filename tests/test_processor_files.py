@@ -6,14 +6,15 @@ checkpoint keeps the published format (model_type "lite-whisper" + an AutoConfig
 transformers' AutoTokenizer always loads config.json through AutoConfig, which asks about that auto_map unless
 `trust_remote_code` is given, so the checkpoint is loaded here the way the README says: with the flag.
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from test_attention import make_lowrank
 
 from helpers import run_without_litewhisper, tiny_whisper
-from test_attention import make_lowrank
 from litewhisper.export.api import export_model
 from litewhisper.models.builtin import builtin_source
 from litewhisper.models.checkpoint import AUTO_MAP, save_checkpoint
@@ -50,8 +51,7 @@ def folders(tmp_path_factory):
     processor = build_processor(builtin_source("tiny.en")[1] / "tokenizer.json", 80, model.config.vocab_size)
     model.generation_config = build_generation_config(processor.tokenizer, vocab_size=model.config.vocab_size)
     root = tmp_path_factory.mktemp("processor_files")
-    ckpt = save_checkpoint(WhisperBundle(model=model, processor=processor, name="tiny-lite", path=None),
-                           root / "lite")
+    ckpt = save_checkpoint(WhisperBundle(model=model, processor=processor, name="tiny-lite", path=None), root / "lite")
     export = export_model(str(ckpt), root / "export", quantize="none", onnx_decoder=False).path
     return ckpt, export, processor
 

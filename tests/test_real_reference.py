@@ -3,6 +3,7 @@
 Both sides get identical log-mel input (the Hugging Face feature extractor); we compare encoder outputs and greedy
 transcripts (no timestamps) on real English speech from ../shared/data.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -12,9 +13,9 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
-from helpers import shared_manifest
 from transformers.modeling_outputs import BaseModelOutput
 
+from helpers import shared_manifest
 from litewhisper.audio.load import load_audio
 from litewhisper.models.builtin import builtin_source
 
@@ -39,8 +40,9 @@ def english_clips(n: int = NUM_CLIPS) -> list[dict]:
 @pytest.fixture(scope="module")
 def features():
     """Log-mel features (80 bins) of the clips, computed once: [n, 80, 3000]."""
-    from helpers import require_shared_data
     from transformers import WhisperFeatureExtractor
+
+    from helpers import require_shared_data
 
     root = require_shared_data()
     audio = [load_audio(root / r["path"]) for r in english_clips()]
@@ -66,19 +68,25 @@ def compare(bundle, reference, features, prompt: list[int], **generate_kwargs) -
     """(max abs encoder difference, number of identical transcripts, differing pairs)."""
     with torch.inference_mode():
         ours = bundle.encoder(features).last_hidden_state  # [n, 1500, d_model]
-    ref = torch.from_numpy(np.array(reference.encode(ctranslate2.StorageView.from_array(features.numpy()),
-                                                     to_cpu=True)))
+    ref = torch.from_numpy(
+        np.array(reference.encode(ctranslate2.StorageView.from_array(features.numpy()), to_cpu=True))
+    )
     max_diff = (ours - ref).abs().max().item()
     print(f"{bundle.name}: max abs encoder difference {max_diff:.3e} (max |activation| {ref.abs().max():.2f})")
     assert max_diff <= ENCODER_RTOL * ref.abs().max().item()
 
     with torch.inference_mode():
-        tokens = bundle.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=ours),
-                                       return_timestamps=False, num_beams=1, do_sample=False, **generate_kwargs)
+        tokens = bundle.model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=ours),
+            return_timestamps=False,
+            num_beams=1,
+            do_sample=False,
+            **generate_kwargs,
+        )
     hyp = bundle.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     results = reference.generate(ctranslate2.StorageView.from_array(ref.numpy()), [prompt] * len(hyp), beam_size=1)
     expected = [bundle.processor.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
-    differ = [(a, b) for a, b in zip(hyp, expected) if a.strip() != b.strip()]
+    differ = [(a, b) for a, b in zip(hyp, expected, strict=True) if a.strip() != b.strip()]
     print(f"{bundle.name}: {len(hyp) - len(differ)}/{len(hyp)} identical greedy transcripts")
     return max_diff, len(hyp) - len(differ), differ
 

@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from litewhisper.errors import LiteWhisperError
 from helpers import with_tokenizer
-from litewhisper.models.linears import LowRankLinear
 from litewhisper.compression.distill import IGNORE, pseudo_labels
 from litewhisper.compression.refine import RefineConfig, distillation_loss, objective_for, refine, trainable_parameters
+from litewhisper.errors import LiteWhisperError
+from litewhisper.models.linears import LowRankLinear
 
 
 def _svd_compress(encoder: torch.nn.Module, rank: int) -> torch.nn.Module:
@@ -45,7 +45,8 @@ def test_refinement_lowers_distillation_loss(setup):
     # the best state is what the student holds now, and only the factors moved
     val_idx = list(range(6))  # any subset: recompute on the held-out windows through the public helper
     assert distillation_loss(objective_for(student, teacher, features, config), val_idx) < distillation_loss(
-        objective_for(_svd_compress(teacher, 4), teacher, features, config), val_idx)
+        objective_for(_svd_compress(teacher, 4), teacher, features, config), val_idx
+    )
     for k, v in student.named_parameters():
         if k in dense_before:
             assert torch.equal(v, dense_before[k]), k
@@ -57,8 +58,12 @@ def test_hidden_loss_and_no_worse_guarantee(setup):
     teacher, student, features = setup
     before = {k: v.clone() for k, v in student.state_dict().items()}
     # a learning rate this large only makes things worse: the student must come back unchanged
-    result = refine(student, teacher, features, RefineConfig(max_steps=4, lr=10.0, eval_every=2,
-                                                             hidden_weight=1.0, val_fraction=0.34))
+    result = refine(
+        student,
+        teacher,
+        features,
+        RefineConfig(max_steps=4, lr=10.0, eval_every=2, hidden_weight=1.0, val_fraction=0.34),
+    )
     assert result.best_step == 0 and result.best_val == result.initial_val
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
 
@@ -93,13 +98,22 @@ def test_decoder_objective_pseudo_labels_and_training(tiny_model):
         assert seq[0] == gen.decoder_start_token_id and seq[-1] == gen.eos_token_id
         assert 2 <= len(seq) <= 12 + 4  # prompt + at most max_new_tokens + end-of-text
     inputs, targets, _ = labels.batch([0, 1])
-    assert torch.equal(inputs[0, :len(labels.tokens[0]) - 1], labels.tokens[0][:-1])
-    assert (targets[0, len(labels.tokens[0]) - 1:] == IGNORE).all()
+    assert torch.equal(inputs[0, : len(labels.tokens[0]) - 1], labels.tokens[0][:-1])
+    assert (targets[0, len(labels.tokens[0]) - 1 :] == IGNORE).all()
 
-    config = RefineConfig(objective="decoder", max_steps=8, lr=3e-2, eval_every=4, patience=5, val_fraction=0.34,
-                          ce_weight=0.5, max_label_tokens=12)
-    same = objective_for(copy.deepcopy(teacher), teacher, features, RefineConfig(
-        objective="decoder", ce_weight=0, max_label_tokens=12))
+    config = RefineConfig(
+        objective="decoder",
+        max_steps=8,
+        lr=3e-2,
+        eval_every=4,
+        patience=5,
+        val_fraction=0.34,
+        ce_weight=0.5,
+        max_label_tokens=12,
+    )
+    same = objective_for(
+        copy.deepcopy(teacher), teacher, features, RefineConfig(objective="decoder", ce_weight=0, max_label_tokens=12)
+    )
     assert distillation_loss(same, [0, 1, 2]) == pytest.approx(0.0, abs=1e-5)  # KL(teacher ‖ teacher)
     student = _svd_student(teacher, rank=2)
     decoder_before = {k: v.clone() for k, v in student.model.decoder.state_dict().items()}

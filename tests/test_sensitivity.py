@@ -1,4 +1,5 @@
 """Layer sensitivities: one probe per layer, model left untouched, weights = output error per lost variance."""
+
 import math
 
 import numpy as np
@@ -6,11 +7,11 @@ import pytest
 import torch
 
 from litewhisper.compression.calibration import CalibrationConfig, calibrate
-from litewhisper.errors import LiteWhisperError
 from litewhisper.compression.factorize import factorize_linear
-from litewhisper.models.linears import LowRankLinear
 from litewhisper.compression.plan import decompose
 from litewhisper.compression.sensitivity import layer_sensitivities, probe_rank
+from litewhisper.errors import LiteWhisperError
+from litewhisper.models.linears import LowRankLinear
 
 
 def _clips(n: int) -> list[np.ndarray]:
@@ -20,10 +21,12 @@ def _clips(n: int) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def setup():
     from helpers import tiny_whisper
+
     model = tiny_whisper()
     stats = calibrate(model, _clips(2), CalibrationConfig(windowing="pack"))
     from litewhisper.compression.calibration import feature_extractor
     from litewhisper.models.linears import find_encoder
+
     extractor = feature_extractor(model, find_encoder(model))
     features = extractor(_clips(2), sampling_rate=16000, return_tensors="pt").input_features
     return model, stats, features
@@ -60,7 +63,7 @@ def test_weights_match_a_single_layer_probe(setup):
             setattr(owner, child, factorize_linear(original, stats.mean(name), spectrum.eigenvectors[:, :rank]))
             student = torch.cat([encoder(f[None]).last_hidden_state for f in features])
             setattr(owner, child, original)
-        expected = float(((student - teacher) ** 2).mean() / (teacher ** 2).mean()) / lost
+        expected = float(((student - teacher) ** 2).mean() / (teacher**2).mean()) / lost
         assert weights[name] == pytest.approx(expected, rel=1e-4), name
 
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from litewhisper.compression.calibration import CalibrationConfig, calibrate
-from litewhisper.errors import CalibrationError
-from litewhisper.models.linears import LowRankLinear
 from litewhisper.compression.plan import RankPolicy
 from litewhisper.compression.sequential import compress_sequential
+from litewhisper.errors import CalibrationError
+from litewhisper.models.linears import LowRankLinear
 
 
 def _clips(n: int = 2) -> list[np.ndarray]:
@@ -42,8 +42,9 @@ def test_low_rank_is_sequential(tiny_model):
     # layer 0 saw the original model's inputs; layer 0's fc2 and everything after saw a compressed fc1
     torch.testing.assert_close(seq.layers["layers.0.fc1"].moments.gram, plain.layers["layers.0.fc1"].moments.gram)
     assert not torch.allclose(seq.layers["layers.0.fc2"].moments.gram, plain.layers["layers.0.fc2"].moments.gram)
-    assert not torch.allclose(seq.layers["layers.1.self_attn.q_proj"].moments.gram,
-                              plain.layers["layers.1.self_attn.q_proj"].moments.gram)
+    assert not torch.allclose(
+        seq.layers["layers.1.self_attn.q_proj"].moments.gram, plain.layers["layers.1.self_attn.q_proj"].moments.gram
+    )
 
 
 def test_empty_audio(tiny_model):

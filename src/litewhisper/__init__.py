@@ -4,6 +4,7 @@ Public API (imported lazily, so `import litewhisper` stays fast):
     load_model, transcribe, calibrate, plan_ranks, compress(model, audio, RankPolicy | SizeBudget),
     save_checkpoint, evaluate_model, ... (`__all__` lists them all)
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """`python -m litewhisper ...` runs the command-line interface."""
+
 import sys
 
 from litewhisper.cli import main

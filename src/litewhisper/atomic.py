@@ -5,6 +5,7 @@ result gets the permissions of any new file (0o666 / 0o777 minus the umask), not
 A process killed mid-write leaves its temporary behind; the next write of the same target removes those whose
 writer is gone (its pid no longer runs; temporaries without a pid, from older versions, once an hour old).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from litewhisper.errors import LiteWhisperError
 
@@ -69,8 +70,11 @@ def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
             continue
         pid = match.group(1)
         try:
-            stale = (not _pid_alive(int(pid)) if pid is not None
-                     else time.time() - entry.lstat().st_mtime > LEGACY_STALE_AFTER_S)
+            stale = (
+                not _pid_alive(int(pid))
+                if pid is not None
+                else time.time() - entry.lstat().st_mtime > LEGACY_STALE_AFTER_S
+            )
         except OSError:
             continue
         if not stale:
@@ -116,7 +120,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, flag: str = "over
         raise LiteWhisperError(f"output path {path} exists and is not a directory; choose another path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise LiteWhisperError(
-            f"output directory {path} exists and is not empty; pass {flag} to replace it, or choose another path")
+            f"output directory {path} exists and is not empty; pass {flag} to replace it, or choose another path"
+        )
     return path
 
 

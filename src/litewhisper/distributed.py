@@ -12,6 +12,7 @@ Failures: every collective step first exchanges each rank's error (if any); a Py
 ranks raise `WorkerError` naming it. A worker that dies outright is noticed through the broken connection or the
 process group's timeout, and the survivors name the rank(s) that stopped reporting progress.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,9 @@ import datetime
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # torch is imported where a process group is used: a deployed export runs without it
     import torch
@@ -28,9 +30,23 @@ if TYPE_CHECKING:  # torch is imported where a process group is used: a deployed
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet
 
-__all__ = ["World", "WorkerError", "SHARD_SECONDS", "detect_world", "shard_seconds_from_env", "process_group", "plan_shards",
-           "my_rounds", "all_or_none", "main_first", "exchange", "gather_objects", "broadcast_object",
-           "add_in_rank_order", "map_shards"]
+__all__ = [
+    "World",
+    "WorkerError",
+    "SHARD_SECONDS",
+    "detect_world",
+    "shard_seconds_from_env",
+    "process_group",
+    "plan_shards",
+    "my_rounds",
+    "all_or_none",
+    "main_first",
+    "exchange",
+    "gather_objects",
+    "broadcast_object",
+    "add_in_rank_order",
+    "map_shards",
+]
 
 log = logging.getLogger("litewhisper")
 T = TypeVar("T")
@@ -50,14 +66,17 @@ class WorkerError(LiteWhisperError):
 @dataclass(frozen=True)
 class World:
     """This worker's place among `size` workers (rank 0 writes the shared outputs)."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.rank < self.size or self.local_rank < 0:
-            raise LiteWhisperError(f"invalid torchrun world: rank {self.rank}, world size {self.size}, local rank "
-                                   f"{self.local_rank}; expected 0 <= RANK < WORLD_SIZE (start with torchrun)")
+            raise LiteWhisperError(
+                f"invalid torchrun world: rank {self.rank}, world size {self.size}, local rank "
+                f"{self.local_rank}; expected 0 <= RANK < WORLD_SIZE (start with torchrun)"
+            )
 
     @property
     def is_main(self) -> bool:
@@ -74,8 +93,10 @@ def detect_world(env: dict[str, str] | None = None) -> World:
     try:
         return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
     except ValueError as exc:
-        raise LiteWhisperError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (set by torchrun), got "
-                               f"{env.get('RANK')!r}/{env.get('WORLD_SIZE')!r}/{env.get('LOCAL_RANK')!r}") from exc
+        raise LiteWhisperError(
+            f"RANK/WORLD_SIZE/LOCAL_RANK must be integers (set by torchrun), got "
+            f"{env.get('RANK')!r}/{env.get('WORLD_SIZE')!r}/{env.get('LOCAL_RANK')!r}"
+        ) from exc
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -111,8 +132,7 @@ def process_group(device: str | torch.device = "cpu", world: World | None = None
         torch.cuda.set_device(world.local_rank)
     logger_level = log.level
     _steps.clear()
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo",
-                            timeout=datetime.timedelta(seconds=_timeout_s()))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=_timeout_s()))
     try:
         with quiet(not world.is_main):
             if not world.is_main:
@@ -124,6 +144,7 @@ def process_group(device: str | torch.device = "cpu", world: World | None = None
 
 
 # ----------------------------------------------------------------------------------------------- shards
+
 
 def shard_seconds_from_env() -> float:
     """Seconds of audio per shard: $LITEWHISPER_SHARD_SECONDS or SHARD_SECONDS."""
@@ -154,15 +175,14 @@ def plan_shards(durations: Sequence[float], shard_seconds: float = SHARD_SECONDS
 def my_rounds(n_shards: int, world: World) -> list[int | None]:
     """This rank's shard in each round (round t: shard t·size + rank), None where it has none."""
     rounds = math.ceil(n_shards / world.size)
-    return [t * world.size + world.rank if t * world.size + world.rank < n_shards else None
-            for t in range(rounds)]
+    return [t * world.size + world.rank if t * world.size + world.rank < n_shards else None for t in range(rounds)]
 
 
 # ----------------------------------------------------------------------------------------------- collectives
 
+
 def _collective(world: World, what: str, fn: Callable[[], T]) -> T:
     """Run a collective; a lost worker (connection closed, timeout) becomes a WorkerError naming it."""
-    import torch
     import torch.distributed as dist
 
     store = _store()
@@ -171,16 +191,22 @@ def _collective(world: World, what: str, fn: Callable[[], T]) -> T:
         return fn()
     except (RuntimeError, dist.DistError) as exc:
         lagging = _lagging_ranks(store, world, step)
-        who = (f"worker rank{'s' if len(lagging) > 1 else ''} {', '.join(map(str, lagging))}" if lagging
-               else "another worker")
-        raise WorkerError(f"rank {world.rank}: lost contact with {who} during {what} ({str(exc).splitlines()[0]}); "
-                          f"the worker died or hung (timeout {_timeout_s():.0f}s, {TIMEOUT_ENV}); "
-                          "see torchrun's summary and that worker's log") from exc
+        who = (
+            f"worker rank{'s' if len(lagging) > 1 else ''} {', '.join(map(str, lagging))}"
+            if lagging
+            else "another worker"
+        )
+        raise WorkerError(
+            f"rank {world.rank}: lost contact with {who} during {what} ({str(exc).splitlines()[0]}); "
+            f"the worker died or hung (timeout {_timeout_s():.0f}s, {TIMEOUT_ENV}); "
+            "see torchrun's summary and that worker's log"
+        ) from exc
 
 
 def _store():
     try:
         from torch.distributed.distributed_c10d import _get_default_store
+
         return _get_default_store()
     except (ImportError, RuntimeError, ValueError):
         return None
@@ -219,7 +245,6 @@ def exchange(world: World, value: Any, error: BaseException | None, what: str) -
         if error is not None:
             raise error
         return [value]
-    import torch
     import torch.distributed as dist
 
     message = None if error is None else f"{type(error).__name__}: {error}"
@@ -230,8 +255,10 @@ def exchange(world: World, value: Any, error: BaseException | None, what: str) -
         if error is not None:
             raise error
         rank, msg = failed[0]
-        raise WorkerError(f"worker rank {rank} of {world.size} failed during {what}: {msg}; the job stopped on "
-                          "every worker (nothing was written)")
+        raise WorkerError(
+            f"worker rank {rank} of {world.size} failed during {what}: {msg}; the job stopped on "
+            "every worker (nothing was written)"
+        )
     return [v for v, _ in gathered]
 
 
@@ -262,7 +289,6 @@ def gather_objects(obj: Any, world: World, what: str = "gathering results") -> l
     """Picklable objects of every rank, in rank order, on rank 0; None elsewhere."""
     if not world.distributed:
         return [obj]
-    import torch
     import torch.distributed as dist
 
     out: list[Any] | None = [None] * world.size if world.is_main else None
@@ -274,7 +300,6 @@ def broadcast_object(obj: Any, world: World, what: str = "sharing state") -> Any
     """Rank 0's `obj` on every rank."""
     if not world.distributed:
         return obj
-    import torch
     import torch.distributed as dist
 
     box = [obj if world.is_main else None]
@@ -282,8 +307,9 @@ def broadcast_object(obj: Any, world: World, what: str = "sharing state") -> Any
     return box[0]
 
 
-def add_in_rank_order(totals: list[torch.Tensor], parts: list[torch.Tensor] | None, world: World,
-                      what: str = "adding statistics") -> None:
+def add_in_rank_order(
+    totals: list[torch.Tensor], parts: list[torch.Tensor] | None, world: World, what: str = "adding statistics"
+) -> None:
     """On rank 0: totals[i] += each rank's parts[i], rank by rank (ranks with parts=None are skipped).
 
     One tensor at a time travels, so rank 0 holds at most `size` copies of one tensor. Every rank passes
@@ -292,7 +318,7 @@ def add_in_rank_order(totals: list[torch.Tensor], parts: list[torch.Tensor] | No
     present = exchange(world, parts is not None, None, what)
     if not world.distributed:
         if parts is not None:
-            for total, part in zip(totals, parts):
+            for total, part in zip(totals, parts, strict=True):
                 total += part
         return
     import torch
@@ -301,15 +327,16 @@ def add_in_rank_order(totals: list[torch.Tensor], parts: list[torch.Tensor] | No
     for i, total in enumerate(totals):
         mine = parts[i] if parts is not None else torch.zeros_like(total)
         bucket = [torch.empty_like(total) for _ in range(world.size)] if world.is_main else None
-        _collective(world, what, lambda: dist.gather(mine.contiguous(), bucket, dst=0))
+        _collective(world, what, lambda mine=mine, bucket=bucket: dist.gather(mine.contiguous(), bucket, dst=0))
         if world.is_main:
             for rank, part in enumerate(bucket):
                 if present[rank]:
                     total += part
 
 
-def map_shards(shards: Sequence[Sequence[T]], fn: Callable[[list[T]], list[R]], world: World,
-               what: str) -> Iterator[list[R]]:
+def map_shards(
+    shards: Sequence[Sequence[T]], fn: Callable[[list[T]], list[R]], world: World, what: str
+) -> Iterator[list[R]]:
     """Run `fn` on this rank's shards round by round; yields each round's results in shard order on rank 0
     ([] on the others). A single process simply runs the shards in order."""
     for shard in my_rounds(len(shards), world):

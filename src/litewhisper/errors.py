@@ -1,4 +1,5 @@
 """User-facing errors: each says what was received, what was expected, and how to fix it."""
+
 from __future__ import annotations
 
 __all__ = ["LiteWhisperError", "ModelSourceError", "AudioError", "CalibrationError", "PlanError"]

@@ -3,12 +3,14 @@
 Library functions never take a `progress` flag; they wrap long loops in `progress_bar(...)`. The CLI's
 `--quiet` enters `quiet()` once, and so does any caller that nests one stage inside another.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import sys
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 

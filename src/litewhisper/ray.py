@@ -12,6 +12,7 @@ Each actor loads the model once; every row gets the record `litewhisper transcri
 could not be transcribed, in which case text is None). `decoding` names a preset ("default", "leaderboard")
 and further keyword arguments are `DecodeOptions` fields (language, task, batch_size, vad, ...).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -29,16 +30,32 @@ def _schema():
     f64 = pa.float64()
     word = pa.struct([("start", f64), ("end", f64), ("word", pa.string()), ("probability", f64)])
     segment = pa.struct([("start", f64), ("end", f64), ("text", pa.string()), ("words", pa.list_(word))])
-    return pa.schema([("path", pa.string()), ("text", pa.string()), ("language", pa.string()),
-                      ("segments", pa.list_(segment)), ("duration_s", f64), ("n_tokens", pa.int64()),
-                      ("hit_token_limit", pa.bool_()), ("error", pa.string())])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("text", pa.string()),
+            ("language", pa.string()),
+            ("segments", pa.list_(segment)),
+            ("duration_s", f64),
+            ("n_tokens", pa.int64()),
+            ("hit_token_limit", pa.bool_()),
+            ("error", pa.string()),
+        ]
+    )
 
 
 class Transcriber:
     """Callable class for `Dataset.map_batches`: a batch with a `path` column -> transcription records."""
 
-    def __init__(self, model: str = "tiny.en", *, device: str = "cpu", dtype: str = "float32",
-                 decoding: str = "default", **options: Any):
+    def __init__(
+        self,
+        model: str = "tiny.en",
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        decoding: str = "default",
+        **options: Any,
+    ):
         import torch
 
         from litewhisper.decode.options import DecodeOptions
@@ -59,8 +76,12 @@ class Transcriber:
         with quiet():
             for index, result in decode(self.bundle, paths, self.options):
                 if isinstance(result, TranscriptionFailure):
-                    records[index] = {**dict.fromkeys(RECORD_FIELDS), "path": result.path, "segments": [],
-                                      "error": result.error}
+                    records[index] = {
+                        **dict.fromkeys(RECORD_FIELDS),
+                        "path": result.path,
+                        "segments": [],
+                        "error": result.error,
+                    }
                 else:
                     records[index] = {**asdict(result), "error": None}
         return pa.Table.from_pylist(records, schema=_schema())

@@ -1,8 +1,9 @@
 """One generic module swap, torchao `quantize_(model, config, filter_fn)` style, used by every stage that
 replaces modules: factorisation, sequential calibration, sensitivity probes and reduced attention."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

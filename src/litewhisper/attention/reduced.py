@@ -19,11 +19,13 @@ projections. The attention itself runs in PyTorch SDPA (backend "torch") or in t
 (`litewhisper.attention.kernels.reduced_attention`, backend "triton"; "auto" = the kernel where it is supported and some
 part is reduced), which falls back to PyTorch with a logged reason, never a wrong result.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +43,17 @@ Backend = Literal["auto", "torch", "triton"]
 ScoresPath = Literal["standard", "reduced_query", "reduced_key"]
 ValuesPath = Literal["standard", "reduced"]
 
-__all__ = ["AttentionConfigError", "ReducedAttentionConfig", "AttentionMacs", "attention_macs", "AttentionPlan", "plan_attention", "attend_torch",
-           "ReducedDimSelfAttention", "use_reduced_attention"]
+__all__ = [
+    "AttentionConfigError",
+    "ReducedAttentionConfig",
+    "AttentionMacs",
+    "attention_macs",
+    "AttentionPlan",
+    "plan_attention",
+    "attend_torch",
+    "ReducedDimSelfAttention",
+    "use_reduced_attention",
+]
 _LOGGED: set[str] = set()
 
 
@@ -76,12 +87,14 @@ class AttentionMacs:
     factor + A V, reduced = A C in k_V dimensions + the per-head W_V2. A part whose projections are dense has no
     reduced path (None).
     """
+
     scores: tuple[int, int | None]
     values: tuple[int, int | None]
 
 
-def attention_macs(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
-                   seq_len: int) -> AttentionMacs:
+def attention_macs(
+    q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int, seq_len: int
+) -> AttentionMacs:
     """Per-head multiply-adds of the scores and values parts, standard and reduced (see AttentionMacs)."""
     L, dh = seq_len, head_dim
     scores: tuple[int, int | None] = (L * L * dh, None)
@@ -107,8 +120,14 @@ class AttentionPlan:
         return self.scores != "standard" or self.values != "standard"
 
 
-def plan_attention(q_rank: int | None, k_rank: int | None, v_rank: int | None, head_dim: int,
-                   seq_len: int = ENCODER_POSITIONS, mode: Mode = "auto") -> AttentionPlan:
+def plan_attention(
+    q_rank: int | None,
+    k_rank: int | None,
+    v_rank: int | None,
+    head_dim: int,
+    seq_len: int = ENCODER_POSITIONS,
+    mode: Mode = "auto",
+) -> AttentionPlan:
     """Choose the scores and values paths from the ranks (None = dense projection) by multiply-add count
     (`attention_macs`, per head and sequence).
 
@@ -140,9 +159,17 @@ def _log_once(level: int, msg: str) -> None:
         log.log(level, msg)
 
 
-def attend_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None,
-                 wv: torch.Tensor | None, bv: torch.Tensor | None, num_heads: int,
-                 attention_mask: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+def attend_torch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_bias: torch.Tensor | None,
+    wv: torch.Tensor | None,
+    bv: torch.Tensor | None,
+    num_heads: int,
+    attention_mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
     """PyTorch reference of the fused kernel (same operands, scale already folded in); returns (B, L, H, D_h).
 
     q, k: (B, 1|H, L, d); v: (B, 1|H, L, d_v) (head dim 1 = shared); key_bias: (B, H, L) or None;
@@ -152,21 +179,21 @@ def attend_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: to
     d_v = v.shape[-1]
     if d != d_v:  # fused SDPA (flash) needs equal q/k and v widths, else L×L math: zero-pad the narrower
         width = max(d, d_v)
-        q, k = F.pad(q, (0, width - d)), F.pad(k, (0, width - d))         # zero columns: same scores
-        v = F.pad(v, (0, width - d_v))                                    # zero columns: sliced off below
-    q = q.expand(bsz, num_heads, seq, q.shape[-1])                       # (B, H, L, w)
-    k = k.expand(bsz, num_heads, seq, k.shape[-1])                       # (B, H, L, w)
-    v = v.expand(bsz, num_heads, seq, v.shape[-1])                       # (B, H, L, w)
+        q, k = F.pad(q, (0, width - d)), F.pad(k, (0, width - d))  # zero columns: same scores
+        v = F.pad(v, (0, width - d_v))  # zero columns: sliced off below
+    q = q.expand(bsz, num_heads, seq, q.shape[-1])  # (B, H, L, w)
+    k = k.expand(bsz, num_heads, seq, k.shape[-1])  # (B, H, L, w)
+    v = v.expand(bsz, num_heads, seq, v.shape[-1])  # (B, H, L, w)
     mask = None if key_bias is None else key_bias[:, :, None, :].to(q.dtype)  # (B, H, 1, L)
     if attention_mask is not None:
         mask = attention_mask.to(q.dtype) if mask is None else mask + attention_mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
-    out = out[..., :d_v]                                                  # (B, H, L, d_v)
+    out = out[..., :d_v]  # (B, H, L, d_v)
     if wv is not None:
-        out = out @ wv                                                    # (B, H, L, D_h)
+        out = out @ wv  # (B, H, L, D_h)
     if bv is not None:
-        out = out + bv[:, None, :]                                        # (B, H, L, D_h)
-    return out.transpose(1, 2)                                            # (B, L, H, D_h)
+        out = out + bv[:, None, :]  # (B, H, L, D_h)
+    return out.transpose(1, 2)  # (B, L, H, D_h)
 
 
 class ReducedDimSelfAttention(nn.Module):
@@ -196,54 +223,54 @@ class ReducedDimSelfAttention(nn.Module):
 
     @torch.no_grad()
     def _build_buffers(self) -> None:
-        dtype = next(self.q_proj.parameters()).dtype                     # buffers follow the model's dtype
+        dtype = next(self.q_proj.parameters()).dtype  # buffers follow the model's dtype
         w1, mat, vec, wv, bv = [], None, None, None, None
         if self.plan.scores != "standard":
             q, k = self.q_proj, self.k_proj
-            wq2, wk2 = self._heads(q.weight2), self._heads(k.weight2)      # (H, k_Q, D_h), (H, k_K, D_h)
-            mat = self.scaling * wq2 @ wk2.transpose(1, 2)                # (H, k_Q, k_K) = s·M_i
+            wq2, wk2 = self._heads(q.weight2), self._heads(k.weight2)  # (H, k_Q, D_h), (H, k_K, D_h)
+            mat = self.scaling * wq2 @ wk2.transpose(1, 2)  # (H, k_Q, k_K) = s·M_i
             if q.bias is not None:
                 bq = q.bias.detach().double().reshape(self.num_heads, 1, self.head_dim)  # (H, 1, D_h)
                 vec = (self.scaling * bq @ wk2.transpose(1, 2)).squeeze(1)  # (H, k_K) = s·u_i
             if self.plan.scores == "reduced_key":
-                mat = mat.transpose(1, 2)                                 # (H, k_K, k_Q) = s·M_iᵀ
+                mat = mat.transpose(1, 2)  # (H, k_K, k_Q) = s·M_iᵀ
             w1 += [q.weight1, k.weight1]
         if self.plan.values == "reduced":
-            wv = self._heads(self.v_proj.weight2)                        # (H, k_V, D_h)
+            wv = self._heads(self.v_proj.weight2)  # (H, k_V, D_h)
             if self.v_proj.bias is not None:
                 bv = self.v_proj.bias.detach().double().reshape(self.num_heads, self.head_dim)  # (H, D_h)
             w1.append(self.v_proj.weight1)
         self._split = [w.shape[1] for w in w1]
         cast = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
         self.register_buffer("w1", cast(torch.cat([w.detach() for w in w1], 1)) if w1 else None, persistent=False)
-        self.register_buffer("qk_mat", cast(mat), persistent=False)      # (H, k_Q, k_K) or (H, k_K, k_Q)
-        self.register_buffer("qk_vec", cast(vec), persistent=False)      # (H, k_K)
-        self.register_buffer("wv", cast(wv), persistent=False)           # (H, k_V, D_h)
-        self.register_buffer("bv", cast(bv), persistent=False)           # (H, D_h)
+        self.register_buffer("qk_mat", cast(mat), persistent=False)  # (H, k_Q, k_K) or (H, k_K, k_Q)
+        self.register_buffer("qk_vec", cast(vec), persistent=False)  # (H, k_K)
+        self.register_buffer("wv", cast(wv), persistent=False)  # (H, k_V, D_h)
+        self.register_buffer("bv", cast(bv), persistent=False)  # (H, D_h)
 
     def _split_heads(self, y: torch.Tensor) -> torch.Tensor:
-        bsz, seq, _ = y.shape                                             # (B, L, H·D_h)
+        bsz, seq, _ = y.shape  # (B, L, H·D_h)
         return y.view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D_h)
 
     def _score_operands(self, x: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None):
         """(q, k, key_bias) for the attention: q, k (B, 1|H, L, d) with the scale folded in; key_bias (B, H, L)."""
         if self.plan.scores == "standard":
             return self._split_heads(self.q_proj(x) * self.scaling), self._split_heads(self.k_proj(x)), None
-        a, b = a.unsqueeze(1), b.unsqueeze(1)                             # (B, 1, L, k_Q), (B, 1, L, k_K)
+        a, b = a.unsqueeze(1), b.unsqueeze(1)  # (B, 1, L, k_Q), (B, 1, L, k_K)
         if self.plan.scores == "reduced_query":
-            q = a @ self.qk_mat                                           # (B, H, L, k_K) = s·A M_i
+            q = a @ self.qk_mat  # (B, H, L, k_K) = s·A M_i
             if self.qk_vec is not None:
-                q = q + self.qk_vec[:, None, :]                           # + s·u_i
+                q = q + self.qk_vec[:, None, :]  # + s·u_i
             return q, b, None
-        k = b @ self.qk_mat                                               # (B, H, L, k_Q) = s·B M_iᵀ
+        k = b @ self.qk_mat  # (B, H, L, k_Q) = s·B M_iᵀ
         kb = None if self.qk_vec is None else (b @ self.qk_vec[:, :, None]).squeeze(-1)  # (B, H, L) = s·B u_iᵀ
         return a, k, kb
 
     def _value_operands(self, x: torch.Tensor, c: torch.Tensor | None):
         """(v, wv, bv): v (B, 1|H, L, d_v); wv (H, k_V, D_h) and bv (H, D_h) are applied after the softmax."""
         if self.plan.values == "standard":
-            return self._split_heads(self.v_proj(x)), None, None          # (B, H, L, D_h)
-        return c.unsqueeze(1), self.wv, self.bv                           # (B, 1, L, k_V)
+            return self._split_heads(self.v_proj(x)), None, None  # (B, H, L, D_h)
+        return c.unsqueeze(1), self.wv, self.bv  # (B, 1, L, k_V)
 
     def _attend(self, q, k, kb, v, wv, bv, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the attention on prepared operands with the chosen backend; returns (B, L, H, D_h)."""
@@ -254,6 +281,7 @@ class ReducedDimSelfAttention(nn.Module):
             if reason is None:
                 try:
                     from litewhisper.attention.kernels import reduced_attention as kernel
+
                     reason = kernel.unsupported_reason(q, k, v, wv, attention_mask)
                 except ImportError as err:  # pragma: no cover - triton is a dependency of the dev install
                     reason = f"triton kernel unavailable ({err})"
@@ -263,37 +291,49 @@ class ReducedDimSelfAttention(nn.Module):
             _log_once(level, f"reduced attention: Triton kernel not used, PyTorch fallback: {reason}")
         return attend_torch(q, k, v, kb, wv, bv, self.num_heads, attention_mask, dropout)
 
-    def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None,
-                past_key_values=None, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False, **kwargs) -> tuple[torch.Tensor, None]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        past_key_values=None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
         """hidden_states (B, L, D) -> (attn_output (B, L, D), None); the WhisperAttention encoder signature."""
         if key_value_states is not None or past_key_values is not None:
             raise ValueError("ReducedDimSelfAttention is encoder self-attention only (no cross-attention/cache)")
         if output_attentions:
             _log_once(logging.WARNING, "reduced attention never materialises attention weights; returning None")
-        x = hidden_states                                                 # (B, L, D)
+        x = hidden_states  # (B, L, D)
         bsz, seq, _ = x.shape
-        low = x @ self.w1 if self.w1 is not None else None               # (B, L, Σk) shared low-rank activations
+        low = x @ self.w1 if self.w1 is not None else None  # (B, L, Σk) shared low-rank activations
         parts = list(low.split(self._split, dim=-1)) if low is not None else []
         a, b = (parts.pop(0), parts.pop(0)) if self.plan.scores != "standard" else (None, None)
-        c = parts.pop(0) if self.plan.values == "reduced" else None       # (B, L, k_V)
+        c = parts.pop(0) if self.plan.values == "reduced" else None  # (B, L, k_V)
         q, k, kb = self._score_operands(x, a, b)
         v, wv, bv = self._value_operands(x, c)
-        out = self._attend(q, k, kb, v, wv, bv, attention_mask)           # (B, L, H, D_h)
+        out = self._attend(q, k, kb, v, wv, bv, attention_mask)  # (B, L, H, D_h)
         return self.out_proj(out.reshape(bsz, seq, self.embed_dim)), None
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, head_dim={self.head_dim}, scores={self.plan.scores}, " \
-               f"values={self.plan.values}, backend={self.backend}"
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, scores={self.plan.scores}, "
+            f"values={self.plan.values}, backend={self.backend}"
+        )
 
 
 def _is_encoder_self_attention(module: nn.Module, name: str) -> bool:
     return isinstance(module, WhisperAttention) and not module.is_decoder
 
 
-def use_reduced_attention(model: nn.Module, mode: Mode = "auto", backend: Backend = "auto",
-                          filter_fn: Callable[[nn.Module, str], bool] | None = None,
-                          seq_len: int | None = None) -> nn.Module:
+def use_reduced_attention(
+    model: nn.Module,
+    mode: Mode = "auto",
+    backend: Backend = "auto",
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    seq_len: int | None = None,
+) -> nn.Module:
     """Swap encoder self-attention modules (chosen by `filter_fn(module, name)`) for ReducedDimSelfAttention.
 
     In mode "auto" a module is left untouched when neither its scores nor its values save FLOPs. In place;
@@ -319,8 +359,13 @@ def use_reduced_attention(model: nn.Module, mode: Mode = "auto", backend: Backen
 
     swapped = swap_modules(model, make, pick)
     if swapped:
-        log.info("reduced attention: %d of %d self-attention modules run in the reduced dimension (mode %s, "
-                 "backend %s)", len(swapped), len(candidates), config.mode, config.backend)
+        log.info(
+            "reduced attention: %d of %d self-attention modules run in the reduced dimension (mode %s, backend %s)",
+            len(swapped),
+            len(candidates),
+            config.mode,
+            config.backend,
+        )
     else:  # nothing wrong: with ranks ≥ the head size the standard path is as cheap
         log.info("reduced attention: not used (q/k/v ranks ≥ head size, no FLOPs saved); standard attention")
     return model

@@ -1,4 +1,5 @@
 """Audio collections: a folder of audio files, or a JSONL manifest (`path` relative to it, optional `text`)."""
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ __all__ = ["AudioItem", "read_manifest", "discover_audio"]
 @dataclass(frozen=True)
 class AudioItem:
     """One clip of a collection; fields beyond `path` are present when the manifest gives them."""
+
     path: Path
     text: str | None = None
     lang: str | None = None
@@ -40,11 +42,17 @@ def read_manifest(path: str | os.PathLike, split: str | None = None) -> list[Aud
             ) from exc
         if split is not None and row.get("split") != split:
             continue
-        items.append(AudioItem(
-            path=(path.parent / rel).resolve(), text=row.get("text"), lang=row.get("lang"),
-            domain=row.get("domain"), split=row.get("split"), duration_s=row.get("duration_s"),
-            id=row.get("utt_id") or rel,
-        ))
+        items.append(
+            AudioItem(
+                path=(path.parent / rel).resolve(),
+                text=row.get("text"),
+                lang=row.get("lang"),
+                domain=row.get("domain"),
+                split=row.get("split"),
+                duration_s=row.get("duration_s"),
+                id=row.get("utt_id") or rel,
+            )
+        )
     return items
 
 
@@ -60,8 +68,11 @@ def discover_audio(source: str | os.PathLike, split: str | None = None) -> list[
         if (source / "manifest.jsonl").is_file():
             items = read_manifest(source / "manifest.jsonl", split=split)
         else:
-            items = [AudioItem(path=p) for p in sorted(source.rglob("*"))
-                     if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()]
+            items = [
+                AudioItem(path=p)
+                for p in sorted(source.rglob("*"))
+                if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+            ]
     elif source.is_file() and source.suffix.lower() in AUDIO_EXTENSIONS:
         items = [AudioItem(path=source)]
     else:
@@ -72,8 +83,9 @@ def discover_audio(source: str | os.PathLike, split: str | None = None) -> list[
     manifest = source if source.is_file() else source / "manifest.jsonl"
     if not items and split is not None and manifest.is_file() and manifest.suffix in (".jsonl", ".json"):
         splits = sorted({str(it.split) for it in read_manifest(manifest)})
-        raise LiteWhisperError(f"split {split!r} not in {manifest}: it has split(s) {', '.join(splits)} "
-                               "(omit --split for every row)")
+        raise LiteWhisperError(
+            f"split {split!r} not in {manifest}: it has split(s) {', '.join(splits)} (omit --split for every row)"
+        )
     if not items:
         where = f" (split {split!r})" if split else ""
         raise LiteWhisperError(f"no audio found in {source}{where}")

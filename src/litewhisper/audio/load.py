@@ -6,6 +6,7 @@ wma, amr... A file is decoded frame by frame and resampled with soxr's streaming
 `load_audio(path)` is the same stream joined. `"-"` reads standard input. Integer PCM becomes float exactly as
 libsndfile does it (x / 2**15 for 16 bit), so wav / flac samples are bit-identical to soundfile's.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,25 +14,59 @@ import logging
 import os
 import struct
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO
 
 import numpy as np
 
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import AudioError
 
-__all__ = ["load_audio", "stream_audio", "probe_audio", "AudioInfo", "AudioSource", "AUDIO_EXTENSIONS",
-           "SAMPLE_RATE", "STDIN", "source_name", "audio_seconds"]
+__all__ = [
+    "load_audio",
+    "stream_audio",
+    "probe_audio",
+    "AudioInfo",
+    "AudioSource",
+    "AUDIO_EXTENSIONS",
+    "SAMPLE_RATE",
+    "STDIN",
+    "source_name",
+    "audio_seconds",
+]
 
 log = logging.getLogger("litewhisper")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".m4a", ".aac",
-                    ".webm", ".mp4", ".mkv", ".mka", ".mov", ".wma", ".amr", ".3gp", ".caf", ".wv", ".ac3")
-EXPECTED = "expected wav, flac, ogg, mp3, m4a, aac, opus, webm, mp4, mkv, mov, wma, amr or another format FFmpeg decodes"
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".m4a",
+    ".aac",
+    ".webm",
+    ".mp4",
+    ".mkv",
+    ".mka",
+    ".mov",
+    ".wma",
+    ".amr",
+    ".3gp",
+    ".caf",
+    ".wv",
+    ".ac3",
+)
+EXPECTED = (
+    "expected wav, flac, ogg, mp3, m4a, aac, opus, webm, mp4, mkv, mov, wma, amr or another format FFmpeg decodes"
+)
 STDIN = "-"  # the source name that reads standard input
-AudioSource = Union[str, os.PathLike, BinaryIO]
+AudioSource = str | os.PathLike | BinaryIO
 _EXACT_LENGTH_FORMATS = ("wav", "flac", "mov,mp4,m4a,3gp,3g2,mj2")  # headers that state the exact length
 _LENGTH_TOLERANCE_S = 0.1  # codec priming / padding (AAC: 2048 samples) is not a short read
 
@@ -40,6 +75,7 @@ _LENGTH_TOLERANCE_S = 0.1  # codec priming / padding (AAC: 2048 samples) is not 
 class AudioInfo:
     """What a file holds, from its headers (no decoding); `duration_s` None when the header does not say
     (standard input, some streams)."""
+
     name: str
     duration_s: float | None
     sample_rate: int
@@ -125,9 +161,14 @@ def probe_audio(source: AudioSource) -> AudioInfo:
         elif container.duration is not None:
             duration = container.duration / 1_000_000  # microseconds
         declared = _declared_seconds(source, container, stream)
-        return AudioInfo(source_name(source), declared if declared is not None else duration,
-                         int(stream.codec_context.sample_rate or 0), int(stream.codec_context.channels or 0),
-                         stream.codec_context.name, container.format.name)
+        return AudioInfo(
+            source_name(source),
+            declared if declared is not None else duration,
+            int(stream.codec_context.sample_rate or 0),
+            int(stream.codec_context.channels or 0),
+            stream.codec_context.name,
+            container.format.name,
+        )
     finally:
         container.close()
 
@@ -157,8 +198,11 @@ def _decoded(source: AudioSource, sample_rate: int) -> Iterator[np.ndarray]:
         for frame in container.decode(stream):
             if rate is None or frame.sample_rate != rate:
                 rate = frame.sample_rate
-                resampler = (None if rate == sample_rate else
-                             soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ"))
+                resampler = (
+                    None
+                    if rate == sample_rate
+                    else soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
+                )
             piece = _to_mono_float(frame)
             frames, seconds = frames + piece.size, seconds + piece.size / rate
             yield piece if resampler is None else resampler.resample_chunk(piece)
@@ -166,19 +210,26 @@ def _decoded(source: AudioSource, sample_rate: int) -> Iterator[np.ndarray]:
             yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         declared = _declared_seconds(source, container, stream)
     except av.error.FFmpegError as exc:
-        raise AudioError(f"cannot decode {name} after {seconds:.1f} s of audio: {exc.strerror or exc} "
-                         f"(a damaged file? {EXPECTED})") from exc
+        raise AudioError(
+            f"cannot decode {name} after {seconds:.1f} s of audio: {exc.strerror or exc} (a damaged file? {EXPECTED})"
+        ) from exc
     finally:
         container.close()
     if frames == 0:
         raise AudioError(f"{name} holds no audio samples (its {stream.codec_context.name} stream is empty)")
     if declared is not None and seconds < declared - _LENGTH_TOLERANCE_S:
-        log.warning("%s is truncated: its header says %.2f s of audio but the file holds %.2f s (%d frames); "
-                    "transcribing the %.2f s present", name, declared, seconds, frames, seconds)
+        log.warning(
+            "%s is truncated: its header says %.2f s of audio but the file holds %.2f s (%d frames); "
+            "transcribing the %.2f s present",
+            name,
+            declared,
+            seconds,
+            frames,
+            seconds,
+        )
 
 
-def stream_audio(source: AudioSource, block_s: float = 30.0, sample_rate: int = SAMPLE_RATE
-                 ) -> Iterator[np.ndarray]:
+def stream_audio(source: AudioSource, block_s: float = 30.0, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """Yield float32 mono blocks of `block_s` seconds at `sample_rate` (the last one shorter), decoding only
     as far as needed: memory stays about one block whatever the length. `source`: a path, '-' for standard
     input, or a binary file object. AudioError for a missing, empty, non-audio or undecodable input."""
@@ -194,8 +245,8 @@ def stream_audio(source: AudioSource, block_s: float = 30.0, sample_rate: int = 
             joined = np.concatenate(pending)
             starts = range(0, joined.size - size + 1, size)
             for start in starts:
-                yield _checked(joined[start:start + size], source)
-            rest = joined[starts[-1] + size:]
+                yield _checked(joined[start : start + size], source)
+            rest = joined[starts[-1] + size :]
             pending, held = [rest], rest.size
     if held:
         yield _checked(np.concatenate(pending), source)

@@ -8,6 +8,7 @@ the caller down. Clips vary voice, speed, pitch, pitch range, loudness and a fai
 
 In-domain speech calibrates better; this set exists so that `litewhisper compress MODEL -o OUT` works anywhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,7 @@ import numpy as np
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import CalibrationError
 
-__all__ = ["DEFAULT_CLIPS", "SENTENCES", "VOICES", "VARIANTS", "SynthClip", "clip_plan",
-           "builtin_calibration_audio"]
+__all__ = ["DEFAULT_CLIPS", "SENTENCES", "VOICES", "VARIANTS", "SynthClip", "clip_plan", "builtin_calibration_audio"]
 
 log = logging.getLogger("litewhisper")
 
@@ -105,11 +105,16 @@ def clip_plan(n_clips: int = DEFAULT_CLIPS, seed: int = 0) -> list[SynthClip]:
         raise CalibrationError(f"n_clips must be a positive integer, got {n_clips!r}")
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(SENTENCES)) for _ in range(-(-n_clips // len(SENTENCES)))])
-    return [SynthClip(text=SENTENCES[int(i)],
-                      voice=f"{VOICES[rng.integers(len(VOICES))]}+{VARIANTS[rng.integers(len(VARIANTS))]}",
-                      rate=int(rng.integers(130, 211)), pitch=int(rng.integers(25, 76)),
-                      pitch_range=int(rng.integers(30, 81)))
-            for i in order[:n_clips]]
+    return [
+        SynthClip(
+            text=SENTENCES[int(i)],
+            voice=f"{VOICES[rng.integers(len(VOICES))]}+{VARIANTS[rng.integers(len(VARIANTS))]}",
+            rate=int(rng.integers(130, 211)),
+            pitch=int(rng.integers(25, 76)),
+            pitch_range=int(rng.integers(30, 81)),
+        )
+        for i in order[:n_clips]
+    ]
 
 
 def builtin_calibration_audio(n_clips: int = DEFAULT_CLIPS, seed: int = 0) -> list[np.ndarray]:
@@ -142,16 +147,21 @@ def _synthesize_in_child(plan: list[SynthClip]) -> tuple[list[np.ndarray], int]:
         plan_file, out_file = Path(tmp) / "plan.json", Path(tmp) / "clips.npz"
         plan_file.write_text(json.dumps([clip.__dict__ for clip in plan]))
         package_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
-                                                                           os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "litewhisper.audio.synth", str(plan_file), str(out_file)],
-                              env=env, capture_output=True, text=True, timeout=600)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run(
+            [sys.executable, "-m", "litewhisper.audio.synth", str(plan_file), str(out_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0 or not out_file.is_file():
             detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             raise CalibrationError(
                 f"the built-in calibration set could not be synthesised with eSpeak NG ({detail}). It needs the "
                 "`espeakng-loader` wheel (pip install espeakng-loader); or pass your own speech with "
-                "--calibration DIR|MANIFEST, which also calibrates better")
+                "--calibration DIR|MANIFEST, which also calibrates better"
+            )
         with np.load(out_file) as data:
             return [data[f"clip{i}"] for i in range(len(plan))], int(data["rate"])
 
@@ -172,8 +182,16 @@ def _espeak():
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-    lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     data_parent = os.path.dirname(espeakng_loader.get_data_path())  # the folder holding espeak-ng-data
     rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent.encode(), 0)
     if rate <= 0:

@@ -4,13 +4,15 @@ analytic FLOPs and the ideal speedup they imply, and end-to-end real-time factor
 Absolute times on a shared machine drift; ratios measured round by round in one run hold. The speedup of a
 model is the median over rounds of (first model's time / this model's time) in the same round.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,15 +23,33 @@ from litewhisper.errors import LiteWhisperError
 from litewhisper.models.load import ATTENTION_MODES, load_model
 from litewhisper.progress import progress_bar, quiet
 
-__all__ = ["BenchConfig", "BenchReport", "EncoderResult", "EndToEndResult", "Spread", "bench", "bench_encoders", "bench_end_to_end", "encoder_fn", "torch_e2e_fn", "analytic", "interleaved_timings", "speedups", "module_timer", "environment", "format_bench", "report_dict"]
+__all__ = [
+    "BenchConfig",
+    "BenchReport",
+    "EncoderResult",
+    "EndToEndResult",
+    "Spread",
+    "bench",
+    "bench_encoders",
+    "bench_end_to_end",
+    "encoder_fn",
+    "torch_e2e_fn",
+    "analytic",
+    "interleaved_timings",
+    "speedups",
+    "module_timer",
+    "environment",
+    "format_bench",
+    "report_dict",
+]
 
 log = logging.getLogger("litewhisper")
-
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """What to measure; validated here."""
+
     batch_sizes: tuple[int, ...] = (1,)
     repeats: int = 10
     warmup: int = 2
@@ -53,6 +73,7 @@ class BenchConfig:
 @dataclass(frozen=True)
 class Spread:
     """Median and inter-quartile range of a sample."""
+
     median: float
     q1: float
     q3: float
@@ -63,15 +84,16 @@ class Spread:
         return self.q3 - self.q1
 
     @classmethod
-    def of(cls, values: Sequence[float]) -> "Spread":
+    def of(cls, values: Sequence[float]) -> Spread:
         if not len(values):
             return cls(float("nan"), float("nan"), float("nan"), 0)
         q1, med, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75])
         return cls(float(med), float(q1), float(q3), len(values))
 
 
-def interleaved_timings(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-                        clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def interleaved_timings(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Run every function `warmup` times, then `repeats` rounds of A B C A B C...; seconds per call."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -95,6 +117,7 @@ def speedups(times: dict[str, list[float]]) -> dict[str, Spread]:
 @dataclass(frozen=True)
 class EncoderResult:
     """Encoder latency of one model at one batch size (seconds per batch of 30-s windows)."""
+
     model: str
     batch_size: int
     latency: Spread
@@ -112,6 +135,7 @@ class EncoderResult:
 @dataclass(frozen=True)
 class EndToEndResult:
     """End-to-end decoding of real clips: wall time split into encoder, decoder and the rest."""
+
     model: str
     n_clips: int
     audio_s: float
@@ -153,18 +177,24 @@ def encoder_fn(bundle, batch_size: int, seed: int = 0) -> Callable[[], None]:
         with torch.inference_mode():
             encoder(features)
         _sync(bundle.device)
+
     return run
 
 
 def analytic(model) -> tuple[int, int]:
     """(encoder FLOPs per 30-s window, encoder parameters) from `litewhisper.models.cost`."""
     from litewhisper.models.cost import encoder_flops, encoder_params
+
     return int(encoder_flops(model)), int(encoder_params(model))
 
 
-def bench_encoders(fns_by_batch: dict[int, dict[str, Callable[[], Any]]], costs: dict[str, tuple[int, int]],
-                   repeats: int, warmup: int, clock: Callable[[], float] = time.perf_counter
-                   ) -> list[EncoderResult]:
+def bench_encoders(
+    fns_by_batch: dict[int, dict[str, Callable[[], Any]]],
+    costs: dict[str, tuple[int, int]],
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[EncoderResult]:
     """Interleaved encoder timings per batch size; `costs[name]` = (FLOPs, params) for the ideal speedup."""
     results = []
     for batch_size, fns in fns_by_batch.items():
@@ -175,8 +205,7 @@ def bench_encoders(fns_by_batch: dict[int, dict[str, Callable[[], Any]]], costs:
             flops, params = costs.get(name, (None, None))
             base_flops = costs.get(first, (None, None))[0]
             ideal = base_flops / flops if flops and base_flops else None
-            results.append(EncoderResult(name, batch_size, Spread.of(times[name]), ratios[name], flops, params,
-                                         ideal))
+            results.append(EncoderResult(name, batch_size, Spread.of(times[name]), ratios[name], flops, params, ideal))
     return results
 
 
@@ -206,17 +235,22 @@ def module_timer(module: torch.nn.Module, device: torch.device | None = None) ->
 
 # ----------------------------------------------------------------------------------------------- end to end
 
+
 def _english_arrays(data, split: str | None, max_clips: int) -> tuple[list[np.ndarray], float]:
     """Up to `max_clips` English (or unlabelled) clips of <= 30 s, loaded; and their total duration."""
-    from litewhisper.audio.load import SAMPLE_RATE, load_audio
     from litewhisper.audio.datasets import discover_audio
+    from litewhisper.audio.load import SAMPLE_RATE, load_audio
 
-    items = [it for it in discover_audio(data, split=split) if it.lang in (None, "en")
-             and (it.duration_s is None or it.duration_s <= WINDOW_S)][:max_clips]
+    items = [
+        it
+        for it in discover_audio(data, split=split)
+        if it.lang in (None, "en") and (it.duration_s is None or it.duration_s <= WINDOW_S)
+    ][:max_clips]
     if not items:
-        raise LiteWhisperError(f"no English clips of at most 30 s in {data} (split {split!r}) for the "
-                               "end-to-end benchmark")
-    arrays = [load_audio(it.path)[:30 * SAMPLE_RATE] for it in items]
+        raise LiteWhisperError(
+            f"no English clips of at most 30 s in {data} (split {split!r}) for the end-to-end benchmark"
+        )
+    arrays = [load_audio(it.path)[: 30 * SAMPLE_RATE] for it in items]
     return arrays, sum(a.size for a in arrays) / SAMPLE_RATE
 
 
@@ -224,24 +258,33 @@ def torch_e2e_fn(bundle, options: DecodeOptions) -> Callable[[list[np.ndarray]],
     """A call decoding a batch of arrays with the one decoder -> (encoder seconds, decoder seconds) inside it."""
     from litewhisper.decode.transcribe import transcribe
 
-    options = options.replace(batch_size=max(options.batch_size, 64),
-                              language="en" if bundle.is_multilingual else options.language)
+    options = options.replace(
+        batch_size=max(options.batch_size, 64), language="en" if bundle.is_multilingual else options.language
+    )
 
     def run(arrays: list[np.ndarray]) -> tuple[float, float]:
-        with module_timer(bundle.encoder, bundle.device) as enc, \
-                module_timer(bundle.model.get_decoder(), bundle.device) as dec, quiet():
+        with (
+            module_timer(bundle.encoder, bundle.device) as enc,
+            module_timer(bundle.model.get_decoder(), bundle.device) as dec,
+            quiet(),
+        ):
             transcribe(bundle, arrays, options)
         return enc[0], dec[0]
+
     return run
 
 
-def bench_end_to_end(fns: dict[str, Callable[[list[np.ndarray]], tuple[float, float]]],
-                     arrays: list[np.ndarray], audio_s: float, batch_size: int) -> list[EndToEndResult]:
+def bench_end_to_end(
+    fns: dict[str, Callable[[list[np.ndarray]], tuple[float, float]]],
+    arrays: list[np.ndarray],
+    audio_s: float,
+    batch_size: int,
+) -> list[EndToEndResult]:
     """Decode the same batches with every model, interleaved batch by batch, after one warm-up batch."""
     for fn in fns.values():
         fn(arrays[:1])
     acc = {name: [0.0, 0.0, 0.0] for name in fns}  # total, encoder, decoder
-    batches = [arrays[i:i + batch_size] for i in range(0, len(arrays), batch_size)]
+    batches = [arrays[i : i + batch_size] for i in range(0, len(arrays), batch_size)]
     for batch in progress_bar(batches, desc="end-to-end", unit="batch"):
         for name, fn in fns.items():
             start = time.perf_counter()
@@ -253,6 +296,7 @@ def bench_end_to_end(fns: dict[str, Callable[[list[np.ndarray]], tuple[float, fl
 
 
 # ----------------------------------------------------------------------------------------------- driver
+
 
 def environment(config: BenchConfig) -> dict[str, Any]:
     """Versions, threads and hardware, stated in every benchmark and report."""
@@ -268,15 +312,27 @@ def environment(config: BenchConfig) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    env = {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-           "cpu": cpu, "torch_threads": torch.get_num_threads(), "device": config.device}
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "device": config.device,
+    }
     if config.device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
 
 
-def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any = None, split: str | None = None,
-          peer: str | None = None, names: Sequence[str] | None = None) -> BenchReport:
+def bench(
+    models: Sequence[Any],
+    config: BenchConfig = BenchConfig(),
+    data: Any = None,
+    split: str | None = None,
+    peer: str | None = None,
+    names: Sequence[str] | None = None,
+) -> BenchReport:
     """Benchmark models (sources for `load_model` or loaded bundles); ratios are against the first one."""
 
     if not models:
@@ -287,7 +343,8 @@ def bench(models: Sequence[Any], config: BenchConfig = BenchConfig(), data: Any 
     for i, m in enumerate(models):
         name = names[i] if names else (str(m) if isinstance(m, str) else m.name)
         bundles[name if name not in bundles else f"{name}#{i}"] = (
-            load_model(m, device=config.device, attention=config.attention) if isinstance(m, str) else m)
+            load_model(m, device=config.device, attention=config.attention) if isinstance(m, str) else m
+        )
     costs = {name: analytic(b.model) for name, b in bundles.items()}
     fns_by_batch = {bs: {name: encoder_fn(b, bs) for name, b in bundles.items()} for bs in config.batch_sizes}
     notes: list[str] = []
@@ -325,7 +382,7 @@ def _peers(peer: str | None, first: Any, config: BenchConfig, notes: list[str]) 
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -335,21 +392,44 @@ def format_bench(report: BenchReport) -> str:
     rows = [["model", "batch", "median ms", "IQR ms", "speedup [IQR]", "GFLOPs", "params M", "ideal", "of ideal"]]
     for r in report.encoder:
         s = r.speedup
-        rows.append([r.model, str(r.batch_size), f"{1e3 * r.latency.median:.1f}", f"{1e3 * r.latency.iqr:.1f}",
-                     f"{s.median:.2f}x [{s.q1:.2f},{s.q3:.2f}]",
-                     f"{r.flops / 1e9:.2f}" if r.flops else "-", f"{r.params / 1e6:.2f}" if r.params else "-",
-                     f"{r.ideal_speedup:.2f}x" if r.ideal_speedup else "-",
-                     f"{100 * r.efficiency:.0f}%" if r.efficiency else "-"])
-    out = ["encoder latency, one 30-s window per batch item (interleaved rounds; speedup vs the first model)",
-           _table(rows)]
+        rows.append(
+            [
+                r.model,
+                str(r.batch_size),
+                f"{1e3 * r.latency.median:.1f}",
+                f"{1e3 * r.latency.iqr:.1f}",
+                f"{s.median:.2f}x [{s.q1:.2f},{s.q3:.2f}]",
+                f"{r.flops / 1e9:.2f}" if r.flops else "-",
+                f"{r.params / 1e6:.2f}" if r.params else "-",
+                f"{r.ideal_speedup:.2f}x" if r.ideal_speedup else "-",
+                f"{100 * r.efficiency:.0f}%" if r.efficiency else "-",
+            ]
+        )
+    out = [
+        "encoder latency, one 30-s window per batch item (interleaved rounds; speedup vs the first model)",
+        _table(rows),
+    ]
     if report.end_to_end:
         rows = [["model", "clips", "audio s", "total s", "RTF", "encoder s", "decoder s", "other s", "encoder %"]]
         for e in report.end_to_end:
-            rows.append([e.model, str(e.n_clips), f"{e.audio_s:.1f}", f"{e.total_s:.2f}", f"{e.rtf:.3f}",
-                         f"{e.encoder_s:.2f}", f"{e.decoder_s:.2f}", f"{e.other_s:.2f}",
-                         f"{100 * e.encoder_s / max(e.total_s, 1e-9):.0f}%"])
-        out += ["", "end-to-end decoding (real clips, same batches for every model; CTranslate2 peers: greedy)",
-                _table(rows)]
+            rows.append(
+                [
+                    e.model,
+                    str(e.n_clips),
+                    f"{e.audio_s:.1f}",
+                    f"{e.total_s:.2f}",
+                    f"{e.rtf:.3f}",
+                    f"{e.encoder_s:.2f}",
+                    f"{e.decoder_s:.2f}",
+                    f"{e.other_s:.2f}",
+                    f"{100 * e.encoder_s / max(e.total_s, 1e-9):.0f}%",
+                ]
+            )
+        out += [
+            "",
+            "end-to-end decoding (real clips, same batches for every model; CTranslate2 peers: greedy)",
+            _table(rows),
+        ]
     out += [f"note: {n}" for n in report.notes]
     out.append("environment: " + ", ".join(f"{k}={v}" for k, v in report.environment.items()))
     return "\n".join(out)
@@ -367,5 +447,9 @@ def report_dict(report: BenchReport) -> dict[str, Any]:
     def e2e(e: EndToEndResult) -> dict[str, Any]:
         return {**dataclasses.asdict(e), "rtf": e.rtf, "other_s": e.other_s}
 
-    return {"encoder": [enc(r) for r in report.encoder], "end_to_end": [e2e(e) for e in report.end_to_end],
-            "notes": report.notes, "environment": report.environment}
+    return {
+        "encoder": [enc(r) for r in report.encoder],
+        "end_to_end": [e2e(e) for e in report.end_to_end],
+        "notes": report.notes,
+        "environment": report.environment,
+    }

@@ -1,11 +1,13 @@
 """Peer runtime for `bench --peer`: the same original checkpoint in CTranslate2 (the engine behind
 faster-whisper), in int8 and float32, timed on the same windows and clips as our models."""
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +40,10 @@ def ct2_files(first: Any) -> tuple[str, dict[str, bytes] | None, Path]:
     path = Path(first) if isinstance(first, (str, os.PathLike)) else getattr(first, "path", None)
     if path is not None and (Path(path) / "model.bin").is_file():
         return str(path), None, Path(path)
-    raise PeerUnavailable(f"the first model ({name}) has no CTranslate2 checkpoint: the peer runs the original "
-                          "built-in models (tiny.en, base) or a CTranslate2 directory given first")
+    raise PeerUnavailable(
+        f"the first model ({name}) has no CTranslate2 checkpoint: the peer runs the original "
+        "built-in models (tiny.en, base) or a CTranslate2 directory given first"
+    )
 
 
 class CT2Peer:
@@ -49,14 +53,14 @@ class CT2Peer:
         try:
             import ctranslate2
         except ImportError as exc:
-            raise PeerUnavailable("ctranslate2 is not installed (pip install ctranslate2 or faster-whisper)"
-                                  ) from exc
+            raise PeerUnavailable("ctranslate2 is not installed (pip install ctranslate2 or faster-whisper)") from exc
         from litewhisper.models.processor import build_processor
 
         path, files, meta = ct2_files(first)
         self.ct2 = ctranslate2
-        self.model = ctranslate2.models.Whisper(path, device=device, compute_type=compute_type,
-                                                intra_threads=threads or 0, files=files)
+        self.model = ctranslate2.models.Whisper(
+            path, device=device, compute_type=compute_type, intra_threads=threads or 0, files=files
+        )
         self.processor = build_processor(meta, num_mel_bins=self.model.n_mels)
         tok = self.processor.tokenizer
         prompt = ["<|startoftranscript|>"]
@@ -71,7 +75,9 @@ class CT2Peer:
 
     def encoder_fn(self, batch_size: int, seed: int = 0) -> Callable[[], None]:
         rng = np.random.default_rng(seed)
-        feats = rng.standard_normal((batch_size, self.model.n_mels, WINDOW_FRAMES)).astype(np.float32)  # (B, n_mels, 3000)
+        feats = rng.standard_normal((batch_size, self.model.n_mels, WINDOW_FRAMES)).astype(
+            np.float32
+        )  # (B, n_mels, 3000)
         view = self.ct2.StorageView.from_array(feats)
         return lambda: self.model.encode(view, to_cpu=True)
 
@@ -81,18 +87,25 @@ class CT2Peer:
             t0 = time.perf_counter()
             encoded = self.model.encode(features, to_cpu=False)
             t1 = time.perf_counter()
-            self.model.generate(encoded, [self.prompt] * len(arrays), beam_size=1,
-                                max_length=max_new_tokens + len(self.prompt))
+            self.model.generate(
+                encoded, [self.prompt] * len(arrays), beam_size=1, max_length=max_new_tokens + len(self.prompt)
+            )
             return t1 - t0, time.perf_counter() - t1
+
         return run
 
     def transcribe(self, arrays: list[np.ndarray], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
         """Greedy transcripts (for checking the peer decodes sensibly)."""
-        out = self.model.generate(self._features(arrays), [self.prompt] * len(arrays), beam_size=1,
-                                  max_length=max_new_tokens + len(self.prompt))
+        out = self.model.generate(
+            self._features(arrays),
+            [self.prompt] * len(arrays),
+            beam_size=1,
+            max_length=max_new_tokens + len(self.prompt),
+        )
         tok = self.processor.tokenizer
-        return [tok.decode([t for t in r.sequences_ids[0] if t < self.eot], skip_special_tokens=True).strip()
-                for r in out]
+        return [
+            tok.decode([t for t in r.sequences_ids[0] if t < self.eot], skip_special_tokens=True).strip() for r in out
+        ]
 
 
 def ct2_peers(first: Any, device: str = "cpu", threads: int | None = None) -> dict[str, CT2Peer]:

@@ -3,6 +3,7 @@
 Each sub-command module defines `add_parser(subparsers)` which registers its parser and sets
 `func=run` (a callable taking the parsed args and returning an exit code).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def _check_torchrun(command: str):
 
     world = detect_world()
     if world.distributed and command not in DISTRIBUTED:
-        raise LiteWhisperError(f"`{command}` does not run across torchrun workers (WORLD_SIZE={world.size}): run it "
-                               f"in one process; under torchrun use {', '.join(DISTRIBUTED)}")
+        raise LiteWhisperError(
+            f"`{command}` does not run across torchrun workers (WORLD_SIZE={world.size}): run it "
+            f"in one process; under torchrun use {', '.join(DISTRIBUTED)}"
+        )
     return world
 
 
@@ -69,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.quiet = getattr(args, "quiet", False) or getattr(args, "no_progress", False)
     args.no_progress = args.quiet
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         world = _check_torchrun(args.command)
         with quiet(args.quiet or not world.is_main):  # torchrun: progress bars on rank 0 only

@@ -1,4 +1,5 @@
 """`litewhisper compress MODEL -o OUT`: calibrate, plan, factorize and save a lite-whisper checkpoint."""
+
 from __future__ import annotations
 
 import logging
@@ -14,15 +15,20 @@ log = logging.getLogger("litewhisper")
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "compress", help="compress a Whisper encoder (LiteASR) into a lite-whisper checkpoint",
+        "compress",
+        help="compress a Whisper encoder (LiteASR) into a lite-whisper checkpoint",
         description="Calibrate on speech, choose ranks, factorize the encoder's linear layers and write a "
-                    "lite-whisper checkpoint (loadable with transformers' trust_remote_code=True). By default the "
-                    "ranks are allocated across layers for a target size (--target-size or --preset), weighted by "
-                    "each layer's measured effect on the encoder output; --method liteasr uses the paper's one θ "
-                    "for all layers. With no --calibration, a small built-in synthetic speech set is used.")
-    add_model_args(p, dtype_default=None,
-                   dtype_help="dtype of the saved checkpoint (default: the source model's, e.g. float16 for tiny.en); "
-                              "compression itself computes in float32")
+        "lite-whisper checkpoint (loadable with transformers' trust_remote_code=True). By default the "
+        "ranks are allocated across layers for a target size (--target-size or --preset), weighted by "
+        "each layer's measured effect on the encoder output; --method liteasr uses the paper's one θ "
+        "for all layers. With no --calibration, a small built-in synthetic speech set is used.",
+    )
+    add_model_args(
+        p,
+        dtype_default=None,
+        dtype_help="dtype of the saved checkpoint (default: the source model's, e.g. float16 for tiny.en); "
+        "compression itself computes in float32",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="checkpoint directory")
     add_calibration_args(p, required=False)
     add_policy_args(p)
@@ -34,67 +40,108 @@ def add_parser(subparsers) -> None:
 
 
 def add_budget_args(p) -> None:
-    """Budgeted compression (litewhisper.compression.budget): ranks allocated across layers for a target encoder size."""
-    p.add_argument("--method", choices=("liteasr", "budget"), default=None,
-                   help="budget (default): ranks allocated across layers, weighted by measured sensitivity, to "
-                        "reach --target-size or the preset's size; liteasr: the paper's one θ for all layers "
-                        "(--preset / --theta-*; the default when --theta-* is given)")
-    p.add_argument("--target-size", type=float, metavar="FRAC",
-                   help="encoder parameters as a fraction of the original (e.g. 0.8); implies --method budget")
-    p.add_argument("--sequential", action="store_true",
-                   help="budget: fit each layer on the outputs of the already compressed layers before it")
-    p.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
-                   help="budget: treat every layer's lost variance alike instead of weighting it by the layer's "
-                        "measured effect on the encoder output (default: weighted)")
-    p.add_argument("--refine-steps", type=int, default=0,
-                   help="budget: steps of distillation of the low-rank factors from the original model (0: none)")
-    p.add_argument("--refine-objective", choices=("decoder", "encoder"), default="decoder",
-                   help="with --refine-steps: decoder = match the decoder's next-token distributions on the "
-                        "original model's transcripts of the calibration audio (distil-whisper style); encoder = "
-                        "match the final encoder states")
+    """Budgeted compression (litewhisper.compression.budget): ranks allocated across layers for a target encoder
+    size."""
+    p.add_argument(
+        "--method",
+        choices=("liteasr", "budget"),
+        default=None,
+        help="budget (default): ranks allocated across layers, weighted by measured sensitivity, to "
+        "reach --target-size or the preset's size; liteasr: the paper's one θ for all layers "
+        "(--preset / --theta-*; the default when --theta-* is given)",
+    )
+    p.add_argument(
+        "--target-size",
+        type=float,
+        metavar="FRAC",
+        help="encoder parameters as a fraction of the original (e.g. 0.8); implies --method budget",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="budget: fit each layer on the outputs of the already compressed layers before it",
+    )
+    p.add_argument(
+        "--no-sensitivity",
+        dest="sensitivity",
+        action="store_false",
+        help="budget: treat every layer's lost variance alike instead of weighting it by the layer's "
+        "measured effect on the encoder output (default: weighted)",
+    )
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        help="budget: steps of distillation of the low-rank factors from the original model (0: none)",
+    )
+    p.add_argument(
+        "--refine-objective",
+        choices=("decoder", "encoder"),
+        default="decoder",
+        help="with --refine-steps: decoder = match the decoder's next-token distributions on the "
+        "original model's transcripts of the calibration audio (distil-whisper style); encoder = "
+        "match the final encoder states",
+    )
 
 
 def _method(args) -> str:
     """The compression method asked for: explicit --method, else liteasr when θ is given, else budget."""
     from litewhisper.errors import LiteWhisperError
+
     theta_given = args.theta_attn is not None or args.theta_mlp is not None
     if theta_given and args.target_size is not None:
-        raise LiteWhisperError("give either --target-size (budget method) or --theta-attn/--theta-mlp (liteasr), "
-                               "not both")
+        raise LiteWhisperError(
+            "give either --target-size (budget method) or --theta-attn/--theta-mlp (liteasr), not both"
+        )
     if args.method == "liteasr" and args.target_size is not None:
         raise LiteWhisperError("--target-size is for --method budget; plain LiteASR takes --preset/--theta-*")
     if args.method == "budget" and theta_given:
-        raise LiteWhisperError("--theta-attn/--theta-mlp are for --method liteasr; the budget method takes "
-                               "--target-size or --preset")
+        raise LiteWhisperError(
+            "--theta-attn/--theta-mlp are for --method liteasr; the budget method takes --target-size or --preset"
+        )
     return args.method or ("liteasr" if theta_given else "budget")
 
 
 def compress_policy(args):
     """The policy the flags ask for: a SizeBudget (budget method) or a RankPolicy (--method liteasr)."""
     from litewhisper.compression.policy import BUDGET_PRESETS, SizeBudget
+
     if _method(args) == "liteasr":
         return policy_from_args(args)
     target = args.target_size if args.target_size is not None else BUDGET_PRESETS[args.preset]
     from litewhisper.compression.refine import RefineConfig
     from litewhisper.errors import LiteWhisperError
+
     if args.refine_steps < 0:
         raise LiteWhisperError(f"--refine-steps must be ≥ 0, got {args.refine_steps}")
     refine = RefineConfig(max_steps=args.refine_steps, objective=args.refine_objective) if args.refine_steps else None
-    return SizeBudget(target_size=target, sensitivity=args.sensitivity, windows=args.windows or "pack",
-                      sequential=args.sequential, refine=refine, multiple_of=args.multiple_of)
+    return SizeBudget(
+        target_size=target,
+        sensitivity=args.sensitivity,
+        windows=args.windows or "pack",
+        sequential=args.sequential,
+        refine=refine,
+        multiple_of=args.multiple_of,
+    )
 
 
 def _calibration_audio(args):
     from litewhisper.audio.datasets import discover_audio
+
     if args.calibration:
         return discover_audio(args.calibration, split=args.split)
     from litewhisper.audio.synth import builtin_calibration_audio
+
     if args.stats:  # statistics given: the audio only feeds the sensitivity probes / refinement
-        log.info("sensitivity probes run on the built-in synthetic (eSpeak) clips; pass --calibration to probe "
-                 "on your own speech")
+        log.info(
+            "sensitivity probes run on the built-in synthetic (eSpeak) clips; pass --calibration to probe "
+            "on your own speech"
+        )
     else:
-        log.warning("no --calibration given: using the built-in synthetic (eSpeak) calibration set; calibrating "
-                    "on real in-domain speech gives better accuracy")
+        log.warning(
+            "no --calibration given: using the built-in synthetic (eSpeak) calibration set; calibrating "
+            "on real in-domain speech gives better accuracy"
+        )
     return builtin_calibration_audio()
 
 
@@ -103,13 +150,17 @@ def _size_line(source, output: Path) -> str:
     import json
 
     from litewhisper.models.checkpoint import weights_size
+
     if not (output / "config.json").is_file():
         return ""
     after = weights_size(output)
     dtype = json.loads((output / "config.json").read_text()).get("dtype", "?")
     before = weights_size(source) if source is not None and Path(source).is_dir() else None
-    return (f"weights on disk: {before / 1e6:.1f} MB (source) -> " if before else "weights on disk: ") + \
-        f"{after / 1e6:.1f} MB ({dtype})" + (f" (x{after / before:.2f})" if before else "")
+    return (
+        (f"weights on disk: {before / 1e6:.1f} MB (source) -> " if before else "weights on disk: ")
+        + f"{after / 1e6:.1f} MB ({dtype})"
+        + (f" (x{after / before:.2f})" if before else "")
+    )
 
 
 def run(args) -> int:
@@ -142,7 +193,11 @@ def run(args) -> int:
 def _stages(policy, stats) -> list[str]:
     """The stages `compress` runs for this policy, in order (as its summary times them)."""
     from litewhisper.compression.policy import SizeBudget
+
     budget = isinstance(policy, SizeBudget)
-    return ([] if stats is not None else ["calibrate"]) + (["sensitivity"] if budget and policy.sensitivity else []) \
-        + ["plan", "sequential" if budget and policy.sequential else "factorize"] \
+    return (
+        ([] if stats is not None else ["calibrate"])
+        + (["sensitivity"] if budget and policy.sensitivity else [])
+        + ["plan", "sequential" if budget and policy.sequential else "factorize"]
         + (["refine"] if budget and policy.refine is not None else [])
+    )

@@ -2,14 +2,25 @@
 
 Not a sub-command. Flags left out keep the preset's value (`--decoding default`: what transcribe does).
 """
+
 from __future__ import annotations
 
 import argparse
 
 __all__ = ["add_decoding_args", "decoding_options"]
 
-_FIELDS = ("beam_size", "temperature", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold",
-           "max_new_tokens", "initial_prompt", "batch_size", "vad", "word_timestamps")
+_FIELDS = (
+    "beam_size",
+    "temperature",
+    "compression_ratio_threshold",
+    "logprob_threshold",
+    "no_speech_threshold",
+    "max_new_tokens",
+    "initial_prompt",
+    "batch_size",
+    "vad",
+    "word_timestamps",
+)
 
 
 def _temperatures(text: str) -> tuple[float, ...]:
@@ -30,30 +41,53 @@ def _threshold(text: str) -> float | None:
 
 def add_decoding_args(p: argparse.ArgumentParser, words: bool = True, batch: bool = True) -> None:
     """Register the decoding flags; a flag not given leaves the preset's value."""
-    g = p.add_argument_group("decoding (the same decoder for transcribe, evaluate, bench and report)",
-                             argument_default=argparse.SUPPRESS)
-    g.add_argument("--decoding", choices=("default", "leaderboard"), default="default",
-                   help="preset: default (timestamps, temperature fallback, no-speech rule: what transcribe "
-                        "does) or leaderboard (greedy, no timestamps, no fallback)")
+    g = p.add_argument_group(
+        "decoding (the same decoder for transcribe, evaluate, bench and report)", argument_default=argparse.SUPPRESS
+    )
+    g.add_argument(
+        "--decoding",
+        choices=("default", "leaderboard"),
+        default="default",
+        help="preset: default (timestamps, temperature fallback, no-speech rule: what transcribe "
+        "does) or leaderboard (greedy, no timestamps, no fallback)",
+    )
     g.add_argument("--beam-size", type=int, help="beam search width (default 1: greedy)")
-    g.add_argument("--temperature", type=_temperatures,
-                   help="temperature fallback schedule (default 0,0.2,0.4,0.6,0.8,1; one value: no fallback)")
-    g.add_argument("--compression-ratio-threshold", type=_threshold,
-                   help="re-decode a window whose gzip compression ratio exceeds this (default 2.4; none: off)")
-    g.add_argument("--logprob-threshold", type=_threshold,
-                   help="re-decode a window whose average log-probability is below this (default -1; none: off)")
-    g.add_argument("--no-speech-threshold", type=_threshold,
-                   help="a window with no-speech probability above this and low log-probability is silence "
-                        "(default 0.6; none: off)")
+    g.add_argument(
+        "--temperature",
+        type=_temperatures,
+        help="temperature fallback schedule (default 0,0.2,0.4,0.6,0.8,1; one value: no fallback)",
+    )
+    g.add_argument(
+        "--compression-ratio-threshold",
+        type=_threshold,
+        help="re-decode a window whose gzip compression ratio exceeds this (default 2.4; none: off)",
+    )
+    g.add_argument(
+        "--logprob-threshold",
+        type=_threshold,
+        help="re-decode a window whose average log-probability is below this (default -1; none: off)",
+    )
+    g.add_argument(
+        "--no-speech-threshold",
+        type=_threshold,
+        help="a window with no-speech probability above this and low log-probability is silence "
+        "(default 0.6; none: off)",
+    )
     g.add_argument("--max-new-tokens", type=int, help="token limit per 30-s window (default 224)")
     g.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling, style)")
     if batch:
         g.add_argument("--batch-size", type=int, help="clips decoded together (default 8)")
-    g.add_argument("--vad", action="store_true",
-                   help="skip non-speech with Silero VAD first (needs: pip install 'litewhisper[vad]')")
+    g.add_argument(
+        "--vad",
+        action="store_true",
+        help="skip non-speech with Silero VAD first (needs: pip install 'litewhisper[vad]')",
+    )
     if words:
-        g.add_argument("--word-timestamps", action="store_true",
-                       help="per-word times from cross-attention alignment (json, srt, vtt)")
+        g.add_argument(
+            "--word-timestamps",
+            action="store_true",
+            help="per-word times from cross-attention alignment (json, srt, vtt)",
+        )
 
 
 def decoding_options(args: argparse.Namespace, **fixed):

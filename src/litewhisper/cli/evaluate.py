@@ -1,4 +1,5 @@
 """`litewhisper evaluate MODEL... --data MANIFEST`: corpus WER per domain and pooled, same settings for all."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,19 +12,27 @@ log = logging.getLogger("litewhisper")
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="corpus WER of one or more models on a manifest (per domain, pooled, macro)",
+        "evaluate",
+        help="corpus WER of one or more models on a manifest (per domain, pooled, macro)",
         description="Decodes exactly as `transcribe` does (same decoder, same options) with identical settings "
-                    "for every model; corpus WER = total errors / total reference words, per domain and pooled; "
-                    "CER for ja/zh/ko; loops (token-limit hits, high compression ratio) counted beside the WER.")
+        "for every model; corpus WER = total errors / total reference words, per domain and pooled; "
+        "CER for ja/zh/ko; loops (token-limit hits, high compression ratio) counted beside the WER.",
+    )
     p.add_argument("models", nargs="+", metavar="MODEL", help="built-in name (tiny.en, base) or model directory")
     p.add_argument("--data", required=True, help="JSONL manifest with 'text' (or a folder holding manifest.jsonl)")
     p.add_argument("--split", default=None, help="manifest split to evaluate (default: every row)")
-    p.add_argument("--language", default=None,
-                   help="keep only clips in this language (default: all; 'en' when a model is English-only)")
-    p.add_argument("--normalizer", choices=("auto", "english", "basic"), default="auto",
-                   help="text normaliser (auto: Whisper's English one for en clips, basic otherwise)")
-    p.add_argument("--max-clips", type=int, default=None,
-                   help="evaluate N clips only, spread round-robin over domains")
+    p.add_argument(
+        "--language",
+        default=None,
+        help="keep only clips in this language (default: all; 'en' when a model is English-only)",
+    )
+    p.add_argument(
+        "--normalizer",
+        choices=("auto", "english", "basic"),
+        default="auto",
+        help="text normaliser (auto: Whisper's English one for en clips, basic otherwise)",
+    )
+    p.add_argument("--max-clips", type=int, default=None, help="evaluate N clips only, spread round-robin over domains")
     p.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")
     p.add_argument("--hypotheses", default=None, help="append every hypothesis to this JSONL as it is produced")
     p.add_argument("--resume", action="store_true", help="skip clips already in --hypotheses")
@@ -42,13 +51,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and not args.hypotheses:
         raise LiteWhisperError("--resume needs --hypotheses FILE (the JSONL of the interrupted run)")
-    config = EvalConfig(split=None if args.split == "all" else args.split, language=args.language,
-                        normalizer=args.normalizer, decoding=decoding_options(args), bootstrap=args.bootstrap,
-                        max_clips=args.max_clips)
+    config = EvalConfig(
+        split=None if args.split == "all" else args.split,
+        language=args.language,
+        normalizer=args.normalizer,
+        decoding=decoding_options(args),
+        bootstrap=args.bootstrap,
+        max_clips=args.max_clips,
+    )
     # torchrun: the clips are shared out, rank 0 scores and writes
     with quiet(args.quiet), process_group() as world:
-        report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume,
-                          world=world)
+        report = evaluate(args.models, args.data, config, hypotheses=args.hypotheses, resume=args.resume, world=world)
         with all_or_none(world, f"writing {args.json_out}"):
             if args.json_out and world.is_main:
                 write_json(report, args.json_out)
@@ -58,10 +71,12 @@ def run(args: argparse.Namespace) -> int:
     for r in report.results:
         lp = r.loops
         if lp.ids:
-            print(f"{r.model}: {len(lp.ids)} loop/hallucination clip(s) ({r.n_hit_token_limit} hit the "
-                  f"{config.decoding.max_new_tokens}-token limit, {len(lp.high_compression_ids)} with compression "
-                  f"ratio > {config.loop_ratio:g}) make {100 * lp.error_share:.1f}% of the errors: "
-                  f"{', '.join(lp.ids[:10])}")
+            print(
+                f"{r.model}: {len(lp.ids)} loop/hallucination clip(s) ({r.n_hit_token_limit} hit the "
+                f"{config.decoding.max_new_tokens}-token limit, {len(lp.high_compression_ids)} with compression "
+                f"ratio > {config.loop_ratio:g}) make {100 * lp.error_share:.1f}% of the errors: "
+                f"{', '.join(lp.ids[:10])}"
+            )
     if args.json_out:
         log.info("wrote %s", args.json_out)
     return 0

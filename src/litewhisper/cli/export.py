@@ -1,4 +1,5 @@
 """`litewhisper export MODEL -o DIR [--quantize int8|none]`: ONNX graphs + a CTranslate2 decoder, ready to run."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,25 +7,45 @@ import argparse
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a model for fast CPU inference (ONNX encoder + CTranslate2 decoder)",
+        "export",
+        help="export a model for fast CPU inference (ONNX encoder + CTranslate2 decoder)",
         description="Export a Whisper or lite-whisper model into DIR in Hugging Face's ONNX layout "
-                    "(onnx/encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx, *_quantized.onnx "
-                    "for int8, config, tokenizer) plus the decoder as a CTranslate2 model. `litewhisper transcribe "
-                    "DIR` then runs it with onnxruntime + faster-whisper's decoding loop. Needs the onnx extra.")
+        "(onnx/encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx, *_quantized.onnx "
+        "for int8, config, tokenizer) plus the decoder as a CTranslate2 model. `litewhisper transcribe "
+        "DIR` then runs it with onnxruntime + faster-whisper's decoding loop. Needs the onnx extra.",
+    )
     p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="export directory")
-    p.add_argument("--quantize", choices=("int8", "none"), default="int8",
-                   help="int8: dynamic int8 MatMul weights (default); none: fp32")
-    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
-                   help="int8 with one weight scale per output channel (default: on)")
-    p.add_argument("--no-rotate", action="store_true",
-                   help="int8: do not rotate the low-rank factors (an orthogonal R between them, exact in fp32, "
-                        "that spreads the intermediate's variance over its channels)")
-    p.add_argument("--keep-fp32", metavar="PATTERN|none", default="auto",
-                   help="int8: MatMuls of the encoder graph left in fp32, a regex on ONNX node names (default: "
-                        "encoder layer 0, r'/layers\\.0/'); none: quantize every MatMul")
-    p.add_argument("--no-onnx-decoder", action="store_true",
-                   help="leave out the ONNX decoders (our runtime uses the CTranslate2 decoder); smaller DIR")
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "none"),
+        default="int8",
+        help="int8: dynamic int8 MatMul weights (default); none: fp32",
+    )
+    p.add_argument(
+        "--per-channel",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8 with one weight scale per output channel (default: on)",
+    )
+    p.add_argument(
+        "--no-rotate",
+        action="store_true",
+        help="int8: do not rotate the low-rank factors (an orthogonal R between them, exact in fp32, "
+        "that spreads the intermediate's variance over its channels)",
+    )
+    p.add_argument(
+        "--keep-fp32",
+        metavar="PATTERN|none",
+        default="auto",
+        help="int8: MatMuls of the encoder graph left in fp32, a regex on ONNX node names (default: "
+        "encoder layer 0, r'/layers\\.0/'); none: quantize every MatMul",
+    )
+    p.add_argument(
+        "--no-onnx-decoder",
+        action="store_true",
+        help="leave out the ONNX decoders (our runtime uses the CTranslate2 decoder); smaller DIR",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=run)
 
@@ -34,10 +55,19 @@ def run(args: argparse.Namespace) -> int:
     from litewhisper.export.api import export_model
 
     check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
-    result = export_model(args.model, args.output, quantize=args.quantize, overwrite=args.overwrite,
-                          per_channel=args.per_channel, onnx_decoder=not args.no_onnx_decoder,
-                          rotate=not args.no_rotate, keep_fp32=args.keep_fp32)
+    result = export_model(
+        args.model,
+        args.output,
+        quantize=args.quantize,
+        overwrite=args.overwrite,
+        per_channel=args.per_channel,
+        onnx_decoder=not args.no_onnx_decoder,
+        rotate=not args.no_rotate,
+        keep_fp32=args.keep_fp32,
+    )
     diffs = ", ".join(f"{k} max |Δ| {v:.2e}" for k, v in result.max_abs_diff.items())
-    print(f"{args.model} -> {result.path} ({result.precision}, {result.size_bytes / 2**20:.1f} MiB); "
-          f"encoder vs PyTorch: {diffs}")
+    print(
+        f"{args.model} -> {result.path} ({result.precision}, {result.size_bytes / 2**20:.1f} MiB); "
+        f"encoder vs PyTorch: {diffs}"
+    )
     return 0

@@ -1,4 +1,5 @@
 """`litewhisper plan STATS`: print the rank table a policy gives (no model is written)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,13 @@ PRESET_NAMES = ("acc", "balanced", "fast")
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=PRESET_NAMES, default="acc",
-                   help="liteasr: θ = 0.999/0.999 (acc), 0.99/0.999 (balanced), 0.99/0.995 (fast) for "
-                        "attention/MLP; compress's budget method: encoder size 0.9 / 0.8 / 0.7 (default acc)")
+    p.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="acc",
+        help="liteasr: θ = 0.999/0.999 (acc), 0.99/0.999 (balanced), 0.99/0.995 (fast) for "
+        "attention/MLP; compress's budget method: encoder size 0.9 / 0.8 / 0.7 (default acc)",
+    )
     p.add_argument("--theta-attn", type=float, help="variance kept by q/k/v/out layers (overrides the preset)")
     p.add_argument("--theta-mlp", type=float, help="variance kept by fc1/fc2 layers (overrides the preset)")
     p.add_argument("--multiple-of", type=int, default=16, help="ranks are multiples of this (default 16)")
@@ -20,10 +25,13 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
 
 def policy_from_args(args):
     from litewhisper.compression.plan import RankPolicy
+
     preset = RankPolicy.preset(args.preset, multiple_of=args.multiple_of)
-    return RankPolicy(theta_attn=preset.theta_attn if args.theta_attn is None else args.theta_attn,
-                      theta_mlp=preset.theta_mlp if args.theta_mlp is None else args.theta_mlp,
-                      multiple_of=args.multiple_of)
+    return RankPolicy(
+        theta_attn=preset.theta_attn if args.theta_attn is None else args.theta_attn,
+        theta_mlp=preset.theta_mlp if args.theta_mlp is None else args.theta_mlp,
+        multiple_of=args.multiple_of,
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -31,17 +39,22 @@ def add_parser(subparsers) -> None:
     from litewhisper.cli.compress import add_budget_args
 
     p = subparsers.add_parser(
-        "plan", help="preview the rank plan `compress` applies (same flags, nothing written)",
+        "plan",
+        help="preview the rank plan `compress` applies (same flags, nothing written)",
         description="Print the rank table (layer, D_in, D_out, rank, kept variance, params and FLOPs before/after) "
-                    "that `litewhisper compress` with the same flags applies: by default the budget method at the "
-                    "preset's size, with sensitivity probes. SOURCE is a model (calibrated here, as compress does) "
-                    "or statistics from `litewhisper calibrate` / `compress --save-stats` (then only the probes "
-                    "run, on --model or the model named in the statistics; with --no-sensitivity or --theta-* it "
-                    "takes a second and needs no model).")
-    p.add_argument("source", metavar="SOURCE", help="statistics file (.safetensors), or a model (tiny.en, base, "
-                                                    "a directory)")
-    p.add_argument("--model", help="the model of the statistics, for the sensitivity probes (default: the model "
-                                   "named in the statistics)")
+        "that `litewhisper compress` with the same flags applies: by default the budget method at the "
+        "preset's size, with sensitivity probes. SOURCE is a model (calibrated here, as compress does) "
+        "or statistics from `litewhisper calibrate` / `compress --save-stats` (then only the probes "
+        "run, on --model or the model named in the statistics; with --no-sensitivity or --theta-* it "
+        "takes a second and needs no model).",
+    )
+    p.add_argument(
+        "source", metavar="SOURCE", help="statistics file (.safetensors), or a model (tiny.en, base, a directory)"
+    )
+    p.add_argument(
+        "--model",
+        help="the model of the statistics, for the sensitivity probes (default: the model named in the statistics)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_calibration_args(p, required=False)
     add_policy_args(p)
@@ -75,8 +88,10 @@ def _preview(args, policy):
         return plan_ranks(stats, policy), stats
     model = args.source if stats is None else (args.model or stats.metadata.get("model"))
     if not model:
-        raise LiteWhisperError("these statistics name no model: pass --model (the budget needs its size and the "
-                               "sensitivity probes run on it)")
+        raise LiteWhisperError(
+            "these statistics name no model: pass --model (the budget needs its size and the "
+            "sensitivity probes run on it)"
+        )
     args.stats = args.source if stats is not None else None  # what compress would have been given
     audio = cli_compress._calibration_audio(args) if stats is None or policy.needs_audio else None
     bundle = cli_compress.load_bundle(argparse.Namespace(model=model, device=args.device), dtype="float32")
@@ -93,8 +108,10 @@ def run(args) -> int:
 
     policy = compress_policy(args)  # validated before anything loads
     plan, stats = _preview(args, policy)
-    print(f"statistics: model {stats.metadata.get('model', '?')}, {stats.clips} clips, {stats.frames} frames, "
-          f"windowing {stats.metadata.get('windowing', '?')}, frames {stats.metadata.get('frames_mode', '?')}")
+    print(
+        f"statistics: model {stats.metadata.get('model', '?')}, {stats.clips} clips, {stats.frames} frames, "
+        f"windowing {stats.metadata.get('windowing', '?')}, frames {stats.metadata.get('frames_mode', '?')}"
+    )
     print(plan.table())
     if args.json:
         plan.save(args.json)

@@ -1,12 +1,13 @@
 """`litewhisper transcribe MODEL AUDIO...`: transcripts to standard output or one file per input."""
+
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from litewhisper.cli.decoding import add_decoding_args, decoding_options
 from litewhisper.errors import LiteWhisperError
@@ -19,18 +20,27 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "transcribe", help="transcribe audio files, folders or manifests",
+        "transcribe",
+        help="transcribe audio files, folders or manifests",
         description="Transcribe speech with a Whisper model (built-in name, CTranslate2 / Hugging Face "
-                    "directory or hub id). Bad files are reported and skipped; the exit code is 1 if any failed.")
+        "directory or hub id). Bad files are reported and skipped; the exit code is 1 if any failed.",
+    )
     p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
-    p.add_argument("audio", metavar="AUDIO", nargs="+",
-                   help="audio files (any format FFmpeg decodes: wav, flac, mp3, m4a, webm, mp4...), folders of "
-                        "audio (searched recursively), JSONL manifests, or - for standard input")
+    p.add_argument(
+        "audio",
+        metavar="AUDIO",
+        nargs="+",
+        help="audio files (any format FFmpeg decodes: wav, flac, mp3, m4a, webm, mp4...), folders of "
+        "audio (searched recursively), JSONL manifests, or - for standard input",
+    )
     p.add_argument("--language", help="language code (e.g. en, de); default: detected per file")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="txt", help="output format (default txt)")
-    p.add_argument("--output-dir", type=Path,
-                   help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout",
+    )
     p.add_argument("--split", help="only manifest rows of this split (e.g. dev); default: every row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights dtype (default float32)")
@@ -54,8 +64,9 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
             base = source if source.is_dir() else source.parent
             for item in discover_audio(source, split=split):
                 rel = Path(os.path.relpath(item.path, base))
-                inputs.append((item.path, (rel if ".." not in rel.parts else Path(item.path.name)).with_suffix("")
-                               .as_posix()))
+                inputs.append(
+                    (item.path, (rel if ".." not in rel.parts else Path(item.path.name)).with_suffix("").as_posix())
+                )
         else:
             inputs.append((source, "stdin" if str(source) == "-" else source.stem))  # '-': read standard input
     if sum(str(path) == "-" for path, _ in inputs) > 1:
@@ -65,7 +76,8 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
         if name in seen and seen[name] != path:
             raise LiteWhisperError(
                 f"inputs {seen[name]} and {path} would both be written as {name}.*: pass their folder instead "
-                "(sub-folders are kept) or transcribe them in separate runs")
+                "(sub-folders are kept) or transcribe them in separate runs"
+            )
         seen[name] = path
     return inputs
 
@@ -114,14 +126,18 @@ def _transcribe(args: argparse.Namespace, options) -> int:
     inputs = collect_inputs(args.audio, split=args.split)
     if options.vad:
         from litewhisper.decode.vad import SpeechFilter
+
         SpeechFilter()  # a missing extra fails before the model loads
     present = _present(inputs)
     with process_group(args.device) as world:  # torchrun: each worker transcribes and writes its share
         bundle = main_first(world, lambda: _load(args), "loading the model")
         mine = [i for i in _my_indices(inputs, world) if i in present]
         lines: list[tuple[int, str]] = []
-        emit = (lambda index, text: print(text, flush=True)) if not world.distributed else \
-            (lambda index, text: lines.append((index, text)))
+        emit = (
+            (lambda index, text: print(text, flush=True))
+            if not world.distributed
+            else (lambda index, text: lines.append((index, text)))
+        )
         failed, error = 0, None
         try:
             failed = _decode_share(bundle, inputs, mine, args, options, emit)
@@ -134,8 +150,10 @@ def _transcribe(args: argparse.Namespace, options) -> int:
     failed = sum(f for f, _ in shares) + len(inputs) - len(present)
     if failed:
         if world.is_main:
-            print(f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
-                  file=sys.stderr)  # results of the others are already written
+            print(
+                f"{failed} of {len(inputs)} inputs failed; the other {len(inputs) - failed} were transcribed",
+                file=sys.stderr,
+            )  # results of the others are already written
         return 1
     if args.output_dir is not None and world.is_main:
         log.info("wrote %d transcripts to %s", len(inputs), args.output_dir)
@@ -147,8 +165,10 @@ def _present(inputs: list[tuple[Path, str]]) -> set[int]:
     present = {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
     missing = [path for i, (path, _) in enumerate(inputs) if i not in present]
     if len(missing) == len(inputs):  # nothing to do: say so before the model load
-        raise LiteWhisperError(f"audio not found: {', '.join(map(str, missing[:5]))}"
-                               f"{' ...' if len(missing) > 5 else ''}; check the path(s)")
+        raise LiteWhisperError(
+            f"audio not found: {', '.join(map(str, missing[:5]))}"
+            f"{' ...' if len(missing) > 5 else ''}; check the path(s)"
+        )
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all
         for path in missing:  # a typo is reported at once, the other inputs are still transcribed
             print(f"skipped {path}: audio file not found", file=sys.stderr)
@@ -166,8 +186,14 @@ def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:
     return [i for shard in my_rounds(len(shards), world) if shard is not None for i in shards[shard]]
 
 
-def _decode_share(bundle, inputs: list[tuple[Path, str]], indices: list[int], args: argparse.Namespace, options,
-                  emit: Callable[[int, str], None]) -> int:
+def _decode_share(
+    bundle,
+    inputs: list[tuple[Path, str]],
+    indices: list[int],
+    args: argparse.Namespace,
+    options,
+    emit: Callable[[int, str], None],
+) -> int:
     """Transcribe inputs[indices], writing files or emitting stdout text in input order; returns failures."""
     from litewhisper.decode.formats import write_transcription
     from litewhisper.decode.transcribe import TranscriptionFailure, decode
@@ -185,7 +211,9 @@ def _decode_share(bundle, inputs: list[tuple[Path, str]], indices: list[int], ar
         while next_index in pending:  # stdout keeps input order
             done = pending.pop(next_index)
             if args.output_dir is None and not isinstance(done, TranscriptionFailure):
-                emit(indices[next_index], _stdout_text(done, args.format, str(inputs[indices[next_index]][0]),
-                                                       len(inputs) > 1))
+                emit(
+                    indices[next_index],
+                    _stdout_text(done, args.format, str(inputs[indices[next_index]][0]), len(inputs) > 1),
+                )
             next_index += 1
     return failed

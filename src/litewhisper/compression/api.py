@@ -1,5 +1,6 @@
 """compress(model, audio, policy): the one entry point — calibrate (or reuse statistics), choose ranks by the
 θ rule (RankPolicy) or for a size budget (SizeBudget), factorize (optionally sequentially, then refined)."""
+
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -53,7 +54,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval_s):
             self.peak = max(self.peak, _rss_bytes())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start = self.peak = _rss_bytes()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -77,6 +78,7 @@ class PeakMemory:
 @dataclass
 class CompressionResult:
     """The compressed bundle (or model) and how it was obtained. Memory in bytes, times in seconds."""
+
     bundle: object
     plan: RankPlan
     stats: ActivationStats
@@ -94,14 +96,19 @@ class CompressionResult:
 
     def summary(self) -> str:
         t, m = self.timings, self.peak_memory
-        return (f"encoder params {self.params_before / 1e6:.2f}M -> {self.params_after / 1e6:.2f}M "
-                f"(x{self.params_after / max(self.params_before, 1):.3f}); encoder GFLOPs per 30-s window "
-                f"{self.flops_before / 1e9:.2f} -> {self.flops_after / 1e9:.2f} "
-                f"(x{self.flops_after / max(self.flops_before, 1):.3f}); {len(self.plan.low_rank)}/"
-                f"{len(self.plan.entries)} linears low-rank; time "
-                f"{', '.join(f'{stage} {seconds:.1f}s' for stage, seconds in t.items()) or '-'}"
-                + (f"; peak memory +{m['calibrate_rss_increase'] / 2**20:.0f} MiB during calibration"
-                   if "calibrate_rss_increase" in m else ""))
+        return (
+            f"encoder params {self.params_before / 1e6:.2f}M -> {self.params_after / 1e6:.2f}M "
+            f"(x{self.params_after / max(self.params_before, 1):.3f}); encoder GFLOPs per 30-s window "
+            f"{self.flops_before / 1e9:.2f} -> {self.flops_after / 1e9:.2f} "
+            f"(x{self.flops_after / max(self.flops_before, 1):.3f}); {len(self.plan.low_rank)}/"
+            f"{len(self.plan.entries)} linears low-rank; time "
+            f"{', '.join(f'{stage} {seconds:.1f}s' for stage, seconds in t.items()) or '-'}"
+            + (
+                f"; peak memory +{m['calibrate_rss_increase'] / 2**20:.0f} MiB during calibration"
+                if "calibrate_rss_increase" in m
+                else ""
+            )
+        )
 
 
 def _replace_model(bundle, model):
@@ -115,36 +122,42 @@ def _replace_model(bundle, model):
     return new
 
 
-def measured_calibration(bundle, audio: Sequence, config: CalibrationConfig, timings: dict[str, float],
-                         memory: dict[str, int]) -> ActivationStats:
+def measured_calibration(
+    bundle, audio: Sequence, config: CalibrationConfig, timings: dict[str, float], memory: dict[str, int]
+) -> ActivationStats:
     """calibrate(), recording its time in `timings` and its peak resident memory in `memory`."""
     start = time.perf_counter()
     with PeakMemory() as peak:
         stats = calibrate(bundle, audio, config)
     timings["calibrate"] = time.perf_counter() - start
-    memory.update(calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase,
-                  calibrate_cuda_peak=peak.cuda_peak)
+    memory.update(
+        calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase, calibrate_cuda_peak=peak.cuda_peak
+    )
     return stats
 
 
 def probe_sensitivities(bundle, stats: ActivationStats, audio: Sequence, multiple_of: int = 16) -> dict[str, float]:
     """Layer sensitivities as the budget method measures them (probes on a few calibration windows)."""
-    return layer_sensitivities(bundle, stats, clip_features(bundle, audio, max_windows=PROBE_WINDOWS),
-                               multiple_of=multiple_of)
+    return layer_sensitivities(
+        bundle, stats, clip_features(bundle, audio, max_windows=PROBE_WINDOWS), multiple_of=multiple_of
+    )
 
 
 def _calibration_config(policy: Policy, config: CalibrationConfig | None) -> CalibrationConfig:
     """The given config, or the policy's default windowing (SizeBudget.windows; one clip per window for θ)."""
     if not isinstance(policy, (RankPolicy, SizeBudget)):
-        raise PlanError(f"policy must be a RankPolicy (θ rule) or a SizeBudget (target size), got "
-                        f"{type(policy).__name__}")
+        raise PlanError(
+            f"policy must be a RankPolicy (θ rule) or a SizeBudget (target size), got {type(policy).__name__}"
+        )
     if not isinstance(policy, SizeBudget):
         return config or CalibrationConfig()
     if config is None:
         return CalibrationConfig(windowing=policy.windows)
     if config.windowing != policy.windows:
-        raise PlanError(f"the calibration config packs windows by {config.windowing!r} but the budget says "
-                        f"windows={policy.windows!r}: set SizeBudget(windows=...) and leave it out of the config")
+        raise PlanError(
+            f"the calibration config packs windows by {config.windowing!r} but the budget says "
+            f"windows={policy.windows!r}: set SizeBudget(windows=...) and leave it out of the config"
+        )
     return config
 
 
@@ -161,8 +174,17 @@ def _factorized(model, stats: ActivationStats, plan: RankPlan, inplace: bool, ti
     return target
 
 
-def _budget_student(bundle, model, audio, stats, policy: SizeBudget, config: CalibrationConfig,
-                    weights: dict[str, float] | None, inplace: bool, timings: dict[str, float]):
+def _budget_student(
+    bundle,
+    model,
+    audio,
+    stats,
+    policy: SizeBudget,
+    config: CalibrationConfig,
+    weights: dict[str, float] | None,
+    inplace: bool,
+    timings: dict[str, float],
+):
     """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refine."""
     teacher = copy.deepcopy(model) if inplace and policy.refine is not None else model
     plan = _timed(timings, "plan", plan_budget, stats, policy, encoder_params(model), weights)
@@ -172,14 +194,28 @@ def _budget_student(bundle, model, audio, stats, policy: SizeBudget, config: Cal
     else:
         student = _factorized(model, stats, plan, inplace, timings)
     if policy.refine is not None:
-        _timed(timings, "refine", refine, student, teacher,
-               clip_features(bundle, audio, max_windows=policy.refine.windows), policy.refine)
+        _timed(
+            timings,
+            "refine",
+            refine,
+            student,
+            teacher,
+            clip_features(bundle, audio, max_windows=policy.refine.windows),
+            policy.refine,
+        )
     return student, plan, stats
 
 
-def compress(bundle, audio: Sequence | None = None, policy: Policy = RankPolicy(), *,
-             stats: ActivationStats | None = None, config: CalibrationConfig | None = None,
-             sensitivities: dict[str, float] | None = None, inplace: bool = False) -> CompressionResult:
+def compress(
+    bundle,
+    audio: Sequence | None = None,
+    policy: Policy = RankPolicy(),
+    *,
+    stats: ActivationStats | None = None,
+    config: CalibrationConfig | None = None,
+    sensitivities: dict[str, float] | None = None,
+    inplace: bool = False,
+) -> CompressionResult:
     """Compress the encoder of `bundle` (a WhisperBundle or a Whisper model) with LiteASR.
 
     policy: RankPolicy (the paper's θ rule) or SizeBudget (ranks allocated for a target encoder size).
@@ -194,8 +230,11 @@ def compress(bundle, audio: Sequence | None = None, policy: Policy = RankPolicy(
     config = _calibration_config(policy, config)
     needs_audio = stats is None or (isinstance(policy, SizeBudget) and policy.needs_audio)
     if audio is None and needs_audio:
-        raise CalibrationError("give calibration audio or precomputed statistics (stats=...)" if stats is None else
-                               "calibration audio is needed (statistics alone serve only the plain budget method)")
+        raise CalibrationError(
+            "give calibration audio or precomputed statistics (stats=...)"
+            if stats is None
+            else "calibration audio is needed (statistics alone serve only the plain budget method)"
+        )
     params_before, flops_before = encoder_params(model), encoder_flops(model)
     timings: dict[str, float] = {}
     memory: dict[str, int] = {}
@@ -204,16 +243,25 @@ def compress(bundle, audio: Sequence | None = None, policy: Policy = RankPolicy(
     stats.check_matches(encoder_linears(find_encoder(model)))
     if isinstance(policy, SizeBudget):
         if policy.sensitivity and sensitivities is None:
-            sensitivities = _timed(timings, "sensitivity", probe_sensitivities, bundle, stats, audio,
-                                   policy.multiple_of)
+            sensitivities = _timed(
+                timings, "sensitivity", probe_sensitivities, bundle, stats, audio, policy.multiple_of
+            )
         weights = sensitivities if policy.sensitivity else None
         target, plan, stats = _budget_student(bundle, model, audio, stats, policy, config, weights, inplace, timings)
     else:
         plan = _timed(timings, "plan", plan_ranks, stats, policy)
         target = _factorized(model, stats, plan, inplace, timings)
     result = CompressionResult(
-        bundle if target is model else _replace_model(bundle, target), plan, stats, timings, memory,
-        params_before, encoder_params(target), flops_before, encoder_flops(target),
-        sensitivities if isinstance(policy, SizeBudget) and policy.sensitivity else None)
+        bundle if target is model else _replace_model(bundle, target),
+        plan,
+        stats,
+        timings,
+        memory,
+        params_before,
+        encoder_params(target),
+        flops_before,
+        encoder_flops(target),
+        sensitivities if isinstance(policy, SizeBudget) and policy.sensitivity else None,
+    )
     log.debug("%s", result.summary())  # the CLI prints it once
     return result

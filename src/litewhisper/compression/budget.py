@@ -6,6 +6,7 @@ so that the total size meets the budget and the summed *lost* variance fraction 
 knapsack; we solve it greedily along each layer's lower convex hull: repeatedly take the affordable upgrade with
 the largest drop in lost variance per added parameter (looking past non-convex steps such as the jump to dense).
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,19 @@ from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.cost import linear_params
 
-__all__ = ["BUDGET_PRESETS", "BudgetError", "LayerSpectrum", "Option", "Allocation", "layer_options",
-           "allocate_ranks", "linear_budget", "allocate_for_size", "spectra_from_stats", "plan_budget"]
+__all__ = [
+    "BUDGET_PRESETS",
+    "BudgetError",
+    "LayerSpectrum",
+    "Option",
+    "Allocation",
+    "layer_options",
+    "allocate_ranks",
+    "linear_budget",
+    "allocate_for_size",
+    "spectra_from_stats",
+    "plan_budget",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -32,6 +44,7 @@ class BudgetError(LiteWhisperError):
 @dataclass(frozen=True)
 class LayerSpectrum:
     """Eigenvalues (any order, ≥ 0 after clamping) of one linear's output covariance, and its shape."""
+
     name: str
     d_in: int
     d_out: int
@@ -88,6 +101,7 @@ def layer_options(spec: LayerSpectrum, multiple_of: int = 16, min_kept: float = 
 @dataclass(frozen=True)
 class Allocation:
     """The chosen rank per layer (None = dense) and the bookkeeping behind it."""
+
     ranks: dict[str, int | None]
     params: int  # total size of the allocated layers
     budget: int
@@ -111,8 +125,9 @@ def _best_upgrade(options: list[Option], current: int, room: int) -> tuple[float
     return best
 
 
-def allocate_ranks(spectra: list[LayerSpectrum], budget: int, multiple_of: int = 16,
-                   min_kept: float = 0.0) -> Allocation:
+def allocate_ranks(
+    spectra: list[LayerSpectrum], budget: int, multiple_of: int = 16, min_kept: float = 0.0
+) -> Allocation:
     """Ranks for all layers whose total size (weights + biases) stays within `budget` parameters.
 
     min_kept: a floor on each low-rank layer's kept variance (a layer whose spectrum is dominated by a few
@@ -121,11 +136,16 @@ def allocate_ranks(spectra: list[LayerSpectrum], budget: int, multiple_of: int =
     choice = {name: 0 for name in options}
     used = sum(opts[0].params for opts in options.values())
     if used > budget:
-        raise BudgetError(f"budget of {budget:,} parameters is below the smallest allocation ({used:,}: rank "
-                          f"{multiple_of} everywhere); ask for a larger target size")
+        raise BudgetError(
+            f"budget of {budget:,} parameters is below the smallest allocation ({used:,}: rank "
+            f"{multiple_of} everywhere); ask for a larger target size"
+        )
     while True:
-        candidates = [(up, name) for name, opts in options.items()
-                      if (up := _best_upgrade(opts, choice[name], budget - used)) is not None]
+        candidates = [
+            (up, name)
+            for name, opts in options.items()
+            if (up := _best_upgrade(opts, choice[name], budget - used)) is not None
+        ]
         if not candidates:
             break
         (_, j), name = max(candidates, key=lambda c: (c[0][0], -options[c[1]][c[0][1]].params))
@@ -133,8 +153,13 @@ def allocate_ranks(spectra: list[LayerSpectrum], budget: int, multiple_of: int =
         choice[name] = j
     ranks = {name: options[name][i].rank for name, i in choice.items()}
     lost = {name: options[name][i].lost for name, i in choice.items()}
-    log.info("allocated %d layers: %d / %d parameters, %d dense", len(ranks), used, budget,
-             sum(r is None for r in ranks.values()))
+    log.info(
+        "allocated %d layers: %d / %d parameters, %d dense",
+        len(ranks),
+        used,
+        budget,
+        sum(r is None for r in ranks.values()),
+    )
     return Allocation(ranks=ranks, params=used, budget=budget, lost=lost)
 
 
@@ -148,13 +173,16 @@ def linear_budget(spectra: list[LayerSpectrum], encoder_params: int, target_size
         raise LiteWhisperError(f"target size must be a fraction in (0, 1], got {target_size}")
     dense = sum(s.dense_params for s in spectra)
     if dense > encoder_params:
-        raise LiteWhisperError(f"candidate layers hold {dense:,} parameters, more than the encoder's "
-                               f"{encoder_params:,}: pass the encoder size without the positional table")
+        raise LiteWhisperError(
+            f"candidate layers hold {dense:,} parameters, more than the encoder's "
+            f"{encoder_params:,}: pass the encoder size without the positional table"
+        )
     return int(target_size * encoder_params) - (encoder_params - dense)
 
 
-def allocate_for_size(spectra: list[LayerSpectrum], encoder_params: int, target_size: float,
-                      multiple_of: int = 16, min_kept: float = 0.0) -> Allocation:
+def allocate_for_size(
+    spectra: list[LayerSpectrum], encoder_params: int, target_size: float, multiple_of: int = 16, min_kept: float = 0.0
+) -> Allocation:
     """Ranks that bring the encoder to `target_size` × `encoder_params` parameters (or just below)."""
     return allocate_ranks(spectra, linear_budget(spectra, encoder_params, target_size), multiple_of, min_kept)
 
@@ -163,15 +191,20 @@ def spectra_from_stats(stats: ActivationStats, weights: dict[str, float] | None 
     """One LayerSpectrum per layer of ActivationStats (eigendecompositions cached on `stats`), weighted by
     `weights` (e.g. `sensitivity.layer_sensitivities`; default 1 for every layer)."""
     weights = weights or {}
-    return [LayerSpectrum(name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias,
-                          weight=weights.get(name, 1.0))
-            for name, s in stats.layers.items()]
+    return [
+        LayerSpectrum(
+            name, s.d_in, s.d_out, decompose(stats, name).eigenvalues, dense_bias=s.bias, weight=weights.get(name, 1.0)
+        )
+        for name, s in stats.layers.items()
+    ]
 
 
-def plan_budget(stats: ActivationStats, budget: SizeBudget, encoder_params: int,
-                weights: dict[str, float] | None = None) -> RankPlan:
+def plan_budget(
+    stats: ActivationStats, budget: SizeBudget, encoder_params: int, weights: dict[str, float] | None = None
+) -> RankPlan:
     """The rank plan that brings the encoder (of `encoder_params` parameters, positional table excluded) to
     `budget.target_size` of its size: every layer's rank (or dense) chosen by the allocation, explicitly."""
-    alloc = allocate_for_size(spectra_from_stats(stats, weights), encoder_params, budget.target_size,
-                              budget.multiple_of, budget.min_kept)
+    alloc = allocate_for_size(
+        spectra_from_stats(stats, weights), encoder_params, budget.target_size, budget.multiple_of, budget.min_kept
+    )
     return plan_fixed_ranks(stats, alloc.ranks, budget)

@@ -4,32 +4,50 @@ Whisper always encodes 30-s windows (3000 mel frames -> 1500 positions). Windows
 window ("clip", as the LiteASR paper) or by packing clips end to end into full windows ("pack"). With
 frames="audio" only positions that carry audio are counted; frames="all" counts the padding too.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from litewhisper.audio.load import audio_seconds, load_audio
-from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
 from litewhisper.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.errors import CalibrationError
-from litewhisper.models.linears import (SHARED_INPUT, encoder_linears, encoder_signature, find_encoder, model_name,
-                                        short_name)
+from litewhisper.models.linears import (
+    SHARED_INPUT,
+    encoder_linears,
+    encoder_signature,
+    find_encoder,
+    model_name,
+    short_name,
+)
 from litewhisper.progress import progress_bar
 
 log = logging.getLogger("litewhisper")
 
-__all__ = ["CalibrationConfig", "ActivationStats", "Window", "calibrate", "load_samples", "iter_windows", "batched",
-           "moment_hooks", "feature_extractor", "position_mask", "clip_features"]
+__all__ = [
+    "CalibrationConfig",
+    "ActivationStats",
+    "Window",
+    "calibrate",
+    "load_samples",
+    "iter_windows",
+    "batched",
+    "moment_hooks",
+    "feature_extractor",
+    "position_mask",
+    "clip_features",
+]
 
 SAMPLES_PER_POSITION = 320  # hop 160 samples per mel frame x conv2 stride 2
 
@@ -42,6 +60,7 @@ class CalibrationConfig:
     frames: "all" (every encoder position, padding included) or "audio" (positions carrying audio only).
     share_inputs: collect q/k/v input moments once per block (and fc1's, the narrower side) and derive outputs.
     """
+
     windowing: str = "clip"
     frames: str = "all"
     max_clips: int | None = None
@@ -49,7 +68,6 @@ class CalibrationConfig:
     device: str | None = None
     share_inputs: bool = True
     shard_seconds: float = SHARD_SECONDS  # clips are calibrated in shards of about this much audio
-
 
     def __post_init__(self) -> None:
         if self.windowing not in ("clip", "pack"):
@@ -67,7 +85,7 @@ class CalibrationConfig:
 @dataclass(frozen=True)
 class Window:
     samples: np.ndarray  # (<= WINDOW_SAMPLES,) float32; the feature extractor pads it to 30 s
-    audio_samples: int   # how many samples carry audio
+    audio_samples: int  # how many samples carry audio
 
 
 def load_samples(source) -> np.ndarray:
@@ -90,7 +108,7 @@ def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
         samples = load_samples(source)
         if windowing == "clip":
             for start in range(0, len(samples), WINDOW_SAMPLES):
-                chunk = samples[start:start + WINDOW_SAMPLES]
+                chunk = samples[start : start + WINDOW_SAMPLES]
                 yield Window(chunk, len(chunk))
             continue
         pending.append(samples)
@@ -135,7 +153,7 @@ class _MomentCollector:
         self.mask: torch.Tensor | None = None
         self._handles: list = []
 
-    def __enter__(self) -> "_MomentCollector":
+    def __enter__(self) -> _MomentCollector:
         try:
             self.moments = self.zeros()
             for site, side in self.sites.items():
@@ -169,8 +187,10 @@ class _MomentCollector:
             if not torch.isfinite(rows).all():
                 raise CalibrationError(
                     f"non-finite (NaN/inf) activations at the {side} of encoder layer {site}; the model weights "
-                    "or the dtype overflow (try --dtype float32) or the audio is corrupt")
+                    "or the dtype overflow (try --dtype float32) or the audio is corrupt"
+                )
             self.moments[site].add_(rows)
+
         return hook
 
     def _on_cpu(self, sites: dict[str, Moments] | None) -> dict[str, Moments]:
@@ -191,9 +211,11 @@ class _MomentCollector:
     def factors(self, sites: dict[str, Moments] | None = None) -> dict[str, torch.Tensor]:
         """Output-covariance factors of widening layers measured at their input (see Moments.output_factor)."""
         sites = self._on_cpu(sites)
-        return {name: sites[site].output_factor(self.linears[name])
-                for name, (site, side) in self.sources.items()
-                if side == "input" and self.linears[name].in_features < self.linears[name].out_features}
+        return {
+            name: sites[site].output_factor(self.linears[name])
+            for name, (site, side) in self.sources.items()
+            if side == "input" and self.linears[name].in_features < self.linears[name].out_features
+        }
 
 
 @contextlib.contextmanager
@@ -209,6 +231,7 @@ def feature_extractor(bundle_or_model, encoder: nn.Module):
     if processor is not None:
         return getattr(processor, "feature_extractor", processor)
     from transformers import WhisperFeatureExtractor
+
     return WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins)
 
 
@@ -220,8 +243,16 @@ def position_mask(windows: Sequence[Window], positions: int, frames: str, device
     return (torch.arange(positions)[None, :] < valid[:, None]).to(device)
 
 
-def _encode_shard(encoder: nn.Module, extractor, collector: _MomentCollector, sources: Sequence,
-                  config: CalibrationConfig, device: torch.device, dtype: torch.dtype, bar) -> int:
+def _encode_shard(
+    encoder: nn.Module,
+    extractor,
+    collector: _MomentCollector,
+    sources: Sequence,
+    config: CalibrationConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    bar,
+) -> int:
     """Stream one shard's windows through the encoder into fresh `collector.moments`; returns its windows."""
     collector.moments = collector.zeros()
     positions = encoder.config.max_source_positions
@@ -241,8 +272,16 @@ def _advancing(sources: Sequence, bar) -> Iterator:
         bar.update(1)
 
 
-def _sum_shards(encoder: nn.Module, extractor, collector: _MomentCollector, sources: list, config: CalibrationConfig,
-                device: torch.device, dtype: torch.dtype, world: World) -> tuple[dict, int]:
+def _sum_shards(
+    encoder: nn.Module,
+    extractor,
+    collector: _MomentCollector,
+    sources: list,
+    config: CalibrationConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    world: World,
+) -> tuple[dict, int]:
     """Per-shard moments added in shard order (on rank 0): the same bytes for any number of workers."""
     shards = plan_shards([audio_seconds(s) for s in sources], config.shard_seconds)
     rounds = my_rounds(len(shards), world)
@@ -255,8 +294,9 @@ def _sum_shards(encoder: nn.Module, extractor, collector: _MomentCollector, sour
             windows, error = 0, None
             try:
                 if shard is not None:
-                    windows = _encode_shard(encoder, extractor, collector, [sources[i] for i in shards[shard]],
-                                            config, device, dtype, bar)
+                    windows = _encode_shard(
+                        encoder, extractor, collector, [sources[i] for i in shards[shard]], config, device, dtype, bar
+                    )
             except Exception as exc:  # noqa: BLE001 - every rank raises (distributed.exchange)
                 error = exc
             counts = {k: m.count for k, m in collector.moments.items()} if shard is not None else None
@@ -269,8 +309,9 @@ def _sum_shards(encoder: nn.Module, extractor, collector: _MomentCollector, sour
     return totals, n_windows
 
 
-def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig(),
-              world: World | None = None) -> ActivationStats | None:
+def calibrate(
+    bundle_or_model, audio: Sequence, config: CalibrationConfig = CalibrationConfig(), world: World | None = None
+) -> ActivationStats | None:
     """Stream output statistics of every encoder linear over `audio` (AudioItems, paths or arrays).
 
     The clips are calibrated in shards (`config.shard_seconds` of audio each) whose float64 moments are added in
@@ -289,8 +330,7 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
     encoder.eval().to(device)
     try:
         with moment_hooks(encoder, config.share_inputs) as collector, torch.inference_mode():
-            totals, n_windows = _sum_shards(encoder, extractor, collector, sources, config, device, param.dtype,
-                                            world)
+            totals, n_windows = _sum_shards(encoder, extractor, collector, sources, config, device, param.dtype, world)
             if not world.is_main:
                 return None
             stats = collector.layer_stats(totals)
@@ -298,11 +338,23 @@ def calibrate(bundle_or_model, audio: Sequence, config: CalibrationConfig = Cali
     finally:
         encoder.to(param.device).train(was_training)
     n_frames = next(iter(stats.values())).moments.count if stats else 0
-    meta = {"model": model_name(bundle_or_model), "signature": encoder_signature(encoder),
-            "clips": str(len(sources)), "windows": str(n_windows), "frames": str(n_frames),
-            "windowing": config.windowing, "frames_mode": config.frames}
-    log.info("calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
-             len(sources), n_windows, n_frames, config.windowing, config.frames)
+    meta = {
+        "model": model_name(bundle_or_model),
+        "signature": encoder_signature(encoder),
+        "clips": str(len(sources)),
+        "windows": str(n_windows),
+        "frames": str(n_frames),
+        "windowing": config.windowing,
+        "frames_mode": config.frames,
+    }
+    log.info(
+        "calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
+        len(sources),
+        n_windows,
+        n_frames,
+        config.windowing,
+        config.frames,
+    )
     return ActivationStats(stats, meta, factors=factors)  # factors: cheaper exact PCA of widening layers
 
 
@@ -315,5 +367,6 @@ def clip_features(bundle_or_model, audio: Sequence, max_windows: int = 48, seed:
     encoder = find_encoder(bundle_or_model)
     extractor = feature_extractor(bundle_or_model, encoder)
     param = next(encoder.parameters())
-    return extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(param.device,
-                                                                                               param.dtype)
+    return extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(
+        param.device, param.dtype
+    )

@@ -6,6 +6,7 @@ pseudo-labels and trained to match the teacher's next-token distributions (KL di
 of the pseudo-labels. The decoder is never compressed, so both models share its weights and the only way the
 student can lower the loss is through its encoder states, i.e. through the cross-attention the decoder reads.
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,8 @@ class PseudoLabels:
         inputs = torch.full((len(seqs), width), self.eot, dtype=torch.long)
         labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
         for row, seq in enumerate(seqs):
-            inputs[row, :len(seq) - 1] = seq[:-1]
-            labels[row, :len(seq) - 1] = seq[1:]
+            inputs[row, : len(seq) - 1] = seq[:-1]
+            labels[row, : len(seq) - 1] = seq[1:]
         return inputs, labels, self.states[idx]
 
 
@@ -60,24 +61,34 @@ def _language_codes(teacher: nn.Module, prompts: list[list[int]]) -> list[str] |
 
 
 @torch.no_grad()
-def pseudo_labels(teacher: nn.Module, features: torch.Tensor, batch_size: int = 8,
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> PseudoLabels:
+def pseudo_labels(
+    teacher: nn.Module, features: torch.Tensor, batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+) -> PseudoLabels:
     """The teacher's greedy transcripts (with timestamps) of `features` (N, n_mels, 3000) as PseudoLabels."""
     if not hasattr(teacher, "generate") or not hasattr(teacher, "proj_out"):
-        raise LiteWhisperError("decoder-aware refinement needs the whole Whisper model (encoder and decoder), "
-                               f"got {type(teacher).__name__}")
+        raise LiteWhisperError(
+            "decoder-aware refinement needs the whole Whisper model (encoder and decoder), "
+            f"got {type(teacher).__name__}"
+        )
     teacher.eval()
     eot = teacher.generation_config.eos_token_id
     tokens, states = [], []
     bar = progress_bar(total=len(features), desc="pseudo-labels", unit="window", leave=False)
     for start in range(0, len(features), batch_size):
-        chunk = features[start:start + batch_size]  # (B, n_mels, 3000)
+        chunk = features[start : start + batch_size]  # (B, n_mels, 3000)
         prompts = _prompts(teacher, chunk)
         codes = _language_codes(teacher, prompts)
         with quiet_transformers():
-            out = teacher.generate(chunk, return_timestamps=True, max_new_tokens=max_new_tokens, do_sample=False,
-                                   num_beams=1, language=codes, task="transcribe" if codes else None)
-        for prompt, row in zip(prompts, out.tolist()):
+            out = teacher.generate(
+                chunk,
+                return_timestamps=True,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                language=codes,
+                task="transcribe" if codes else None,
+            )
+        for prompt, row in zip(prompts, out.tolist(), strict=True):
             text = [t for t in row if t != eot]  # generate pads with end-of-text and drops the prompt
             tokens.append(torch.tensor(prompt + text + [eot], dtype=torch.long))
         states.append(teacher.get_encoder()(chunk).last_hidden_state)
@@ -92,8 +103,14 @@ def _logits(model: nn.Module, inputs: torch.Tensor, states: torch.Tensor) -> tor
     return model.proj_out(hidden)
 
 
-def decoder_loss(student: nn.Module, teacher: nn.Module, labels: PseudoLabels, features: torch.Tensor,
-                 idx: list[int], ce_weight: float) -> torch.Tensor:
+def decoder_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    labels: PseudoLabels,
+    features: torch.Tensor,
+    idx: list[int],
+    ce_weight: float,
+) -> torch.Tensor:
     """KL(teacher ‖ student) of the next-token distributions over pseudo-label positions
     + ce_weight × cross-entropy of the pseudo-labels; gradients reach the student's encoder only."""
     inputs, targets, teacher_states = labels.batch(idx)

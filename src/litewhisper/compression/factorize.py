@@ -4,6 +4,7 @@
 Y ≈ μ + (Y − μ) V Vᵀ with Y = X Wᵀ + b gives  Y ≈ X (Wᵀ V) Vᵀ + μ + (b − μ) V Vᵀ:
     weight1 = Wᵀ V (D_in×k), weight2 = Vᵀ (k×D_out), bias = μ + (b − μ) V Vᵀ.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,8 @@ from litewhisper.compression.plan import RankPlan, decompose
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import PlanError
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder, unwrap_model
-from litewhisper.swap import swap_modules
 from litewhisper.progress import progress_bar
+from litewhisper.swap import swap_modules
 
 __all__ = ["factorize_linear", "apply_plan"]
 
@@ -27,17 +28,18 @@ log = logging.getLogger("litewhisper")
 def factorize_linear(linear: nn.Linear, mean: torch.Tensor, basis: torch.Tensor) -> LowRankLinear:
     """LowRankLinear projecting `linear`'s outputs onto `basis` (D_out×k orthonormal columns) around `mean`."""
     w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
-    v = basis.to(torch.float64)                          # (out, k)
-    mu = mean.to(torch.float64)                          # (out,)
+    v = basis.to(torch.float64)  # (out, k)
+    mu = mean.to(torch.float64)  # (out,)
     if v.shape[0] != w.shape[0] or mu.shape != (w.shape[0],):
-        raise PlanError(f"basis {tuple(v.shape)} / mean {tuple(mu.shape)} do not fit a linear with "
-                        f"{w.shape[0]} outputs")
+        raise PlanError(
+            f"basis {tuple(v.shape)} / mean {tuple(mu.shape)} do not fit a linear with {w.shape[0]} outputs"
+        )
     b = linear.bias.detach().to("cpu", torch.float64) if linear.bias is not None else torch.zeros_like(mu)
     low = LowRankLinear(linear.in_features, linear.out_features, v.shape[1], bias=True)
     dtype, device = linear.weight.dtype, linear.weight.device
-    low.weight1.data = (w.T @ v).to(device, dtype)                       # (in, k)
-    low.weight2.data = v.T.contiguous().to(device, dtype)                # (k, out)
-    low.bias.data = (mu + ((b - mu) @ v) @ v.T).to(device, dtype)        # (out,)
+    low.weight1.data = (w.T @ v).to(device, dtype)  # (in, k)
+    low.weight2.data = v.T.contiguous().to(device, dtype)  # (k, out)
+    low.bias.data = (mu + ((b - mu) @ v) @ v.T).to(device, dtype)  # (out,)
     return low
 
 
@@ -57,7 +59,7 @@ def apply_plan(model, plan: RankPlan, stats: ActivationStats) -> nn.Module:
 
     def make(linear: nn.Module, name: str) -> nn.Module:
         entry = planned[name]
-        basis = entry.basis if entry.basis is not None else decompose(stats, name).eigenvectors[:, :entry.rank]
+        basis = entry.basis if entry.basis is not None else decompose(stats, name).eigenvectors[:, : entry.rank]
         bar.update()
         return factorize_linear(linear, stats.mean(name), basis)
 

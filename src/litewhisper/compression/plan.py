@@ -3,6 +3,7 @@
 k is the smallest multiple of `multiple_of` whose explained variance reaches θ (ratio ≥ θ). A layer stays dense
 when k(D_in + D_out) ≥ D_in·D_out or when no multiple reaches θ: a plan never grows a layer.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,26 @@ from pathlib import Path
 import torch
 
 from litewhisper.atomic import atomic_write_text
-from litewhisper.errors import CalibrationError, PlanError
-from litewhisper.compression.refine import RefineConfig
 from litewhisper.compression.policy import PRESETS, Policy, RankPolicy, SizeBudget
+from litewhisper.compression.refine import RefineConfig
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.constants import ENCODER_POSITIONS
+from litewhisper.errors import CalibrationError, PlanError
 from litewhisper.models.cost import linear_macs, linear_params
 from litewhisper.models.linears import layer_index, short_name
 
-__all__ = ["Spectrum", "decompose", "RankPolicy", "SizeBudget", "PRESETS", "LayerPlan", "plan_layer",
-           "plan_ranks", "plan_fixed_ranks", "RankPlan"]
+__all__ = [
+    "Spectrum",
+    "decompose",
+    "RankPolicy",
+    "SizeBudget",
+    "PRESETS",
+    "LayerPlan",
+    "plan_layer",
+    "plan_ranks",
+    "plan_fixed_ranks",
+    "RankPlan",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -31,7 +42,8 @@ log = logging.getLogger("litewhisper")
 @dataclass(frozen=True)
 class Spectrum:
     """Eigen-decomposition of one output covariance, eigenvalues descending."""
-    eigenvalues: torch.Tensor   # (D,) float64, clamped at 0
+
+    eigenvalues: torch.Tensor  # (D,) float64, clamped at 0
     eigenvectors: torch.Tensor  # (D, D) float64, columns
 
     def explained(self) -> torch.Tensor:
@@ -62,6 +74,7 @@ def decompose(stats: ActivationStats, name: str) -> Spectrum:
 @dataclass(frozen=True)
 class LayerPlan:
     """One layer's decision. rank None = kept dense. Params count weights + bias; FLOPs per 30-s window."""
+
     name: str
     d_in: int
     d_out: int
@@ -94,18 +107,28 @@ def _choose_rank(spectrum: Spectrum, d_in: int, d_out: int, target, multiple_of:
     return rank, float(explained[rank - 1])
 
 
-def plan_layer(stats: ActivationStats, name: str, target: float | int | None, multiple_of: int,
-               positions: int = ENCODER_POSITIONS) -> LayerPlan:
+def plan_layer(
+    stats: ActivationStats, name: str, target: float | int | None, multiple_of: int, positions: int = ENCODER_POSITIONS
+) -> LayerPlan:
     """One layer's plan for a target: θ (float), a fixed rank (int) or None (dense)."""
     layer = stats.layers[name]
     d_in, d_out = layer.d_in, layer.d_out
     spectrum = decompose(stats, name)
     rank, kept = _choose_rank(spectrum, d_in, d_out, target, multiple_of)
     basis = None if rank is None else spectrum.eigenvectors[:, :rank].contiguous()
-    return LayerPlan(name, d_in, d_out, rank, kept, target,
-                     linear_params(d_in, d_out, None, layer.bias), linear_params(d_in, d_out, rank, layer.bias),
-                     2 * linear_macs(d_in, d_out, None, positions), 2 * linear_macs(d_in, d_out, rank, positions),
-                     basis)
+    return LayerPlan(
+        name,
+        d_in,
+        d_out,
+        rank,
+        kept,
+        target,
+        linear_params(d_in, d_out, None, layer.bias),
+        linear_params(d_in, d_out, rank, layer.bias),
+        2 * linear_macs(d_in, d_out, None, positions),
+        2 * linear_macs(d_in, d_out, rank, positions),
+        basis,
+    )
 
 
 def _check_enough_frames(stats: ActivationStats) -> None:
@@ -115,21 +138,22 @@ def _check_enough_frames(stats: ActivationStats) -> None:
     if stats.frames < widest:
         raise CalibrationError(
             f"the statistics hold {stats.frames} frames but the widest layer has {widest} outputs: PCA needs at "
-            f"least as many frames as dimensions. Calibrate on more audio (more clips or frames='all').")
+            f"least as many frames as dimensions. Calibrate on more audio (more clips or frames='all')."
+        )
 
 
 def _plan_metadata(stats: ActivationStats) -> dict:
     return {k: stats.metadata[k] for k in ("model", "signature") if k in stats.metadata}
 
 
-def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> "RankPlan":
+def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> RankPlan:
     """Choose every layer's rank by the θ rule (eigendecompositions are cached on `stats`)."""
     _check_enough_frames(stats)
     entries = tuple(plan_layer(stats, name, policy.target(name), policy.multiple_of) for name in stats.layers)
     return RankPlan(entries, policy, _plan_metadata(stats))
 
 
-def plan_fixed_ranks(stats: ActivationStats, ranks: dict[str, int | None], policy: Policy) -> "RankPlan":
+def plan_fixed_ranks(stats: ActivationStats, ranks: dict[str, int | None], policy: Policy) -> RankPlan:
     """The plan keeping each layer's given rank (None = dense), e.g. a budget allocation; `policy` is recorded."""
     _check_enough_frames(stats)
     missing = sorted(set(stats.layers) - set(ranks))
@@ -173,17 +197,23 @@ class RankPlan:
         lines = [head, "-" * len(head)]
         for e in self.entries:
             rank = "dense" if e.rank is None else str(e.rank)
-            lines.append(f"{e.name:<28} {e.d_in:>5} {e.d_out:>5} {rank:>5} {e.kept_variance:>8.5f} "
-                         f"{e.params_before:>8}→{e.params_after:<8} "
-                         f"{e.flops_before / 1e6:>8.0f}→{e.flops_after / 1e6:<8.0f}")
+            lines.append(
+                f"{e.name:<28} {e.d_in:>5} {e.d_out:>5} {rank:>5} {e.kept_variance:>8.5f} "
+                f"{e.params_before:>8}→{e.params_after:<8} "
+                f"{e.flops_before / 1e6:>8.0f}→{e.flops_after / 1e6:<8.0f}"
+            )
         t = self.totals()
         lines.append("-" * len(head))
-        lines.append(f"{'total (linears)':<28} {'':>5} {'':>5} {len(self.low_rank):>5} {'':>8} "
-                     f"{t['params_before']:>8}→{t['params_after']:<8} "
-                     f"{t['flops_before'] / 1e6:>8.0f}→{t['flops_after'] / 1e6:<8.0f}")
-        lines.append(f"policy: {self.policy.describe()}; "
-                     f"{len(self.low_rank)}/{len(self.entries)} layers low-rank; "
-                     f"linear params x{t['params_after'] / max(t['params_before'], 1):.3f}")
+        lines.append(
+            f"{'total (linears)':<28} {'':>5} {'':>5} {len(self.low_rank):>5} {'':>8} "
+            f"{t['params_before']:>8}→{t['params_after']:<8} "
+            f"{t['flops_before'] / 1e6:>8.0f}→{t['flops_after'] / 1e6:<8.0f}"
+        )
+        lines.append(
+            f"policy: {self.policy.describe()}; "
+            f"{len(self.low_rank)}/{len(self.entries)} layers low-rank; "
+            f"linear params x{t['params_after'] / max(t['params_before'], 1):.3f}"
+        )
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -193,14 +223,21 @@ class RankPlan:
             policy["overrides"] = [list(pair) for pair in self.policy.overrides]
         else:
             policy["kind"] = "size_budget"
-        return json.dumps({"metadata": self.metadata, "policy": policy, "layers": entries,
-                           "low_rank_config": self.to_low_rank_config()}, indent=2)
+        return json.dumps(
+            {
+                "metadata": self.metadata,
+                "policy": policy,
+                "layers": entries,
+                "low_rank_config": self.to_low_rank_config(),
+            },
+            indent=2,
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RankPlan":
+    def load(cls, path: str | os.PathLike) -> RankPlan:
         """Read a plan saved by `save` (without eigenvectors: factorizing recomputes them from statistics)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))

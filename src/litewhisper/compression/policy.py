@@ -6,11 +6,11 @@ SizeBudget: litewhisper's budget method — ranks allocated across layers so the
 its parameters, losing the least (sensitivity-weighted) variance; optionally fitted sequentially and refined.
 `compression.api.compress(model, audio, policy)` takes either.
 """
+
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Union
 
 from litewhisper.compression.refine import RefineConfig
 from litewhisper.errors import PlanError
@@ -50,6 +50,7 @@ class RankPolicy:
     overrides: (glob pattern, value) pairs matched against names like `layers.0.self_attn.q_proj`; the first
     match wins; value is a float θ, an int fixed rank, or None to keep the layer dense.
     """
+
     theta_attn: float = 0.999
     theta_mlp: float = 0.999
     multiple_of: int = 16
@@ -60,8 +61,11 @@ class RankPolicy:
             if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta <= 1:
                 raise PlanError(f"{label} must be in (0, 1] (e.g. 0.99 keeps 99% of the variance), got {theta!r}")
         _check_multiple_of(self.multiple_of)
-        overrides = tuple(self.overrides.items()) if isinstance(self.overrides, dict) else tuple(
-            tuple(pair) for pair in self.overrides)
+        overrides = (
+            tuple(self.overrides.items())
+            if isinstance(self.overrides, dict)
+            else tuple(tuple(pair) for pair in self.overrides)
+        )
         for pair in overrides:
             if len(pair) != 2:
                 raise PlanError(f"each override is a (pattern, value) pair, got {pair!r}")
@@ -69,7 +73,7 @@ class RankPolicy:
         object.__setattr__(self, "overrides", overrides)
 
     @classmethod
-    def preset(cls, name: str, **kwargs) -> "RankPolicy":
+    def preset(cls, name: str, **kwargs) -> RankPolicy:
         if name not in PRESETS:
             raise PlanError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         theta_attn, theta_mlp = PRESETS[name]
@@ -83,8 +87,10 @@ class RankPolicy:
         return self.theta_attn if layer_kind(name) == "attn" else self.theta_mlp
 
     def describe(self) -> str:
-        return (f"theta_attn={self.theta_attn} theta_mlp={self.theta_mlp} multiple_of={self.multiple_of}"
-                f"{' overrides=' + str(list(self.overrides)) if self.overrides else ''}")
+        return (
+            f"theta_attn={self.theta_attn} theta_mlp={self.theta_mlp} multiple_of={self.multiple_of}"
+            f"{' overrides=' + str(list(self.overrides)) if self.overrides else ''}"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class SizeBudget:
     refine: encoder feature distillation of the factors afterwards (a RefineConfig, or a step count; 0/None: off).
     min_kept: a floor on each low-rank layer's kept variance.
     """
+
     target_size: float
     sensitivity: bool = True
     windows: str = "pack"
@@ -110,8 +117,9 @@ class SizeBudget:
     def __post_init__(self) -> None:
         size = self.target_size
         if isinstance(size, bool) or not isinstance(size, (int, float)) or not 0.0 < size <= 1.0:
-            raise PlanError(f"target size must be a fraction in (0, 1] of the encoder's parameters (e.g. 0.8), "
-                            f"got {size!r}")
+            raise PlanError(
+                f"target size must be a fraction in (0, 1] of the encoder's parameters (e.g. 0.8), got {size!r}"
+            )
         if self.windows not in WINDOWINGS:
             raise PlanError(f"windows must be 'clip' or 'pack', got {self.windows!r}")
         _check_multiple_of(self.multiple_of)
@@ -126,7 +134,7 @@ class SizeBudget:
             raise PlanError(f"refine must be a RefineConfig, a number of steps or None, got {refine!r}")
 
     @classmethod
-    def preset(cls, name: str, **kwargs) -> "SizeBudget":
+    def preset(cls, name: str, **kwargs) -> SizeBudget:
         if name not in BUDGET_PRESETS:
             raise PlanError(f"unknown preset {name!r}: choose one of {', '.join(BUDGET_PRESETS)}")
         return cls(target_size=BUDGET_PRESETS[name], **kwargs)
@@ -140,4 +148,4 @@ class SizeBudget:
         return f"fixed rank per layer (budget allocation), multiple_of={self.multiple_of}"
 
 
-Policy = Union[RankPolicy, SizeBudget]
+Policy = RankPolicy | SizeBudget

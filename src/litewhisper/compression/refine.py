@@ -9,6 +9,7 @@ Only the low-rank factors (weight1, weight2, bias) train by default, so the resu
 checkpoint layout. Early stopping on held-out windows; the best state is restored, and when no step beats the
 starting point the student is left exactly as it was.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,14 +20,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
 from litewhisper.compression.distill import decoder_loss, pseudo_labels
+from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, find_encoder
 from litewhisper.progress import progress_bar
 
-__all__ = ["RefineConfig", "RefineResult", "trainable_parameters", "relative_mse", "objective_for", "distillation_loss",
-           "refine"]
+__all__ = [
+    "RefineConfig",
+    "RefineResult",
+    "trainable_parameters",
+    "relative_mse",
+    "objective_for",
+    "distillation_loss",
+    "refine",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -37,6 +45,7 @@ OBJECTIVES = ("encoder", "decoder")
 @dataclass(frozen=True)
 class RefineConfig:
     """How long and how hard to distil; defaults fit a few CPU minutes for tiny/base on ~100 windows."""
+
     max_steps: int = 200
     lr: float = 1e-4
     batch_size: int = 2  # 30-s windows per step
@@ -54,8 +63,10 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
-            raise LiteWhisperError("max_steps, batch_size, eval_every and patience must be ≥ 1, got "
-                                   f"{self.max_steps}, {self.batch_size}, {self.eval_every}, {self.patience}")
+            raise LiteWhisperError(
+                "max_steps, batch_size, eval_every and patience must be ≥ 1, got "
+                f"{self.max_steps}, {self.batch_size}, {self.eval_every}, {self.patience}"
+            )
         if not 0.0 < self.val_fraction < 1.0:
             raise LiteWhisperError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0 or self.hidden_weight < 0:
@@ -65,8 +76,10 @@ class RefineConfig:
         if self.objective not in OBJECTIVES:
             raise LiteWhisperError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.ce_weight < 0 or self.windows < 2 or self.max_label_tokens < 1:
-            raise LiteWhisperError(f"ce_weight must be ≥ 0, windows ≥ 2 and max_label_tokens ≥ 1, got "
-                                   f"{self.ce_weight}, {self.windows}, {self.max_label_tokens}")
+            raise LiteWhisperError(
+                f"ce_weight must be ≥ 0, windows ≥ 2 and max_label_tokens ≥ 1, got "
+                f"{self.ce_weight}, {self.windows}, {self.max_label_tokens}"
+            )
 
 
 @dataclass(frozen=True)
@@ -84,11 +97,16 @@ def trainable_parameters(encoder: nn.Module, trainable: str = "lowrank") -> dict
     """Parameters refinement may change: the factors of every LowRankLinear, or the whole encoder."""
     if trainable == "encoder":
         return dict(encoder.named_parameters())
-    params = {f"{name}.{p_name}": p for name, mod in encoder.named_modules() if isinstance(mod, LowRankLinear)
-              for p_name, p in mod.named_parameters(recurse=False)}
+    params = {
+        f"{name}.{p_name}": p
+        for name, mod in encoder.named_modules()
+        if isinstance(mod, LowRankLinear)
+        for p_name, p in mod.named_parameters(recurse=False)
+    }
     if not params:
-        raise LiteWhisperError("the student encoder has no low-rank layers to refine; compress it first "
-                               "or use trainable='encoder'")
+        raise LiteWhisperError(
+            "the student encoder has no low-rank layers to refine; compress it first or use trainable='encoder'"
+        )
     return params
 
 
@@ -102,12 +120,12 @@ def _states(encoder: nn.Module, features: torch.Tensor, hidden: bool) -> list[to
 
 def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean squared error relative to the teacher's mean square (0 = identical states)."""
-    return ((student - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12)
+    return ((student - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12)
 
 
 def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hidden_weight: float) -> torch.Tensor:
     """Final-state relative MSE (+ hidden_weight × mean of the intermediate ones)."""
-    rel = [relative_mse(s, t) for s, t in zip(student, teacher)]
+    rel = [relative_mse(s, t) for s, t in zip(student, teacher, strict=True)]
     loss = rel[-1]
     if len(rel) > 1:
         loss = loss + hidden_weight * torch.stack(rel[:-1]).mean()
@@ -121,8 +139,9 @@ class _EncoderObjective:
         self.student, self.features, self.weight = find_encoder(student), features, config.hidden_weight
         self.hidden = config.hidden_weight > 0
         with torch.no_grad():
-            self.states = [_states(find_encoder(teacher), features[i:i + 1], self.hidden)
-                           for i in range(len(features))]
+            self.states = [
+                _states(find_encoder(teacher), features[i : i + 1], self.hidden) for i in range(len(features))
+            ]
 
     def targets(self, idx: list[int]) -> list[torch.Tensor]:
         return [torch.cat([self.states[i][j] for i in idx]) for j in range(len(self.states[idx[0]]))]
@@ -162,8 +181,9 @@ def _split(n: int, config: RefineConfig) -> tuple[list[int], list[int]]:
     return order[n_val:], order[:n_val]
 
 
-def refine(student: nn.Module, teacher: nn.Module, features: torch.Tensor,
-           config: RefineConfig = RefineConfig()) -> RefineResult:
+def refine(
+    student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig = RefineConfig()
+) -> RefineResult:
     """Distil `teacher` (the original model) into `student` (the compressed one) in place.
 
     student, teacher: whole Whisper models (the "decoder" objective needs them) or, for the "encoder" objective,
@@ -185,16 +205,30 @@ def refine(student: nn.Module, teacher: nn.Module, features: torch.Tensor,
     finally:
         for p in student.parameters():
             p.requires_grad_(saved_grad[id(p)])
-    log.info("refinement (%s): validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)", config.objective,
-             result.initial_val, result.best_val, result.best_step, result.steps, result.seconds)
+    log.info(
+        "refinement (%s): validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)",
+        config.objective,
+        result.initial_val,
+        result.best_val,
+        result.best_step,
+        result.steps,
+        result.seconds,
+    )
     return result
 
 
-def _train(objective, train_idx: list[int], val_idx: list[int], params: dict[str, nn.Parameter],
-           config: RefineConfig, start: float) -> RefineResult:
+def _train(
+    objective,
+    train_idx: list[int],
+    val_idx: list[int],
+    params: dict[str, nn.Parameter],
+    config: RefineConfig,
+    start: float,
+) -> RefineResult:
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the step budget
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.max_steps) / config.max_steps)))
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.max_steps) / config.max_steps))
+    )
     gen = torch.Generator().manual_seed(config.seed)
     best_val = initial_val = distillation_loss(objective, val_idx)
     best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -227,5 +261,4 @@ def _train(objective, train_idx: list[int], val_idx: list[int], params: dict[str
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(best_state[k])
-    return RefineResult(initial_val, best_val, best_step, step, time.monotonic() - start, train_losses,
-                        val_losses)
+    return RefineResult(initial_val, best_val, best_step, step, time.monotonic() - start, train_losses, val_losses)

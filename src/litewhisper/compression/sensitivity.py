@@ -12,11 +12,12 @@ of an attention linear of block b re-runs blocks b.. from the cached input, a pr
 of block b and the blocks after it — the same numbers as a full encoder pass per layer, at about half the work.
 Windows run in batches of `batch_size`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ class _TeacherCache:
         finals = []
         with self._recording(encoder, inputs, middles):
             for start in range(0, len(features), batch_size):
-                finals.append(encoder(features[start:start + batch_size]).last_hidden_state)
+                finals.append(encoder(features[start : start + batch_size]).last_hidden_state)
         self.inputs = [torch.cat(x) for x in inputs]
         self.middles = [torch.cat(x) for x in middles]
         self.final = torch.cat(finals)
@@ -75,8 +76,9 @@ class _TeacherCache:
         handles = []
         for b, block in enumerate(encoder.layers):
             handles.append(block.register_forward_pre_hook(lambda m, args, b=b: inputs[b].append(args[0])))
-            handles.append(block.final_layer_norm.register_forward_pre_hook(
-                lambda m, args, b=b: middles[b].append(args[0])))
+            handles.append(
+                block.final_layer_norm.register_forward_pre_hook(lambda m, args, b=b: middles[b].append(args[0]))
+            )
         try:
             yield
         finally:
@@ -99,10 +101,10 @@ def _probe_error(encoder: nn.Module, cache: _TeacherCache, block: int, mlp: bool
     source = cache.middles[block] if mlp else cache.inputs[block]
     finals = []
     for start in range(0, len(source), batch_size):
-        hidden = source[start:start + batch_size]  # (B, positions, d_model)
+        hidden = source[start : start + batch_size]  # (B, positions, d_model)
         if mlp:
             hidden = _mlp_half(encoder.layers[block], hidden)
-        for layer in encoder.layers[block + int(mlp):]:
+        for layer in encoder.layers[block + int(mlp) :]:
             out = layer(hidden, None)
             hidden = out[0] if isinstance(out, tuple) else out  # older transformers return a tuple
         finals.append(encoder.layer_norm(hidden))
@@ -110,8 +112,14 @@ def _probe_error(encoder: nn.Module, cache: _TeacherCache, block: int, mlp: bool
 
 
 @torch.no_grad()
-def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, probe_kept: float = 0.99,
-                        multiple_of: int = 16, batch_size: int = 4) -> dict[str, float]:
+def layer_sensitivities(
+    bundle,
+    stats: ActivationStats,
+    features: torch.Tensor,
+    probe_kept: float = 0.99,
+    multiple_of: int = 16,
+    batch_size: int = 4,
+) -> dict[str, float]:
     """{layer: relative final-state error per unit of lost variance fraction} for every layer of `stats`.
 
     features: (N, n_mels, frames) log-mel windows (a handful of calibration clips, one per window).
@@ -138,18 +146,20 @@ def layer_sensitivities(bundle, stats: ActivationStats, features: torch.Tensor, 
             continue
         probe = factorize_linear(linear, stats.mean(name), spectrum.eigenvectors[:, :rank])
         only = lambda m, n, name=name: n == name  # noqa: E731
-        swap_modules(encoder, lambda *_: probe, only)
+        swap_modules(encoder, lambda *_, probe=probe: probe, only)
         try:
             error = _probe_error(encoder, cache, layer_index(name), short_name(name) in MLP_LAYERS, batch_size)
             weights[name] = error / lost
         finally:
-            swap_modules(encoder, lambda *_: linear, only)
+            swap_modules(encoder, lambda *_, linear=linear: linear, only)
     if not weights:
-        raise LiteWhisperError("no layer could be probed: every layer is near full rank at "
-                               f"probe_kept={probe_kept}; lower probe_kept")
+        raise LiteWhisperError(
+            f"no layer could be probed: every layer is near full rank at probe_kept={probe_kept}; lower probe_kept"
+        )
     median = float(torch.tensor(list(weights.values())).median())
     for name in stats.layers:
         weights.setdefault(name, median)
-    log.info("layer sensitivities: min %.3g, median %.3g, max %.3g", min(weights.values()), median,
-             max(weights.values()))
+    log.info(
+        "layer sensitivities: min %.3g, median %.3g, max %.3g", min(weights.values()), median, max(weights.values())
+    )
     return weights

@@ -7,32 +7,38 @@ group by group — q/k/v (shared input), out_proj, fc1, fc2 — each on the outp
 Ranks come from a RankPolicy (θ thresholds, chosen on the sequential statistics) or from a RankPlan (its fixed
 ranks, e.g. a budget allocation from `budget.plan_budget`; only the bases are re-fitted).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from litewhisper.compression.calibration import (CalibrationConfig, batched, feature_extractor, iter_windows,
-                                                 moment_hooks, position_mask)
+from litewhisper.compression.calibration import (
+    CalibrationConfig,
+    batched,
+    feature_extractor,
+    iter_windows,
+    moment_hooks,
+    position_mask,
+)
 from litewhisper.compression.factorize import factorize_linear
 from litewhisper.compression.plan import RankPlan, RankPolicy, plan_layer
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import CalibrationError
 from litewhisper.models.linears import encoder_signature, find_encoder, model_name
-from litewhisper.swap import swap_modules
 from litewhisper.progress import progress_bar
+from litewhisper.swap import swap_modules
 
 __all__ = ["GROUPS", "compress_sequential"]
 
 log = logging.getLogger("litewhisper")
 
-GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",), ("fc1",),
-          ("fc2",))
+GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.out_proj",), ("fc1",), ("fc2",))
 
 
 @dataclass
@@ -84,8 +90,9 @@ def _view(index: int, block: nn.Module, names: Sequence[str]) -> nn.Module:
     return view
 
 
-def _group_stats(index: int, block: nn.Module, names: Sequence[str], batches: list[_Batch],
-                 config: CalibrationConfig) -> ActivationStats:
+def _group_stats(
+    index: int, block: nn.Module, names: Sequence[str], batches: list[_Batch], config: CalibrationConfig
+) -> ActivationStats:
     with moment_hooks(_view(index, block, names), config.share_inputs) as collector:
         for batch in batches:
             collector.mask = batch.mask
@@ -101,14 +108,19 @@ def _prepare(encoder: nn.Module, extractor, sources: Sequence, config: Calibrati
     for windows in batched(iter_windows(bar, config.windowing), config.batch_size):
         feats = extractor([w.samples for w in windows], sampling_rate=SAMPLE_RATE, return_tensors="pt")
         mel = feats.input_features.to(param.device, param.dtype)  # (B, n_mels, 3000)
-        batches.append(_Batch(_block_inputs(encoder, mel), position_mask(windows, positions, config.frames,
-                                                                           param.device)))
+        batches.append(
+            _Batch(_block_inputs(encoder, mel), position_mask(windows, positions, config.frames, param.device))
+        )
     return batches
 
 
 @torch.no_grad()  # not inference_mode: the new factors must stay trainable (refine)
-def compress_sequential(bundle_or_model, audio: Sequence, ranks: RankPolicy | RankPlan = RankPolicy(),
-                        config: CalibrationConfig = CalibrationConfig()) -> tuple[RankPlan, ActivationStats]:
+def compress_sequential(
+    bundle_or_model,
+    audio: Sequence,
+    ranks: RankPolicy | RankPlan = RankPolicy(),
+    config: CalibrationConfig = CalibrationConfig(),
+) -> tuple[RankPlan, ActivationStats]:
     """Calibrate and factorize the encoder IN PLACE, layer by layer; returns the plan and the statistics.
 
     ranks: a RankPolicy (θ rule on each layer's sequential statistics) or a RankPlan (its ranks kept fixed).
@@ -133,17 +145,27 @@ def compress_sequential(bundle_or_model, audio: Sequence, ranks: RankPolicy | Ra
                     full = f"layers.{index}.{name}"
                     entry = plan_layer(stats, full, target(full), policy.multiple_of)
                     if entry.rank is not None:
-                        swap_modules(block, lambda linear, _: factorize_linear(linear, stats.mean(full), entry.basis),
-                                     lambda _, n: n == name)
+                        mean, basis = stats.mean(full), entry.basis
+                        swap_modules(
+                            block,
+                            lambda linear, _, mean=mean, basis=basis: factorize_linear(linear, mean, basis),
+                            lambda _, n, name=name: n == name,
+                        )
                     entries.append(entry)
                     layers[full] = stats.layers[full]
             for batch in batches:
                 batch.hidden = _run_block(block, batch.hidden)
     finally:
         encoder.train(was_training)
-    meta = {"model": model_name(bundle_or_model), "signature": encoder_signature(encoder),
-            "clips": str(len(sources)), "windows": str(sum(len(b.hidden) for b in batches)),
-            "windowing": config.windowing, "frames_mode": config.frames, "sequential": "1"}
+    meta = {
+        "model": model_name(bundle_or_model),
+        "signature": encoder_signature(encoder),
+        "clips": str(len(sources)),
+        "windows": str(sum(len(b.hidden) for b in batches)),
+        "windowing": config.windowing,
+        "frames_mode": config.frames,
+        "sequential": "1",
+    }
     stats = ActivationStats(layers, meta)
     meta["frames"] = str(stats.frames)
     return RankPlan(tuple(entries), policy, {k: meta[k] for k in ("model", "signature")}), stats

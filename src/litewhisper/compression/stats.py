@@ -3,6 +3,7 @@
 Statistics describe each layer's OUTPUTS Y = X Wᵀ + b. They add up exactly, so shards computed separately merge
 into the one-pass result, and they save to safetensors with metadata saying which model and data produced them.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,14 +43,18 @@ def _gram(rows: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Moments:
     """First and second moments of a stream of D-dimensional vectors, in float64."""
+
     count: int
-    sum: torch.Tensor   # (D,)
+    sum: torch.Tensor  # (D,)
     gram: torch.Tensor  # (D, D) = Σ y yᵀ
 
     @classmethod
-    def zeros(cls, dim: int, device: torch.device | str | None = None) -> "Moments":
-        return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
-                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
+    def zeros(cls, dim: int, device: torch.device | str | None = None) -> Moments:
+        return cls(
+            0,
+            torch.zeros(dim, dtype=torch.float64, device=device),
+            torch.zeros(dim, dim, dtype=torch.float64, device=device),
+        )
 
     @property
     def dim(self) -> int:
@@ -62,7 +67,7 @@ class Moments:
         self.sum += rows.sum(0)
         self.gram += _gram(rows)
 
-    def __add__(self, other: "Moments") -> "Moments":
+    def __add__(self, other: Moments) -> Moments:
         return Moments(self.count + other.count, self.sum + other.sum, self.gram + other.gram)
 
     @property
@@ -75,11 +80,11 @@ class Moments:
         cov = self.gram / max(self.count, 1) - torch.outer(mu, mu)
         return (cov + cov.T) / 2
 
-    def through(self, linear: nn.Linear) -> "Moments":
+    def through(self, linear: nn.Linear) -> Moments:
         """Moments of Y = X Wᵀ + b given these moments of X (exact algebra in float64)."""
         w = linear.weight.detach().to("cpu", torch.float64)  # (out, in)
-        ws = w @ self.sum                                    # (out,)
-        gram = w @ self.gram @ w.T                           # (out, out)
+        ws = w @ self.sum  # (out,)
+        gram = w @ self.gram @ w.T  # (out, out)
         total = ws
         if linear.bias is not None:
             b = linear.bias.detach().to("cpu", torch.float64)
@@ -114,6 +119,7 @@ def _canonical_header(path: Path) -> None:
 @dataclass
 class LayerStats:
     """Output moments of one linear layer plus its shape (d_out = moments.dim)."""
+
     d_in: int
     bias: bool
     moments: Moments
@@ -132,6 +138,7 @@ class ActivationStats:
       `calibrate`; a cheaper exact PCA); not saved, not merged.
     spectra: eigendecompositions computed by `plan.decompose`, kept here so a θ sweep decomposes once.
     """
+
     layers: dict[str, LayerStats]
     metadata: dict[str, str] = field(default_factory=dict)
     factors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
@@ -152,18 +159,20 @@ class ActivationStats:
     def covariance(self, name: str) -> torch.Tensor:
         return self.layers[name].moments.covariance()
 
-    def merge(self, other: "ActivationStats") -> "ActivationStats":
+    def merge(self, other: ActivationStats) -> ActivationStats:
         """Exact sum of two shards' statistics (same model, same layers, same windowing)."""
         for key in ("signature", "windowing", "frames_mode"):
             if self.metadata.get(key) != other.metadata.get(key):
                 raise CalibrationError(
                     f"cannot merge statistics with different {key}: {self.metadata.get(key)!r} vs "
-                    f"{other.metadata.get(key)!r}; calibrate both shards with the same model and settings")
+                    f"{other.metadata.get(key)!r}; calibrate both shards with the same model and settings"
+                )
         if self.layers.keys() != other.layers.keys():
-            raise CalibrationError("cannot merge statistics over different layers: "
-                                   f"{sorted(set(self.layers) ^ set(other.layers))[:5]} differ")
-        layers = {n: LayerStats(s.d_in, s.bias, s.moments + other.layers[n].moments)
-                  for n, s in self.layers.items()}
+            raise CalibrationError(
+                "cannot merge statistics over different layers: "
+                f"{sorted(set(self.layers) ^ set(other.layers))[:5]} differ"
+            )
+        layers = {n: LayerStats(s.d_in, s.bias, s.moments + other.layers[n].moments) for n, s in self.layers.items()}
         meta = dict(self.metadata)
         for key in ("clips", "windows", "frames"):
             meta[key] = str(int(self.metadata.get(key, 0)) + int(other.metadata.get(key, 0)))
@@ -183,11 +192,13 @@ class ActivationStats:
                 f"statistics do not match this model (from model {self.metadata.get('model', '?')!r}, "
                 f"encoder {self.metadata.get('signature', '?')}): {len(diff)} layer(s) differ, e.g. {example}: "
                 f"stats {mine.get(example)} vs model {model_shapes.get(example)}. "
-                "Recalibrate with this model (litewhisper calibrate).")
+                "Recalibrate with this model (litewhisper calibrate)."
+            )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write safetensors (atomically): `<name>.sum`, `<name>.gram`, `<name>.count` + JSON metadata."""
         from safetensors.torch import save_file
+
         tensors = {}
         for name, s in self.layers.items():
             tensors[f"{name}.sum"] = s.moments.sum.contiguous()
@@ -203,8 +214,9 @@ class ActivationStats:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ActivationStats":
+    def load(cls, path: str | os.PathLike) -> ActivationStats:
         from safetensors import safe_open
+
         path = Path(path)
         if not path.is_file():
             raise CalibrationError(f"statistics file not found: {path}; create one with `litewhisper calibrate`")
@@ -212,12 +224,20 @@ class ActivationStats:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 shapes = json.loads(meta.pop("layers"))
-                layers = {n: LayerStats(int(d_in), bool(bias), Moments(
-                    int(f.get_tensor(f"{n}.count")[0]), f.get_tensor(f"{n}.sum"), f.get_tensor(f"{n}.gram")))
-                    for n, (d_in, bias) in shapes.items()}
+                layers = {
+                    n: LayerStats(
+                        int(d_in),
+                        bool(bias),
+                        Moments(
+                            int(f.get_tensor(f"{n}.count")[0]), f.get_tensor(f"{n}.sum"), f.get_tensor(f"{n}.gram")
+                        ),
+                    )
+                    for n, (d_in, bias) in shapes.items()
+                }
         except Exception as exc:  # safetensors raises its own SafetensorError on a bad header
-            raise CalibrationError(f"{path} is not a litewhisper statistics file ({exc}); "
-                                   "create one with `litewhisper calibrate`") from exc
+            raise CalibrationError(
+                f"{path} is not a litewhisper statistics file ({exc}); create one with `litewhisper calibrate`"
+            ) from exc
         if not meta.get("format", "").startswith("litewhisper-activation-stats/"):
             raise CalibrationError(f"{path} is not a litewhisper statistics file (format {meta.get('format')!r})")
         meta.pop("format")

@@ -17,10 +17,12 @@ probing inputs, voice-activity filtering, batching, progress, failures, result a
 `backend_for(model)` returns `model` itself when it has `decode_batch`, the PyTorch (Hugging Face `generate`)
 backend for a `WhisperBundle`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -34,6 +36,7 @@ __all__ = ["Backend", "DecodedClip", "backend_for"]
 class DecodedClip:
     """A backend's output for one array: text, segments (times in seconds from the array's start; with words
     when asked), the language used or detected, text tokens decoded and whether a window hit the token limit."""
+
     text: str
     segments: list[Segment]
     language: str | None
@@ -48,8 +51,9 @@ class Backend(Protocol):
 
     def check(self, options: DecodeOptions) -> None: ...
 
-    def decode_batch(self, arrays: list[np.ndarray], options: DecodeOptions,
-                     on_seconds: Callable[[float], None] | None = None) -> list[DecodedClip]: ...
+    def decode_batch(
+        self, arrays: list[np.ndarray], options: DecodeOptions, on_seconds: Callable[[float], None] | None = None
+    ) -> list[DecodedClip]: ...
 
 
 def backend_for(model: Any) -> Backend:

@@ -2,9 +2,11 @@
 ONNX encoder in front of CTranslate2's decoder. `DecodeOptions` map onto faster-whisper's `transcribe` arguments;
 the decoder's shared steps (inputs, VAD, batching, results) stay in decode/transcribe.py.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +30,20 @@ def _language(options: DecodeOptions) -> str | None:
 def transcribe_kwargs(options: DecodeOptions, multilingual: bool) -> dict[str, Any]:
     """faster-whisper `WhisperModel.transcribe` arguments for `options` (VAD is done before, by the decoder)."""
     return dict(
-        language=_language(options) if multilingual else "en", task=options.task, beam_size=options.beam_size,
-        temperature=list(options.temperature), compression_ratio_threshold=options.compression_ratio_threshold,
-        log_prob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
-        condition_on_previous_text=options.condition_on_previous_text, initial_prompt=options.initial_prompt,
-        word_timestamps=options.word_timestamps, without_timestamps=not options.timestamps, vad_filter=False,
-        max_new_tokens=options.max_new_tokens)
+        language=_language(options) if multilingual else "en",
+        task=options.task,
+        beam_size=options.beam_size,
+        temperature=list(options.temperature),
+        compression_ratio_threshold=options.compression_ratio_threshold,
+        log_prob_threshold=options.logprob_threshold,
+        no_speech_threshold=options.no_speech_threshold,
+        condition_on_previous_text=options.condition_on_previous_text,
+        initial_prompt=options.initial_prompt,
+        word_timestamps=options.word_timestamps,
+        without_timestamps=not options.timestamps,
+        vad_filter=False,
+        max_new_tokens=options.max_new_tokens,
+    )
 
 
 class DeployedBackend:
@@ -47,12 +57,15 @@ class DeployedBackend:
     def check(self, options: DecodeOptions) -> None:
         code = _language(options)
         if not self.is_multilingual and (code not in (None, "en") or options.task == "translate"):
-            raise LiteWhisperError(f"model {self.name} is English-only and cannot "
-                                   f"{'translate' if options.task == 'translate' else f'transcribe {code!r}'}: "
-                                   "use a multilingual model (e.g. base)")
+            raise LiteWhisperError(
+                f"model {self.name} is English-only and cannot "
+                f"{'translate' if options.task == 'translate' else f'transcribe {code!r}'}: "
+                "use a multilingual model (e.g. base)"
+            )
 
-    def decode_batch(self, arrays: list[np.ndarray], options: DecodeOptions,
-                     on_seconds: Callable[[float], None] | None = None) -> list[DecodedClip]:
+    def decode_batch(
+        self, arrays: list[np.ndarray], options: DecodeOptions, on_seconds: Callable[[float], None] | None = None
+    ) -> list[DecodedClip]:
         kwargs, out, done = transcribe_kwargs(options, self.is_multilingual), [], 0.0
         for samples in arrays:
             out.append(self._clip(samples, kwargs, options))
@@ -69,10 +82,21 @@ class DeployedBackend:
             if s.start >= duration:
                 continue
             words = [Word(round(w.start, 3), round(w.end, 3), w.word, w.probability) for w in s.words or []]
-            out.append(Segment(round(s.start, 3), round(min(s.end, duration), 3), s.text.strip(),
-                               words if options.word_timestamps else None))
+            out.append(
+                Segment(
+                    round(s.start, 3),
+                    round(min(s.end, duration), 3),
+                    s.text.strip(),
+                    words if options.word_timestamps else None,
+                )
+            )
             n_tokens += len(s.tokens)
             hit_limit = hit_limit or len(s.tokens) >= options.max_new_tokens
         text = " ".join(s.text for s in out if s.text)
-        return DecodedClip(text=text, segments=[s for s in out if s.text], language=info.language,
-                           n_tokens=n_tokens, hit_token_limit=hit_limit)
+        return DecodedClip(
+            text=text,
+            segments=[s for s in out if s.text],
+            language=info.language,
+            n_tokens=n_tokens,
+            hit_token_limit=hit_limit,
+        )

@@ -1,15 +1,16 @@
 """Transcript writers: plain text, JSON, SubRip (srt) and WebVTT (vtt), written atomically."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from litewhisper.atomic import atomic_write_text
-from litewhisper.errors import LiteWhisperError
 from litewhisper.decode.results import Segment, Transcription
+from litewhisper.errors import LiteWhisperError
 
 __all__ = ["FORMATS", "format_timestamp", "to_txt", "to_json", "to_srt", "to_vtt", "render", "write_transcription"]
 
@@ -49,19 +50,19 @@ def to_json(result: Transcription, indent: int | None = 2) -> str:
 
 
 def to_srt(result: Transcription) -> str:
-    blocks = [f"{i}\n{format_timestamp(c.start)} --> {format_timestamp(c.end)}\n{c.text}\n"
-              for i, c in enumerate(_cues(result), 1)]
+    blocks = [
+        f"{i}\n{format_timestamp(c.start)} --> {format_timestamp(c.end)}\n{c.text}\n"
+        for i, c in enumerate(_cues(result), 1)
+    ]
     return "\n".join(blocks)
 
 
 def to_vtt(result: Transcription) -> str:
-    blocks = [f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}\n{c.text}\n"
-              for c in _cues(result)]
+    blocks = [f"{format_timestamp(c.start, '.')} --> {format_timestamp(c.end, '.')}\n{c.text}\n" for c in _cues(result)]
     return "\n".join(["WEBVTT\n", *blocks])
 
 
-FORMATS: dict[str, Callable[[Transcription], str]] = {"txt": to_txt, "json": to_json, "srt": to_srt,
-                                                        "vtt": to_vtt}
+FORMATS: dict[str, Callable[[Transcription], str]] = {"txt": to_txt, "json": to_json, "srt": to_srt, "vtt": to_vtt}
 
 
 def render(result: Transcription, fmt: str) -> str:

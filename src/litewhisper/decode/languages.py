@@ -1,4 +1,5 @@
 """Whisper language codes: 'en', 'English' or '<|en|>' -> 'en'."""
+
 from __future__ import annotations
 
 from litewhisper.errors import LiteWhisperError
@@ -15,5 +16,6 @@ def language_code(language: str) -> str:
     if code is None:
         raise LiteWhisperError(
             f"unknown language {language!r}: expected a Whisper language code such as en, de, fr, es, ja "
-            f"(one of {len(LANGUAGES)}) or its English name such as 'german'")
+            f"(one of {len(LANGUAGES)}) or its English name such as 'german'"
+        )
     return code

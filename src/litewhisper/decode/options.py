@@ -6,6 +6,7 @@ average log-probability (< -1.0) of each window, and Whisper's no-speech rule (n
 *and* average log-probability < -1.0: the window is silence and yields no text). `DecodeOptions.preset(name)`
 gives named settings, e.g. "leaderboard" (greedy, no timestamps, no fallback) — the same decoder, other options.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,10 +31,12 @@ class DecodeOptions:
     `logprob_threshold` (either threshold None: that test is off; one temperature: no fallback).
     no_speech_threshold: a window whose no-speech probability exceeds it and whose average log-probability is
     below `logprob_threshold` is silence (no text); with it set, a clip whose peak stays below -60 dBFS (digital
-    silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per 30-s window; a window that
+    silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per
+    30-s window; a window that
     reaches it without an end-of-text token is counted as a runaway loop. seed: makes the sampled fallback
     reproducible (the same clips and options give the same text).
     """
+
     language: str | None = None
     task: str = "transcribe"
     timestamps: bool = True
@@ -56,10 +59,12 @@ class DecodeOptions:
             temps = (float(temps),)
         object.__setattr__(self, "temperature", tuple(float(t) for t in temps))
         if not self.temperature or any(not math.isfinite(t) or t < 0 for t in self.temperature):
-            raise LiteWhisperError(f"temperature must be one or more numbers >= 0 (e.g. 0,0.2,0.4), got "
-                                   f"{self.temperature}")
+            raise LiteWhisperError(
+                f"temperature must be one or more numbers >= 0 (e.g. 0,0.2,0.4), got {self.temperature}"
+            )
         if self.language is not None:
             from litewhisper.decode.languages import language_code
+
             language_code(self.language)
         if self.task not in TASKS:
             raise LiteWhisperError(f"task {self.task!r} is not supported: expected one of {', '.join(TASKS)}")
@@ -67,8 +72,9 @@ class DecodeOptions:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LiteWhisperError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 1 <= self.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
-            raise LiteWhisperError(f"max_new_tokens must be between 1 and {MAX_TARGET_POSITIONS - 4}, got "
-                                   f"{self.max_new_tokens}")
+            raise LiteWhisperError(
+                f"max_new_tokens must be between 1 and {MAX_TARGET_POSITIONS - 4}, got {self.max_new_tokens}"
+            )
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise LiteWhisperError(f"no_speech_threshold is a probability in [0, 1], got {self.no_speech_threshold}")
         if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
@@ -79,25 +85,29 @@ class DecodeOptions:
     @property
     def fallback(self) -> bool:
         """Whether windows may be re-decoded at a higher temperature."""
-        return len(self.temperature) > 1 and (self.compression_ratio_threshold is not None
-                                              or self.logprob_threshold is not None)
+        return len(self.temperature) > 1 and (
+            self.compression_ratio_threshold is not None or self.logprob_threshold is not None
+        )
 
-    def replace(self, **changes: Any) -> "DecodeOptions":
+    def replace(self, **changes: Any) -> DecodeOptions:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
 
     def describe(self) -> str:
         """One line for reports, e.g. 'greedy, timestamps, temperature fallback 0-1 (gzip > 2.4, logprob < -1)'."""
-        parts = [f"beam {self.beam_size}" if self.beam_size > 1 else "greedy",
-                 "timestamps" if self.timestamps else "no timestamps"]
+        parts = [
+            f"beam {self.beam_size}" if self.beam_size > 1 else "greedy",
+            "timestamps" if self.timestamps else "no timestamps",
+        ]
         if self.fallback:
-            parts.append(f"temperature fallback {self.temperature[0]:g}-{self.temperature[-1]:g} (gzip > "
-                         f"{self.compression_ratio_threshold}, logprob < {self.logprob_threshold})")
+            parts.append(
+                f"temperature fallback {self.temperature[0]:g}-{self.temperature[-1]:g} (gzip > "
+                f"{self.compression_ratio_threshold}, logprob < {self.logprob_threshold})"
+            )
         if self.no_speech_threshold is not None:
             parts.append(f"no-speech > {self.no_speech_threshold}")
         parts += [f"max_new_tokens={self.max_new_tokens}", f"batch {self.batch_size}"]
-        return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt))
-                                  if on])
+        return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt)) if on])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (written into evaluate's results)."""
@@ -106,7 +116,7 @@ class DecodeOptions:
         return out
 
     @classmethod
-    def preset(cls, name: str, **changes: Any) -> "DecodeOptions":
+    def preset(cls, name: str, **changes: Any) -> DecodeOptions:
         """Named settings: "default" (what transcribe does) or "leaderboard" (greedy, no timestamps, no
         fallback, no no-speech rule: the usual short-form WER benchmark setting)."""
         if name not in PRESETS:
@@ -116,6 +126,11 @@ class DecodeOptions:
 
 PRESETS: dict[str, DecodeOptions] = {
     "default": DecodeOptions(),
-    "leaderboard": DecodeOptions(timestamps=False, temperature=(0.0,), compression_ratio_threshold=None,
-                                 logprob_threshold=None, no_speech_threshold=None),
+    "leaderboard": DecodeOptions(
+        timestamps=False,
+        temperature=(0.0,),
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        no_speech_threshold=None,
+    ),
 }

@@ -1,4 +1,5 @@
 """What the decoder returns: dataclass results (faster-whisper style) and the loop / hallucination tests."""
+
 from __future__ import annotations
 
 import zlib
@@ -17,6 +18,7 @@ def compression_ratio(text: str) -> float:
 @dataclass(frozen=True)
 class Word:
     """A word with its time span in seconds (from cross-attention alignment) and its probability."""
+
     start: float
     end: float
     word: str
@@ -26,6 +28,7 @@ class Word:
 @dataclass(frozen=True)
 class Segment:
     """A piece of the transcript with its time span in seconds; `words` with --word-timestamps."""
+
     start: float
     end: float
     text: str
@@ -39,6 +42,7 @@ class Transcription:
     n_tokens: text tokens decoded; hit_token_limit: some window reached `max_new_tokens` without an
     end-of-text token (a runaway loop).
     """
+
     path: str
     text: str
     language: str | None
@@ -55,5 +59,6 @@ class Transcription:
 @dataclass(frozen=True)
 class TranscriptionFailure:
     """An input that could not be transcribed (missing, corrupt, empty...); `error` says why."""
+
     path: str
     error: str

@@ -7,12 +7,13 @@ by the window's end), and starts the next window at the last kept segment's end.
 and features is ever held, so peak memory does not grow with the recording's length; with
 `condition_on_previous_text`, the previous window's text is the next window's prompt.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -35,13 +36,17 @@ PROMPT_CHARS = 200  # previous text carried as the next window's prompt (conditi
 @dataclass(frozen=True)
 class StreamedClip:
     """The decoded recording (segment times from its start) and its length in seconds."""
+
     decoded: DecodedClip
     duration_s: float
 
 
 def _shift(seg: Segment, offset: float) -> Segment:
-    words = None if seg.words is None else [
-        dataclasses.replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3)) for w in seg.words]
+    words = (
+        None
+        if seg.words is None
+        else [dataclasses.replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3)) for w in seg.words]
+    )
     return dataclasses.replace(seg, start=round(seg.start + offset, 3), end=round(seg.end + offset, 3), words=words)
 
 
@@ -86,22 +91,30 @@ def _windows(blocks: Iterable[np.ndarray], window: int) -> Iterator[tuple[np.nda
         buffer = buffer[drop:].copy()  # the old window is freed
 
 
-def _progress(on_seconds: Callable[[float], None] | None, offset: float, scale: float
-              ) -> Callable[[float], None] | None:
+def _progress(
+    on_seconds: Callable[[float], None] | None, offset: float, scale: float
+) -> Callable[[float], None] | None:
     """The backend's seconds-done callback, as seconds of the whole recording."""
     return None if on_seconds is None else (lambda s: on_seconds(offset + s * scale))
 
 
-def decode_stream(backend: Backend, blocks: Iterable[np.ndarray], options: DecodeOptions, vad=None,
-                  on_seconds: Callable[[float], None] | None = None, window_s: float = STREAM_WINDOW_S,
-                  margin_s: float = STREAM_MARGIN_S) -> StreamedClip:
+def decode_stream(
+    backend: Backend,
+    blocks: Iterable[np.ndarray],
+    options: DecodeOptions,
+    vad=None,
+    on_seconds: Callable[[float], None] | None = None,
+    window_s: float = STREAM_WINDOW_S,
+    margin_s: float = STREAM_MARGIN_S,
+) -> StreamedClip:
     """Decode a recording given as 16 kHz blocks, window by window (see the module docstring).
 
     vad: a `SpeechFilter` applied to each window. on_seconds(s): seconds of the recording done so far.
     """
     if not 0 <= margin_s < window_s - WINDOW_S:
-        raise LiteWhisperError(f"margin_s must be in [0, window_s - {WINDOW_S:g}), got {margin_s} for window_s "
-                               f"{window_s}")
+        raise LiteWhisperError(
+            f"margin_s must be in [0, window_s - {WINDOW_S:g}), got {margin_s} for window_s {window_s}"
+        )
     offset, segments, outs = 0.0, [], []
     windows = _windows(blocks, round(window_s * SAMPLE_RATE))
     samples, last = next(windows)
@@ -112,8 +125,11 @@ def decode_stream(backend: Backend, blocks: Iterable[np.ndarray], options: Decod
         if speech is None or speech.samples.size:
             heard = speech.samples if speech is not None else samples
             previous = " ".join(s.text for s in segments[-20:])
-            out = backend.decode_batch([heard], _window_options(backend, options, previous),
-                                       _progress(on_seconds, offset, samples.size / heard.size))[0]
+            out = backend.decode_batch(
+                [heard],
+                _window_options(backend, options, previous),
+                _progress(on_seconds, offset, samples.size / heard.size),
+            )[0]
             found = out.segments if speech is None else [speech.map_segment(s) for s in out.segments]
             outs.append(out)
         kept, restart = _cut(found, length, last, margin_s)
@@ -125,7 +141,11 @@ def decode_stream(backend: Backend, blocks: Iterable[np.ndarray], options: Decod
         if on_seconds is not None:
             on_seconds(offset)
         samples, last = windows.send(drop)
-    decoded = DecodedClip(text=" ".join(s.text for s in segments), segments=segments,
-                          language=next((o.language for o in outs if o.language), None),
-                          n_tokens=sum(o.n_tokens for o in outs), hit_token_limit=any(o.hit_token_limit for o in outs))
+    decoded = DecodedClip(
+        text=" ".join(s.text for s in segments),
+        segments=segments,
+        language=next((o.language for o in outs if o.language), None),
+        n_tokens=sum(o.n_tokens for o in outs),
+        hit_token_limit=any(o.hit_token_limit for o in outs),
+    )
     return StreamedClip(decoded, round(offset + length, 3))

@@ -3,12 +3,14 @@
 token timestamps from the alignment heads), short-form (<= 30 s, padded window) or long-form (sequential
 30-s windows with an attention mask) per batch.
 """
+
 from __future__ import annotations
 
 import contextlib
 import inspect
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,12 +35,14 @@ def features(processor, arrays: list[np.ndarray], long_form: bool) -> dict[str, 
         return {"input_features": fe(arrays, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features}
     # Each clip computed alone so that a batch gives exactly the features of one-at-a-time decoding (padding
     # the waveforms would change each clip's last frames); the mask says where each ends.
-    feats = [fe([a], sampling_rate=SAMPLE_RATE, truncation=False, padding="longest",
-                return_tensors="pt").input_features[0] for a in arrays]  # each (n_mels, frames_i)
+    feats = [
+        fe([a], sampling_rate=SAMPLE_RATE, truncation=False, padding="longest", return_tensors="pt").input_features[0]
+        for a in arrays
+    ]  # each (n_mels, frames_i)
     frames = max(f.shape[-1] for f in feats)
     mask = torch.zeros(len(feats), frames, dtype=torch.long)
     for i, f in enumerate(feats):
-        mask[i, :f.shape[-1]] = 1
+        mask[i, : f.shape[-1]] = 1
     stacked = torch.stack([torch.nn.functional.pad(f, (0, frames - f.shape[-1])) for f in feats])
     return {"input_features": stacked, "attention_mask": mask}  # (batch, n_mels, frames), (batch, frames)
 
@@ -79,12 +83,18 @@ class TorchBackend:
         """LiteWhisperError for options this model cannot honour."""
         self.language_and_task(options)
         if options.word_timestamps and not getattr(self.bundle.model.generation_config, "alignment_heads", None):
-            raise LiteWhisperError(f"model {self.name} has no alignment heads in its generation config, which word "
-                                   "timestamps need: convert it again with this version of litewhisper")
-        if options.initial_prompt is not None and len(self._prompt_ids(options)) + options.max_new_tokens + 4 > \
-                MAX_TARGET_POSITIONS:
-            raise LiteWhisperError(f"initial prompt too long for max_new_tokens={options.max_new_tokens}: prompt and "
-                                   f"output must fit {MAX_TARGET_POSITIONS} tokens; shorten the prompt")
+            raise LiteWhisperError(
+                f"model {self.name} has no alignment heads in its generation config, which word "
+                "timestamps need: convert it again with this version of litewhisper"
+            )
+        if (
+            options.initial_prompt is not None
+            and len(self._prompt_ids(options)) + options.max_new_tokens + 4 > MAX_TARGET_POSITIONS
+        ):
+            raise LiteWhisperError(
+                f"initial prompt too long for max_new_tokens={options.max_new_tokens}: prompt and "
+                f"output must fit {MAX_TARGET_POSITIONS} tokens; shorten the prompt"
+            )
 
     def language_and_task(self, options: DecodeOptions) -> tuple[str | None, str | None]:
         """The (language, task) to pass to `generate`."""
@@ -93,10 +103,12 @@ class TorchBackend:
             if code not in (None, "en"):
                 raise LiteWhisperError(
                     f"model {self.name} is English-only and cannot transcribe language {code!r}: "
-                    "use a multilingual model (e.g. base) or drop --language")
+                    "use a multilingual model (e.g. base) or drop --language"
+                )
             if options.task == "translate":
                 raise LiteWhisperError(
-                    f"model {self.name} is English-only and cannot translate: use a multilingual model (e.g. base)")
+                    f"model {self.name} is English-only and cannot translate: use a multilingual model (e.g. base)"
+                )
             return None, None  # English-only models take no language/task tokens
         if code is not None and f"<|{code}|>" not in {f"<|{c}|>" for c in self.id_to_lang.values()}:
             raise LiteWhisperError(f"model {self.name} does not support language {code!r}")
@@ -109,12 +121,19 @@ class TorchBackend:
         """`generate` arguments for the options (the thresholds as openai-whisper defines them)."""
         language, task = self.language_and_task(options)
         kwargs: dict[str, Any] = dict(
-            language=language, task=task, return_timestamps=options.timestamps or long_form, return_segments=True,
-            num_beams=options.beam_size, do_sample=False, max_new_tokens=options.max_new_tokens,
+            language=language,
+            task=task,
+            return_timestamps=options.timestamps or long_form,
+            return_segments=True,
+            num_beams=options.beam_size,
+            do_sample=False,
+            max_new_tokens=options.max_new_tokens,
             temperature=options.temperature if len(options.temperature) > 1 else options.temperature[0],
             compression_ratio_threshold=options.compression_ratio_threshold,
-            logprob_threshold=options.logprob_threshold, no_speech_threshold=options.no_speech_threshold,
-            return_token_timestamps=options.word_timestamps or None)
+            logprob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold,
+            return_token_timestamps=options.word_timestamps or None,
+        )
         if options.temperature[0] > 0 and len(options.temperature) == 1:
             kwargs["do_sample"] = True
         if long_form:
@@ -123,8 +142,9 @@ class TorchBackend:
             kwargs["prompt_ids"] = self._prompt_ids(options).to(self.bundle.device)
         return kwargs
 
-    def decode_batch(self, arrays: list[np.ndarray], options: DecodeOptions,
-                     on_seconds: Callable[[float], None] | None = None) -> list[DecodedClip]:
+    def decode_batch(
+        self, arrays: list[np.ndarray], options: DecodeOptions, on_seconds: Callable[[float], None] | None = None
+    ) -> list[DecodedClip]:
         """Decode a batch of 16 kHz arrays (long-form when any is longer than one window)."""
         model = self.bundle.model
         long_form = any(a.size > WINDOW_SAMPLES for a in arrays)
@@ -134,10 +154,16 @@ class TorchBackend:
         if long_form and on_seconds is not None and "monitor_progress" in inspect.signature(model.generate).parameters:
             # state: (batch, 2) = frames decoded so far, total frames, per clip; a frame is 10 ms
             kwargs["monitor_progress"] = lambda state: on_seconds(float(state.min(dim=1).values.sum()) / 100)
-        with torch.inference_mode(), quiet_transformers(), _seeded(options.seed), \
-                _eager_attention(model, options.word_timestamps):
+        with (
+            torch.inference_mode(),
+            quiet_transformers(),
+            _seeded(options.seed),
+            _eager_attention(model, options.word_timestamps),
+        ):
             out = model.generate(**inputs, **kwargs)
-        return [self._clip(segs, a.size / SAMPLE_RATE, options) for a, segs in zip(arrays, out["segments"])]
+        return [
+            self._clip(segs, a.size / SAMPLE_RATE, options) for a, segs in zip(arrays, out["segments"], strict=True)
+        ]
 
     # ------------------------------------------------------------------------------------------ results
 
@@ -173,10 +199,16 @@ class TorchBackend:
             if text:
                 words = self._words(seg, duration) if options.word_timestamps else None
                 out.append(Segment(round(start, 3), round(max(start, end), 3), text, words))
-        language = "en" if not self.is_multilingual else (
-            language_code(options.language) if options.language else language)
-        return DecodedClip(text=tokenizer.decode(all_tokens, skip_special_tokens=True).strip(), segments=out,
-                           language=language, n_tokens=len(all_tokens), hit_token_limit=hit_limit)
+        language = (
+            "en" if not self.is_multilingual else (language_code(options.language) if options.language else language)
+        )
+        return DecodedClip(
+            text=tokenizer.decode(all_tokens, skip_special_tokens=True).strip(),
+            segments=out,
+            language=language,
+            n_tokens=len(all_tokens),
+            hit_token_limit=hit_limit,
+        )
 
     def _words(self, seg: dict, duration: float) -> list[Word]:
         """Words of a segment, timed by the alignment-head token timestamps (token i spans ts[i]..ts[i+1])."""
@@ -196,5 +228,8 @@ class TorchBackend:
             else:
                 words[-1][0] += piece
                 words[-1][2] = end
-        return [Word(round(min(s, duration), 3), round(min(max(s, e), duration), 3), w.strip())
-                for w, s, e in words if w.strip()]
+        return [
+            Word(round(min(s, duration), 3), round(min(max(s, e), duration), 3), w.strip())
+            for w, s, e in words
+            if w.strip()
+        ]

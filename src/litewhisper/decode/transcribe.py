@@ -6,13 +6,15 @@ batch to a backend (`litewhisper.decode.backend`; PyTorch / Hugging Face `genera
 A bad input never stops the others: `decode` yields a `TranscriptionFailure` for it and carries on;
 `transcribe` raises instead.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -24,14 +26,26 @@ from litewhisper.decode.results import Segment, Transcription, TranscriptionFail
 from litewhisper.errors import AudioError
 from litewhisper.progress import progress_bar
 
-__all__ = ["decode", "transcribe", "transcribe_iter", "DecodeOptions", "Transcription", "TranscriptionFailure",
-           "Segment", "Word", "language_code", "plan_batches", "AudioInput", "TASKS"]
+__all__ = [
+    "decode",
+    "transcribe",
+    "transcribe_iter",
+    "DecodeOptions",
+    "Transcription",
+    "TranscriptionFailure",
+    "Segment",
+    "Word",
+    "language_code",
+    "plan_batches",
+    "AudioInput",
+    "TASKS",
+]
 
 log = logging.getLogger("litewhisper")
 
 CHUNK_S = WINDOW_S  # Whisper's window: longer clips need long-form decoding
 SILENCE_PEAK = 10 ** (-60 / 20)  # a clip whose peak stays below -60 dBFS is digital silence: no speech
-AudioInput = Union[str, os.PathLike, np.ndarray]
+AudioInput = str | os.PathLike | np.ndarray
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,11 @@ def _probe(index: int, item: AudioInput) -> _Clip | TranscriptionFailure:
     if isinstance(item, np.ndarray):
         name = f"<array {index}>"
         if item.ndim != 1 or item.size == 0:
-            return TranscriptionFailure(name, f"audio array {index} has shape {item.shape}: expected a "
-                                        "non-empty 1-D float array of 16 kHz mono samples")
+            return TranscriptionFailure(
+                name,
+                f"audio array {index} has shape {item.shape}: expected a "
+                "non-empty 1-D float array of 16 kHz mono samples",
+            )
         return _Clip(index, name, item, item.size / SAMPLE_RATE)
     from litewhisper.audio.load import STDIN, probe_audio, source_name
 
@@ -77,12 +94,14 @@ def plan_batches(clips: Sequence[_Clip], batch_size: int) -> list[tuple[bool, li
     """(long_form, clips) batches: short clips in input order, then long clips sorted by duration."""
     short = [c for c in clips if c.duration_s <= CHUNK_S]
     long = sorted((c for c in clips if c.duration_s > CHUNK_S), key=lambda c: c.duration_s)
-    return ([(False, short[i:i + batch_size]) for i in range(0, len(short), batch_size)]
-            + [(True, long[i:i + batch_size]) for i in range(0, len(long), batch_size)])
+    return [(False, short[i : i + batch_size]) for i in range(0, len(short), batch_size)] + [
+        (True, long[i : i + batch_size]) for i in range(0, len(long), batch_size)
+    ]
 
 
-def decode(model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions = DecodeOptions()
-           ) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+def decode(
+    model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions = DecodeOptions()
+) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     """Decode many inputs, yielding `(input index, Transcription | TranscriptionFailure)` as batches finish.
 
     model: a `WhisperBundle` (PyTorch backend) or any `Backend`. audio: paths (any format `load_audio` reads)
@@ -95,6 +114,7 @@ def decode(model: Any, audio: AudioInput | Iterable[AudioInput], options: Decode
     vad = None
     if options.vad:
         from litewhisper.decode.vad import SpeechFilter
+
         vad = SpeechFilter()
     items = [audio] if isinstance(audio, (str, os.PathLike, np.ndarray)) else list(audio)
     return _run(backend, items, options, vad)
@@ -105,14 +125,16 @@ def _options(options: DecodeOptions | None, changes: dict[str, Any]) -> DecodeOp
     return options.replace(**changes) if changes else options
 
 
-def transcribe_iter(model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions | None = None,
-                    **changes: Any) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+def transcribe_iter(
+    model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions | None = None, **changes: Any
+) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     """`decode` with `changes` to the options' fields, e.g. `transcribe_iter(m, x, beam_size=5)`."""
     return decode(model, audio, _options(options, changes))
 
 
-def _run(backend: Backend, items: list[AudioInput], options: DecodeOptions, vad
-         ) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+def _run(
+    backend: Backend, items: list[AudioInput], options: DecodeOptions, vad
+) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     clips = []
     for index, item in enumerate(items):
         probed = _probe(index, item)
@@ -136,8 +158,9 @@ def _streamed(clip: _Clip) -> bool:
     return not isinstance(clip.source, np.ndarray) and (clip.duration_s is None or clip.duration_s > STREAM_WINDOW_S)
 
 
-def _decode_streamed(backend: Backend, clip: _Clip, options: DecodeOptions, vad, bar
-                     ) -> Transcription | TranscriptionFailure:
+def _decode_streamed(
+    backend: Backend, clip: _Clip, options: DecodeOptions, vad, bar
+) -> Transcription | TranscriptionFailure:
     """Decode one long recording as a stream of windows (`litewhisper.decode.stream`)."""
     from litewhisper.audio.load import stream_audio
     from litewhisper.decode.stream import READ_BLOCK_S, decode_stream
@@ -156,8 +179,9 @@ def _decode_streamed(backend: Backend, clip: _Clip, options: DecodeOptions, vad,
     return _result(clip, done.duration_s, done.decoded, None, options, backend)
 
 
-def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, vad, bar
-                  ) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
+def _decode_batch(
+    backend: Backend, batch: list[_Clip], options: DecodeOptions, vad, bar
+) -> Iterator[tuple[int, Transcription | TranscriptionFailure]]:
     """Load and decode one batch; the progress bar advances by the batch's seconds of audio."""
     start = bar.n
 
@@ -177,8 +201,9 @@ def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, 
             speech = _NO_SPEECH  # Whisper's no-speech rule misses digital silence (it says "you"): skip it
         loaded.append((clip, samples, speech))
     todo = [(clip, samples, speech) for clip, samples, speech in loaded if speech is None or speech.samples.size]
-    decoded = iter(backend.decode_batch([s.samples if s is not None else a for _, a, s in todo], options, advance)
-                   if todo else [])
+    decoded = iter(
+        backend.decode_batch([s.samples if s is not None else a for _, a, s in todo], options, advance) if todo else []
+    )
     for clip, samples, speech in loaded:
         out = next(decoded) if speech is None or speech.samples.size else None
         yield clip.index, _result(clip, samples.size / SAMPLE_RATE, out, speech, options, backend)
@@ -188,21 +213,29 @@ def _decode_batch(backend: Backend, batch: list[_Clip], options: DecodeOptions, 
 _NO_SPEECH = SimpleNamespace(samples=np.zeros(0, dtype=np.float32))  # like a VAD result with no speech
 
 
-def _result(clip: _Clip, duration_s: float, out: DecodedClip | None, speech, options: DecodeOptions,
-            backend: Backend) -> Transcription:
+def _result(
+    clip: _Clip, duration_s: float, out: DecodedClip | None, speech, options: DecodeOptions, backend: Backend
+) -> Transcription:
     """The Transcription of one clip; times mapped back to the original audio when a VAD cut it."""
     duration = round(duration_s, 3)
     if out is None:  # the VAD found no speech at all
         language = language_code(options.language) if options.language else None
         return Transcription(clip.name, "", language if backend.is_multilingual else "en", [], duration)
     segments = out.segments if speech is None else [speech.map_segment(s) for s in out.segments]
-    return Transcription(path=clip.name, text=out.text, language=out.language,
-                         segments=segments if options.timestamps else [], duration_s=duration,
-                         n_tokens=out.n_tokens, hit_token_limit=out.hit_token_limit)
+    return Transcription(
+        path=clip.name,
+        text=out.text,
+        language=out.language,
+        segments=segments if options.timestamps else [],
+        duration_s=duration,
+        n_tokens=out.n_tokens,
+        hit_token_limit=out.hit_token_limit,
+    )
 
 
-def transcribe(model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions | None = None,
-               **changes: Any) -> list[Transcription]:
+def transcribe(
+    model: Any, audio: AudioInput | Iterable[AudioInput], options: DecodeOptions | None = None, **changes: Any
+) -> list[Transcription]:
     """Transcribe paths or 16 kHz mono arrays; results in input order.
 
     `changes` override fields of `options` (default `DecodeOptions()`), e.g. `transcribe(m, x, beam_size=5)`.

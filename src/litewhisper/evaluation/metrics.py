@@ -4,16 +4,30 @@ Per-utterance alignment counts come from jiwer; the totals are summed here, so t
 mean of per-utterance WERs (which over-weights short clips). Japanese, Chinese and Korean are scored at the
 character level (CER) because they are written without spaces between words.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["CER_LANGUAGES", "ErrorCounts", "total", "word_counts", "char_counts", "uses_cer", "UtteranceScore",
-           "score_utterance", "bootstrap_ci", "paired_change_ci", "GroupScore", "CorpusScore", "corpus_score"]
+__all__ = [
+    "CER_LANGUAGES",
+    "ErrorCounts",
+    "total",
+    "word_counts",
+    "char_counts",
+    "uses_cer",
+    "UtteranceScore",
+    "score_utterance",
+    "bootstrap_ci",
+    "paired_change_ci",
+    "GroupScore",
+    "CorpusScore",
+    "corpus_score",
+]
 
 CER_LANGUAGES = frozenset({"ja", "zh", "ko", "yue", "th"})  # written without word spaces
 
@@ -21,6 +35,7 @@ CER_LANGUAGES = frozenset({"ja", "zh", "ko", "yue", "th"})  # written without wo
 @dataclass(frozen=True)
 class ErrorCounts:
     """Alignment counts of one or more utterances; `n_ref` = hits + substitutions + deletions."""
+
     substitutions: int = 0
     deletions: int = 0
     insertions: int = 0
@@ -41,15 +56,19 @@ class ErrorCounts:
             return 0.0 if self.errors == 0 else math.inf
         return self.errors / self.n_ref
 
-    def __add__(self, other: "ErrorCounts") -> "ErrorCounts":
-        return ErrorCounts(self.substitutions + other.substitutions, self.deletions + other.deletions,
-                           self.insertions + other.insertions, self.hits + other.hits)
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+            self.hits + other.hits,
+        )
 
     def to_dict(self) -> dict[str, int]:
         return {"s": self.substitutions, "d": self.deletions, "i": self.insertions, "h": self.hits}
 
     @classmethod
-    def from_dict(cls, d: dict[str, int]) -> "ErrorCounts":
+    def from_dict(cls, d: dict[str, int]) -> ErrorCounts:
         return cls(d["s"], d["d"], d["i"], d["h"])
 
 
@@ -91,6 +110,7 @@ def uses_cer(lang: str | None) -> bool:
 @dataclass(frozen=True)
 class UtteranceScore:
     """Scored clip: `unit` is "word" (WER) or "char" (CER)."""
+
     id: str
     counts: ErrorCounts
     domain: str = "unknown"
@@ -98,16 +118,18 @@ class UtteranceScore:
     unit: str = "word"
 
 
-def score_utterance(id: str, reference: str, hypothesis: str, domain: str | None = None,
-                    lang: str | None = None) -> UtteranceScore:
+def score_utterance(
+    id: str, reference: str, hypothesis: str, domain: str | None = None, lang: str | None = None
+) -> UtteranceScore:
     """Score one normalised pair, choosing CER for ja/zh/ko and WER otherwise."""
     unit = "char" if uses_cer(lang) else "word"
     counts = (char_counts if unit == "char" else word_counts)(reference, hypothesis)
     return UtteranceScore(id=id, counts=counts, domain=domain or "unknown", lang=lang, unit=unit)
 
 
-def bootstrap_ci(counts: Sequence[ErrorCounts], n_resamples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    counts: Sequence[ErrorCounts], n_resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the corpus error rate (in %), resampling utterances with replacement."""
     if not counts or n_resamples <= 0:
         return (math.nan, math.nan)
@@ -121,8 +143,13 @@ def bootstrap_ci(counts: Sequence[ErrorCounts], n_resamples: int = 1000, seed: i
     return (float(lo), float(hi))
 
 
-def paired_change_ci(base: Sequence[ErrorCounts], other: Sequence[ErrorCounts], n_resamples: int = 1000,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def paired_change_ci(
+    base: Sequence[ErrorCounts],
+    other: Sequence[ErrorCounts],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """(relative change %, CI low, CI high) of `other`'s corpus error rate against `base`'s on the same
     utterances (same order), with a paired percentile bootstrap: utterances are resampled jointly, so what makes
     a clip hard for both models cancels and a few-percent change becomes visible."""
@@ -140,6 +167,7 @@ def paired_change_ci(base: Sequence[ErrorCounts], other: Sequence[ErrorCounts], 
 @dataclass(frozen=True)
 class GroupScore:
     """Corpus error rate (in %) of a group of utterances."""
+
     rate: float
     n: int
     n_ref: int
@@ -149,6 +177,7 @@ class GroupScore:
 @dataclass(frozen=True)
 class CorpusScore:
     """Corpus scores of one model: pooled and per-domain WER (word-scored clips), per-language rates."""
+
     wer: float  # pooled corpus WER in %, word-scored clips only
     n_utterances: int  # all scored clips (word and char)
     n_ref_words: int
@@ -171,12 +200,20 @@ def corpus_score(scores: Sequence[UtteranceScore], bootstrap: int = 0, seed: int
     chars = [s for s in scores if s.unit == "char"]
     pooled = _group(words)
     domains = {d: _group([s for s in words if s.domain == d]) for d in sorted({s.domain for s in words})}
-    langs = {lang: _group([s for s in scores if (s.lang or "unknown") == lang])
-             for lang in sorted({s.lang or "unknown" for s in scores})}
+    langs = {
+        lang: _group([s for s in scores if (s.lang or "unknown") == lang])
+        for lang in sorted({s.lang or "unknown" for s in scores})
+    }
     macro = float(np.mean([g.rate for g in domains.values()])) if domains else math.nan
     ci = bootstrap_ci([s.counts for s in words], bootstrap, seed) if bootstrap > 0 and words else None
     return CorpusScore(
-        wer=pooled.rate if words else math.nan, n_utterances=len(scores), n_ref_words=pooled.n_ref,
-        counts=pooled.counts, domains=domains, macro_wer=macro, languages=langs,
-        cer=_group(chars).rate if chars else None, ci95=ci,
+        wer=pooled.rate if words else math.nan,
+        n_utterances=len(scores),
+        n_ref_words=pooled.n_ref,
+        counts=pooled.counts,
+        domains=domains,
+        macro_wer=macro,
+        languages=langs,
+        cer=_group(chars).rate if chars else None,
+        ci95=ci,
     )

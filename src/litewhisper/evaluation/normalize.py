@@ -4,17 +4,25 @@ Both come from `transformers.models.whisper.english_normalizer` (a port of opena
 The English one needs openai/whisper's British→American spelling mapping (`english.json`, MIT licence,
 Copyright (c) 2022 OpenAI), bundled here as `data/english_spelling.json` so scoring never needs the network.
 """
+
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Callable
 
 from litewhisper.errors import LiteWhisperError
 
-__all__ = ["NORMALIZERS", "DESCRIPTIONS", "english_spelling_mapping", "get_normalizer", "resolve_normalizer",
-           "normalize", "describe"]
+__all__ = [
+    "NORMALIZERS",
+    "DESCRIPTIONS",
+    "english_spelling_mapping",
+    "get_normalizer",
+    "resolve_normalizer",
+    "normalize",
+    "describe",
+]
 
 NORMALIZERS = ("auto", "english", "basic")
 DESCRIPTIONS = {
@@ -30,7 +38,7 @@ def english_spelling_mapping() -> dict[str, str]:
     return json.loads(text)
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_normalizer(name: str) -> Callable[[str], str]:
     """The normaliser called `name` ("english" or "basic") as a `str -> str` function (whitespace-trimmed)."""
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer

@@ -5,6 +5,7 @@ int8: the graphs of a compressed model are traced from a copy whose low-rank fac
 in fp32, equalises the intermediate's channels for per-tensor activation scales); weights get per-channel scales
 and encoder layer 0's MatMuls stay fp32 (any model); see `Int8Options`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,7 @@ from litewhisper.export.layout import write_marker, write_metadata
 from litewhisper.export.onnx import export_all
 from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph
 from litewhisper.export.rotate import count_low_rank, rotated_copy
-from litewhisper.models.deployed import (CT2_DIR, ONNX_DIR, encoder_session, is_export,
-                                         require_onnx_extra)
+from litewhisper.models.deployed import CT2_DIR, ONNX_DIR, encoder_session, is_export, require_onnx_extra
 
 __all__ = ["ExportError", "ExportResult", "export_model", "verify_encoder"]
 
@@ -46,10 +46,14 @@ class ExportResult:
 
 def _check_exportable(bundle) -> None:
     model = bundle.model
-    if not hasattr(model, "get_encoder") or getattr(model.config, "model_type", None) not in ("whisper",
-                                                                                                 "lite-whisper"):
-        raise ExportError(f"model {bundle.name} ({type(model).__name__}) cannot be exported: expected a Whisper or "
-                          "lite-whisper model (a built-in name, a Hugging Face / CTranslate2 / lite-whisper dir)")
+    if not hasattr(model, "get_encoder") or getattr(model.config, "model_type", None) not in (
+        "whisper",
+        "lite-whisper",
+    ):
+        raise ExportError(
+            f"model {bundle.name} ({type(model).__name__}) cannot be exported: expected a Whisper or "
+            "lite-whisper model (a built-in name, a Hugging Face / CTranslate2 / lite-whisper dir)"
+        )
 
 
 def verify_encoder(model, onnx_path: Path, seed: int = 0) -> float:
@@ -66,9 +70,16 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", overwrite: bool = False,
-                 per_channel: bool | None = None, onnx_decoder: bool = True, rotate: bool = True,
-                 keep_fp32: str | None = "auto") -> ExportResult:
+def export_model(
+    source,
+    out_dir: str | os.PathLike,
+    quantize: str = "int8",
+    overwrite: bool = False,
+    per_channel: bool | None = None,
+    onnx_decoder: bool = True,
+    rotate: bool = True,
+    keep_fp32: str | None = "auto",
+) -> ExportResult:
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
     onnx_decoder=False leaves out the ONNX decoders (only the CTranslate2 decoder, which our runtime uses).
@@ -96,8 +107,10 @@ def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", ove
         del traced  # a rotated copy: free it before the int8 pass
         diffs = {"fp32": verify_encoder(model, encoder)}  # against the unrotated model
         if diffs["fp32"] > FP32_TOLERANCE:
-            raise ExportError(f"exported encoder differs from PyTorch by {diffs['fp32']:.2e} (> {FP32_TOLERANCE}); "
-                              "the model uses an operation the ONNX export does not reproduce")
+            raise ExportError(
+                f"exported encoder differs from PyTorch by {diffs['fp32']:.2e} (> {FP32_TOLERANCE}); "
+                "the model uses an operation the ONNX export does not reproduce"
+            )
         encoders, settings = {"fp32": f"{ONNX_DIR}/{encoder.name}"}, None
         if quantize == "int8":
             q_encoder, settings = _quantize_all(encoder, decoders, options, rotated)
@@ -112,15 +125,20 @@ def export_model(source, out_dir: str | os.PathLike, quantize: str = "int8", ove
     return ExportResult(path=Path(out_dir), precision=precision, max_abs_diff=diffs, size_bytes=size)
 
 
-def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options,
-                  rotated: int) -> tuple[Path, dict]:
+def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rotated: int) -> tuple[Path, dict]:
     """int8 twins of the graphs (the fp32 ones are removed); returns (int8 encoder, settings for the marker)."""
     keep = matmul_names(encoder, options.keep_fp32)
     if options.keep_fp32 is not None and not keep:
-        raise ExportError(f"keep_fp32 pattern {options.keep_fp32!r} matches no MatMul node of the encoder graph; "
-                          "node names look like /encoder/layers.0/fc1/MatMul ('none' keeps every MatMul int8)")
-    log.info("int8: %d low-rank linears rotated, per-channel %s, %d encoder MatMuls kept fp32",
-             rotated, "on" if options.per_channel else "off", len(keep))
+        raise ExportError(
+            f"keep_fp32 pattern {options.keep_fp32!r} matches no MatMul node of the encoder graph; "
+            "node names look like /encoder/layers.0/fc1/MatMul ('none' keeps every MatMul int8)"
+        )
+    log.info(
+        "int8: %d low-rank linears rotated, per-channel %s, %d encoder MatMuls kept fp32",
+        rotated,
+        "on" if options.per_channel else "off",
+        len(keep),
+    )
     q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
     for path in decoders:
         quantize_graph(path, per_channel=bool(options.per_channel), embeddings=True)

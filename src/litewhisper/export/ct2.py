@@ -4,6 +4,7 @@ Compression touches only the encoder, so the decoder is converted from a standar
 decoder weights with ctranslate2's own `WhisperLoader`. The encoder is not needed (the ONNX encoder replaces
 it), so the CTranslate2 model keeps one encoder layer (CTranslate2 needs at least one); never run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,13 @@ def decoder_only_whisper(model: nn.Module) -> nn.Module:
     """A WhisperForConditionalGeneration with one (unused) encoder layer and `model`'s decoder and head."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    config = WhisperConfig(**{k: v for k, v in model.config.to_dict().items()
-                              if k not in ("model_type", "architectures", "auto_map", "low_rank_config")})
+    config = WhisperConfig(
+        **{
+            k: v
+            for k, v in model.config.to_dict().items()
+            if k not in ("model_type", "architectures", "auto_map", "low_rank_config")
+        }
+    )
     config.encoder_layers = 1  # CTranslate2 refuses an encoder without layers
     plain = WhisperForConditionalGeneration(config).eval()
     source = model.model

@@ -1,5 +1,6 @@
 """The non-graph files of an export directory: Hugging Face config, generation config, tokenizer, feature
 extractor (so ONNX runtimes that know Whisper load it), the CTranslate2 decoder's side files, and our marker."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,9 @@ def write_metadata(bundle, out: Path) -> None:
     _drop_auto_map(out / "config.json")
     bundle.model.generation_config.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    bundle.processor.feature_extractor.save_pretrained(out)  # preprocessor_config.json (faster-whisper, transformers.js)
+    bundle.processor.feature_extractor.save_pretrained(
+        out
+    )  # preprocessor_config.json (faster-whisper, transformers.js)
     (out / CT2_DIR).mkdir(exist_ok=True)
     for name in CT2_SIDE_FILES:
         if (out / name).is_file():
@@ -41,9 +44,21 @@ def _drop_auto_map(config_file: Path) -> None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_marker(out: Path, name: str, precision: str, encoders: dict[str, str], check: dict[str, Any],
-                 int8: dict[str, Any] | None = None) -> None:
+def write_marker(
+    out: Path,
+    name: str,
+    precision: str,
+    encoders: dict[str, str],
+    check: dict[str, Any],
+    int8: dict[str, Any] | None = None,
+) -> None:
     """litewhisper_export.json; int8: the int8 settings (rotate, per_channel, keep_fp32, ...), None for fp32."""
-    marker = {"format": EXPORT_FORMAT, "name": name, "precision": precision, "encoders": encoders,
-              "verify": check, "int8": int8}
+    marker = {
+        "format": EXPORT_FORMAT,
+        "name": name,
+        "precision": precision,
+        "encoders": encoders,
+        "verify": check,
+        "int8": int8,
+    }
     (out / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

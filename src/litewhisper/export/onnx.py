@@ -13,13 +13,14 @@ never becomes Gemm) and its reduced-dimension self-attention (attention/reduced.
 `use_reduced_attention(mode="auto")` put it, i.e. where the ranks save FLOPs. The encoder's standard
 self-attention is traced one head at a time (`per_head_attention`), so onnxruntime holds one head's scores.
 """
+
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -34,17 +35,24 @@ OPSET = 17
 PER_HEAD = "litewhisper_per_head"
 
 
-def _attend_per_head(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                     **kwargs) -> tuple[torch.Tensor, None]:
+def _attend_per_head(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' eager attention, one head at a time. q, k, v: (b, h, t, d) -> (b, t, h, d)."""
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     heads = []
     for h in range(query.shape[1]):
-        scores = torch.matmul(query[:, h:h + 1], key[:, h:h + 1].transpose(2, 3)) * scaling  # (b, 1, t, s)
+        scores = torch.matmul(query[:, h : h + 1], key[:, h : h + 1].transpose(2, 3)) * scaling  # (b, 1, t, s)
         if attention_mask is not None:
             scores = scores + attention_mask
-        heads.append(torch.matmul(scores.softmax(-1), value[:, h:h + 1]))  # (b, 1, t, d)
+        heads.append(torch.matmul(scores.softmax(-1), value[:, h : h + 1]))  # (b, 1, t, d)
     return torch.cat(heads, dim=1).transpose(1, 2).contiguous(), None
 
 
@@ -94,11 +102,12 @@ class _Decoder(nn.Module):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        out = self.decoder(input_ids=input_ids, encoder_hidden_states=encoder_hidden_states,
-                           past_key_values=cache, use_cache=True)
+        out = self.decoder(
+            input_ids=input_ids, encoder_hidden_states=encoder_hidden_states, past_key_values=cache, use_cache=True
+        )
         cache = out.past_key_values
         self_kv, cross_kv = _cache_tensors(cache, self.layers, False), _cache_tensors(cache, self.layers, True)
-        present = [t for i in range(self.layers) for t in (*self_kv[2 * i:2 * i + 2], *cross_kv[2 * i:2 * i + 2])]
+        present = [t for i in range(self.layers) for t in (*self_kv[2 * i : 2 * i + 2], *cross_kv[2 * i : 2 * i + 2])]
         return (self.proj_out(out.last_hidden_state), *present)  # logits (b, t, vocab)
 
 
@@ -117,7 +126,7 @@ class _DecoderWithPast(nn.Module):
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
         from transformers.cache_utils import EncoderDecoderCache
 
-        data = [tuple(past[4 * i:4 * i + 4]) for i in range(self.layers)]  # (self k, self v, cross k, cross v)
+        data = [tuple(past[4 * i : 4 * i + 4]) for i in range(self.layers)]  # (self k, self v, cross k, cross v)
         cache = EncoderDecoderCache(data)
         for i in range(self.layers):
             cache.is_updated[i] = True
@@ -125,8 +134,13 @@ class _DecoderWithPast(nn.Module):
         # past self-attention length: positions of the new token start there
         offset = past[0].shape[2]
         positions = torch.arange(1, device=input_ids.device).unsqueeze(0) + offset  # (1, 1)
-        out = self.decoder(input_ids=input_ids, encoder_hidden_states=placeholder, past_key_values=cache,
-                           use_cache=True, position_ids=positions)
+        out = self.decoder(
+            input_ids=input_ids,
+            encoder_hidden_states=placeholder,
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=positions,
+        )
         present = _cache_tensors(out.past_key_values, self.layers, False)
         return (self.proj_out(out.last_hidden_state), *present)
 
@@ -135,20 +149,36 @@ def _kv_names(layers: int, prefix: str, parts: tuple[str, ...]) -> list[str]:
     return [f"{prefix}.{i}.{p}.{kv}" for i in range(layers) for p in parts for kv in ("key", "value")]
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            axes: dict[str, dict[int, str]]) -> None:
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]
+) -> None:
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # tracing warns about every Python-level shape test; the graphs are checked against PyTorch instead
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+        )
 
 
 def export_encoder(model: nn.Module, path: Path) -> None:
     features = torch.zeros(1, model.config.num_mel_bins, WINDOW_FRAMES)  # (1, n_mels, 3000)
     with per_head_attention(model):
-        _export(_Encoder(model), (features,), path, ["input_features"], ["last_hidden_state"],
-                {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
+        _export(
+            _Encoder(model),
+            (features,),
+            path,
+            ["input_features"],
+            ["last_hidden_state"],
+            {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}},
+        )
 
 
 def _kv_axes(names: list[str], seq: str) -> dict[str, dict[int, str]]:
@@ -160,9 +190,12 @@ def export_decoder(model: nn.Module, path: Path) -> None:
     ids = torch.full((1, 3), cfg.decoder_start_token_id, dtype=torch.long)  # (1, t)
     states = torch.zeros(1, cfg.max_source_positions, cfg.d_model)  # (1, 1500, d)
     present = _kv_names(cfg.decoder_layers, "present", ("decoder", "encoder"))
-    axes = {"input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
-            "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
-            "logits": {0: "batch_size", 1: "decoder_sequence_length"}, **_kv_axes(present, "decoder_sequence_length")}
+    axes = {
+        "input_ids": {0: "batch_size", 1: "decoder_sequence_length"},
+        "encoder_hidden_states": {0: "batch_size", 1: "encoder_sequence_length"},
+        "logits": {0: "batch_size", 1: "decoder_sequence_length"},
+        **_kv_axes(present, "decoder_sequence_length"),
+    }
     _export(_Decoder(model), (ids, states), path, ["input_ids", "encoder_hidden_states"], ["logits", *present], axes)
 
 
@@ -176,19 +209,25 @@ def export_decoder_with_past(model: nn.Module, path: Path) -> None:
         past += [torch.randn(1, heads, cfg.max_source_positions, d_head) for _ in range(2)]  # cross k, v
     past_names = _kv_names(cfg.decoder_layers, "past_key_values", ("decoder", "encoder"))
     present = _kv_names(cfg.decoder_layers, "present", ("decoder",))
-    axes = {"input_ids": {0: "batch_size"}, "logits": {0: "batch_size"},
-            **_kv_axes(past_names, "past_decoder_sequence_length"),
-            **_kv_axes(present, "past_decoder_sequence_length + 1")}
+    axes = {
+        "input_ids": {0: "batch_size"},
+        "logits": {0: "batch_size"},
+        **_kv_axes(past_names, "past_decoder_sequence_length"),
+        **_kv_axes(present, "past_decoder_sequence_length + 1"),
+    }
     _export(_DecoderWithPast(model), (ids, *past), path, ["input_ids", *past_names], ["logits", *present], axes)
 
 
 def export_all(model: nn.Module, onnx_dir: Path, decoders: bool = True) -> list[Path]:
     """Write the three graphs (or only the encoder) into `onnx_dir`; returns their paths (encoder first)."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    paths = [onnx_dir / "encoder_model.onnx", onnx_dir / "decoder_model.onnx",
-             onnx_dir / "decoder_with_past_model.onnx"][:3 if decoders else 1]
+    paths = [
+        onnx_dir / "encoder_model.onnx",
+        onnx_dir / "decoder_model.onnx",
+        onnx_dir / "decoder_with_past_model.onnx",
+    ][: 3 if decoders else 1]
     model = model.float().eval()
-    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths):
+    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths, strict=True):
         log.info("exporting %s", path.name)
         fn(model, path)
     return paths

@@ -4,15 +4,17 @@ Linears must have been exported as MatMul (not Gemm) to be quantized; `nodes_to_
 (e.g. layers that int8 hurts) in fp32, `per_channel` quantizes each output column with its own scale.
 `Int8Options` holds (and validates) the int8 export's choices: rotation, per-channel scales, fp32 MatMuls.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from litewhisper.errors import LiteWhisperError
 
@@ -42,14 +44,18 @@ class Int8Options:
             raise LiteWhisperError(f"per_channel must be True, False or None (automatic), got {self.per_channel!r}")
         keep = self.keep_fp32
         if keep is not None and (not isinstance(keep, str) or not keep.strip()):
-            raise LiteWhisperError(f"keep_fp32 must be 'auto', 'none' or a regular expression on ONNX node names "
-                                   f"(e.g. {KEEP_FP32_AUTO!r}), got {keep!r}")
+            raise LiteWhisperError(
+                f"keep_fp32 must be 'auto', 'none' or a regular expression on ONNX node names "
+                f"(e.g. {KEEP_FP32_AUTO!r}), got {keep!r}"
+            )
         if keep is not None and keep.lower() not in ("auto", "none"):
             try:
                 re.compile(keep)
             except re.error as e:
-                raise LiteWhisperError(f"keep_fp32 {keep!r} is not a valid regular expression ({e}); expected "
-                                       f"'auto', 'none' or a regex on ONNX node names, e.g. {KEEP_FP32_AUTO!r}") from e
+                raise LiteWhisperError(
+                    f"keep_fp32 {keep!r} is not a valid regular expression ({e}); expected "
+                    f"'auto', 'none' or a regex on ONNX node names, e.g. {KEEP_FP32_AUTO!r}"
+                ) from e
 
     @property
     def pattern(self) -> str | None:
@@ -85,8 +91,7 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] = (),
-                   embeddings: bool = False) -> Path:
+def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] = (), embeddings: bool = False) -> Path:
     """Write the int8 twin of `src` beside it; returns its path. embeddings: also the token embedding (Gather),
     which is most of a decoder's size."""
     try:
@@ -97,8 +102,14 @@ def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] 
     log.info("quantizing %s -> %s (int8 MatMul weights%s)", src.name, dst.name, ", per channel" * per_channel)
     ops = ["MatMul", "Gather"] if embeddings else ["MatMul"]
     with _quiet_root_logger():
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                         per_channel=per_channel, nodes_to_exclude=list(exclude))
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
+            per_channel=per_channel,
+            nodes_to_exclude=list(exclude),
+        )
     return dst
 
 

@@ -7,6 +7,7 @@ the variance over all channels; since R Rᵀ = I the product is unchanged in exa
 R is a normalised Hadamard matrix when k is a power of two, else the Q of a seeded Gaussian's QR, so an export
 is reproducible.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,7 +30,7 @@ def _hadamard(k: int) -> torch.Tensor:
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < k:
         h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)  # (2n, 2n)
-    return h / k ** 0.5
+    return h / k**0.5
 
 
 def rotation_matrix(k: int, seed: int = ROTATION_SEED) -> torch.Tensor:
@@ -45,10 +46,10 @@ def rotation_matrix(k: int, seed: int = ROTATION_SEED) -> torch.Tensor:
 
 @torch.no_grad()
 def _rotate(layer: LowRankLinear) -> None:
-    w1, w2 = layer.weight1, layer.weight2                  # (in, k), (k, out)
-    r = rotation_matrix(w1.shape[1])                        # (k, k)
-    w1.copy_((w1.double() @ r).to(w1.dtype))                # (in, k): intermediate h ← h R
-    w2.copy_((r.T @ w2.double()).to(w2.dtype))              # (k, out): (h R) Rᵀ W2 = h W2
+    w1, w2 = layer.weight1, layer.weight2  # (in, k), (k, out)
+    r = rotation_matrix(w1.shape[1])  # (k, k)
+    w1.copy_((w1.double() @ r).to(w1.dtype))  # (in, k): intermediate h ← h R
+    w2.copy_((r.T @ w2.double()).to(w2.dtype))  # (k, out): (h R) Rᵀ W2 = h W2
 
 
 def _low_rank_layers(model: nn.Module) -> list[LowRankLinear]:

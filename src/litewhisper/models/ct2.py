@@ -10,23 +10,34 @@ little-endian:
 where `string` is `u16 length_including_NUL | utf-8 bytes | NUL` and dtype ids follow CTranslate2's DataType enum
 (float32, int8, int16, int32, float16, bfloat16). Whisper's fused projections are split back into q/k/v.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import ModelSourceError
 
-__all__ = ["BINARY_VERSION", "DTYPES", "FLOAT_DTYPES", "HEAD_DIM", "CT2Model", "read_model_bin",
-           "whisper_state_dict", "whisper_config", "whisper_from_ct2", "load_ct2_directory"]
+__all__ = [
+    "BINARY_VERSION",
+    "DTYPES",
+    "FLOAT_DTYPES",
+    "HEAD_DIM",
+    "CT2Model",
+    "read_model_bin",
+    "whisper_state_dict",
+    "whisper_config",
+    "whisper_from_ct2",
+    "load_ct2_directory",
+]
 
 logger = logging.getLogger("litewhisper")
 
@@ -62,7 +73,8 @@ class _Reader:
         if n < 0 or start + n > len(self.buf):
             raise ModelSourceError(
                 f"{self.path} is truncated or corrupt: needed {n} bytes at offset {start}, file has "
-                f"{len(self.buf)}; re-download or re-convert the CTranslate2 model")
+                f"{len(self.buf)}; re-download or re-convert the CTranslate2 model"
+            )
         self.pos += n
         return start
 
@@ -73,7 +85,7 @@ class _Reader:
     def string(self) -> str:
         n = self.unpack("H")
         start = self.take(n)
-        raw = bytes(self.buf[start:start + n])
+        raw = bytes(self.buf[start : start + n])
         if n == 0 or raw[-1] != 0:
             raise ModelSourceError(f"{self.path} is corrupt: bad string at offset {start}")
         try:
@@ -97,8 +109,7 @@ def _read_bytes(paths: Sequence[str | os.PathLike]) -> bytearray:
     return buf
 
 
-def read_model_bin(path: str | os.PathLike | Sequence[str | os.PathLike],
-                   dtype: torch.dtype | None = None) -> CT2Model:
+def read_model_bin(path: str | os.PathLike | Sequence[str | os.PathLike], dtype: torch.dtype | None = None) -> CT2Model:
     """Parse a CTranslate2 `model.bin` (or the ordered parts of one); float variables are cast to `dtype` if given."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     name = str(paths[0]) if len(paths) == 1 else " + ".join(map(str, paths))
@@ -107,7 +118,8 @@ def read_model_bin(path: str | os.PathLike | Sequence[str | os.PathLike],
     if version != BINARY_VERSION:
         raise ModelSourceError(
             f"{name}: CTranslate2 binary version {version}, litewhisper reads version {BINARY_VERSION}; "
-            "re-convert the model with a recent ctranslate2 (ct2-transformers-converter)")
+            "re-convert the model with a recent ctranslate2 (ct2-transformers-converter)"
+        )
     spec, revision = r.string(), r.unpack("I")
     variables: dict[str, torch.Tensor] = {}
     for _ in range(r.unpack("I")):
@@ -138,8 +150,9 @@ def _read_variable(r: _Reader) -> tuple[str, torch.Tensor]:
     for d in shape:
         count *= d
     if count * dtype.itemsize != num_bytes:
-        raise ModelSourceError(f"{r.path} is corrupt: variable {name} of shape {shape} and dtype {dtype} "
-                               f"declares {num_bytes} bytes")
+        raise ModelSourceError(
+            f"{r.path} is corrupt: variable {name} of shape {shape} and dtype {dtype} declares {num_bytes} bytes"
+        )
     start = r.take(num_bytes)
     # zero-copy view into the file buffer; the tensor keeps the buffer alive
     tensor = torch.frombuffer(r.buf, dtype=dtype, count=count, offset=start) if count else torch.empty(0, dtype=dtype)
@@ -149,19 +162,34 @@ def _read_variable(r: _Reader) -> tuple[str, torch.Tensor]:
 # ---------------------------------------------------------------- Whisper: CT2 names -> Hugging Face names
 
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/(.+)$")
-_COMMON = {"self_attention/layer_norm": "self_attn_layer_norm", "self_attention/linear_1": "self_attn.out_proj",
-           "attention/layer_norm": "encoder_attn_layer_norm", "attention/linear_0": "encoder_attn.q_proj",
-           "attention/linear_2": "encoder_attn.out_proj", "ffn/layer_norm": "final_layer_norm",
-           "ffn/linear_0": "fc1", "ffn/linear_1": "fc2"}
-_TOP = {"encoder/conv1": "model.encoder.conv1", "encoder/conv2": "model.encoder.conv2",
-        "encoder/layer_norm": "model.encoder.layer_norm", "decoder/layer_norm": "model.decoder.layer_norm",
-        "decoder/embeddings": "model.decoder.embed_tokens", "decoder/projection": "proj_out"}
-_POSITIONS = {"encoder/position_encodings/encodings": "model.encoder.embed_positions.weight",
-              "decoder/position_encodings/encodings": "model.decoder.embed_positions.weight"}
+_COMMON = {
+    "self_attention/layer_norm": "self_attn_layer_norm",
+    "self_attention/linear_1": "self_attn.out_proj",
+    "attention/layer_norm": "encoder_attn_layer_norm",
+    "attention/linear_0": "encoder_attn.q_proj",
+    "attention/linear_2": "encoder_attn.out_proj",
+    "ffn/layer_norm": "final_layer_norm",
+    "ffn/linear_0": "fc1",
+    "ffn/linear_1": "fc2",
+}
+_TOP = {
+    "encoder/conv1": "model.encoder.conv1",
+    "encoder/conv2": "model.encoder.conv2",
+    "encoder/layer_norm": "model.encoder.layer_norm",
+    "decoder/layer_norm": "model.decoder.layer_norm",
+    "decoder/embeddings": "model.decoder.embed_tokens",
+    "decoder/projection": "proj_out",
+}
+_POSITIONS = {
+    "encoder/position_encodings/encodings": "model.encoder.embed_positions.weight",
+    "decoder/position_encodings/encodings": "model.decoder.embed_positions.weight",
+}
 _LEAF = {"gamma": "weight", "beta": "bias", "weight": "weight", "bias": "bias"}
 # fused projections: CT2 concatenates [q, k, v] (self-attention) and [k, v] (cross-attention) along dim 0
-_FUSED = {"self_attention/linear_0": ("self_attn", ("q_proj", "k_proj", "v_proj")),
-          "attention/linear_1": ("encoder_attn", ("k_proj", "v_proj"))}
+_FUSED = {
+    "self_attention/linear_0": ("self_attn", ("q_proj", "k_proj", "v_proj")),
+    "attention/linear_1": ("encoder_attn", ("k_proj", "v_proj")),
+}
 
 
 def _hf_prefix(ct2_module: str) -> str | None:
@@ -184,7 +212,7 @@ def _split_fused(name: str, tensor: torch.Tensor, out: dict[str, torch.Tensor]) 
         return False
     attn, parts = _FUSED[module]
     prefix = f"model.{m.group(1)}.layers.{m.group(2)}.{attn}"
-    for part, chunk in zip(parts, tensor.chunk(len(parts), dim=0)):
+    for part, chunk in zip(parts, tensor.chunk(len(parts), dim=0), strict=True):
         if leaf == "bias" and part == "k_proj":
             # Whisper's key projection has no bias; a key bias adds the same q.b to every score of a query
             # row, which softmax cancels, so dropping it is exact.
@@ -208,8 +236,10 @@ def whisper_state_dict(ct2: CT2Model) -> dict[str, torch.Tensor]:
             module, _, leaf = name.rpartition("/")
             prefix = _hf_prefix(module)
             if prefix is None or leaf not in _LEAF:
-                raise ModelSourceError(f"unexpected variable {name} {list(tensor.shape)} in a Whisper model.bin; "
-                                       "expected a checkpoint converted from openai/whisper")
+                raise ModelSourceError(
+                    f"unexpected variable {name} {list(tensor.shape)} in a Whisper model.bin; "
+                    "expected a checkpoint converted from openai/whisper"
+                )
             out[f"{prefix}.{_LEAF[leaf]}"] = tensor
     if "proj_out.bias" in out:
         raise ModelSourceError("this Whisper model.bin has an output-projection bias, which Whisper does not have")
@@ -235,7 +265,8 @@ def _check_float(name: str, tensor: torch.Tensor) -> None:
         raise ModelSourceError(
             f"int8 checkpoints are not supported yet: variable {name} is {tensor.dtype} (quantized). Use a "
             "float16 or float32 CTranslate2 model (ct2-transformers-converter --quantization float16), or a "
-            "Hugging Face Whisper directory")
+            "Hugging Face Whisper directory"
+        )
     if tensor.dtype not in FLOAT_DTYPES:
         raise ModelSourceError(f"variable {name} has dtype {tensor.dtype}; expected float16/float32 weights")
 
@@ -256,23 +287,34 @@ def whisper_config(ct2: CT2Model, eot_id: int | None = None, sot_id: int | None 
         d_model, n_mels, _ = v["encoder/conv1/weight"].shape
         vocab_size = v["decoder/embeddings/weight"].shape[0]
         cfg = dict(
-            vocab_size=vocab_size, num_mel_bins=n_mels, d_model=d_model,
-            encoder_layers=_count_layers(ct2, "encoder"), decoder_layers=_count_layers(ct2, "decoder"),
+            vocab_size=vocab_size,
+            num_mel_bins=n_mels,
+            d_model=d_model,
+            encoder_layers=_count_layers(ct2, "encoder"),
+            decoder_layers=_count_layers(ct2, "decoder"),
             encoder_attention_heads=ct2.scalar("encoder/num_heads", d_model // HEAD_DIM),
             decoder_attention_heads=ct2.scalar("decoder/num_heads", d_model // HEAD_DIM),
             encoder_ffn_dim=v["encoder/layer_0/ffn/linear_0/weight"].shape[0],
             decoder_ffn_dim=v["decoder/layer_0/ffn/linear_0/weight"].shape[0],
             max_source_positions=v["encoder/position_encodings/encodings"].shape[0],
-            max_target_positions=v["decoder/position_encodings/encodings"].shape[0])
+            max_target_positions=v["decoder/position_encodings/encodings"].shape[0],
+        )
     except KeyError as e:
         raise ModelSourceError(f"model.bin lacks Whisper variable {e}; expected a CTranslate2 Whisper model") from e
     if eot_id is None:  # multilingual vocabularies put <|endoftext|> at 50257
         eot_id = 50257 if vocab_size >= MULTILINGUAL_VOCAB_SIZE else 50256
     sot_id = eot_id + 1 if sot_id is None else sot_id
-    tied = "decoder/projection/weight" not in v or torch.equal(v["decoder/projection/weight"],
-                                                              v["decoder/embeddings/weight"])
-    return WhisperConfig(**cfg, bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
-                         decoder_start_token_id=sot_id, tie_word_embeddings=tied)
+    tied = "decoder/projection/weight" not in v or torch.equal(
+        v["decoder/projection/weight"], v["decoder/embeddings/weight"]
+    )
+    return WhisperConfig(
+        **cfg,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=eot_id,
+        decoder_start_token_id=sot_id,
+        tie_word_embeddings=tied,
+    )
 
 
 def whisper_from_ct2(ct2: CT2Model, config=None):
@@ -287,8 +329,9 @@ def whisper_from_ct2(ct2: CT2Model, config=None):
     expected = set(model.state_dict())
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ModelSourceError(f"model.bin does not match a Whisper model: missing {missing[:5]}, "
-                               f"unexpected {extra[:5]}")
+        raise ModelSourceError(
+            f"model.bin does not match a Whisper model: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:  # shape mismatches
@@ -298,8 +341,11 @@ def whisper_from_ct2(ct2: CT2Model, config=None):
     return model.to(dtype).eval()
 
 
-def load_ct2_directory(model_dir: str | os.PathLike, model_files: Sequence[str | os.PathLike] | None = None,
-                       dtype: torch.dtype | None = None):
+def load_ct2_directory(
+    model_dir: str | os.PathLike,
+    model_files: Sequence[str | os.PathLike] | None = None,
+    dtype: torch.dtype | None = None,
+):
     """(model, processor) from a CTranslate2 Whisper directory (`model.bin`, `config.json`, `tokenizer.json`).
 
     `model_files` overrides the weights file(s), e.g. the ordered parts of a split model.bin. `dtype` None keeps

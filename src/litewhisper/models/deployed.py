@@ -10,6 +10,7 @@ Directory (written by litewhisper.export):
     ctranslate2/                the decoder as a CTranslate2 Whisper model (model.bin, tokenizer.json, ...)
     config.json, generation_config.json, tokenizer + preprocessor files (Hugging Face layout)
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,19 @@ from typing import Any
 
 from litewhisper.errors import LiteWhisperError, ModelSourceError
 
-__all__ = ["EXPORT_MARKER", "EXPORT_FORMAT", "CT2_DIR", "ONNX_DIR", "EXTRA_HINT", "DeployedWhisper",
-           "is_export", "read_marker", "load_deployed", "check_threads", "require_onnx_extra"]
+__all__ = [
+    "EXPORT_MARKER",
+    "EXPORT_FORMAT",
+    "CT2_DIR",
+    "ONNX_DIR",
+    "EXTRA_HINT",
+    "DeployedWhisper",
+    "is_export",
+    "read_marker",
+    "load_deployed",
+    "check_threads",
+    "require_onnx_extra",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -59,11 +71,15 @@ def read_marker(path: Path) -> dict[str, Any]:
     try:
         marker = json.loads((path / EXPORT_MARKER).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ModelSourceError(f"{path / EXPORT_MARKER} is unreadable ({e}); re-export the model with "
-                               "`litewhisper export MODEL -o DIR --overwrite`") from e
+        raise ModelSourceError(
+            f"{path / EXPORT_MARKER} is unreadable ({e}); re-export the model with "
+            "`litewhisper export MODEL -o DIR --overwrite`"
+        ) from e
     if marker.get("format") != EXPORT_FORMAT:
-        raise ModelSourceError(f"{path} was exported in format {marker.get('format')!r}, this litewhisper reads "
-                               f"format {EXPORT_FORMAT}; re-export it with --overwrite")
+        raise ModelSourceError(
+            f"{path} was exported in format {marker.get('format')!r}, this litewhisper reads "
+            f"format {EXPORT_FORMAT}; re-export it with --overwrite"
+        )
     return marker
 
 
@@ -80,8 +96,10 @@ def encoder_session(path: Path, threads: int):
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
-        raise ModelSourceError(f"{path} is not a loadable ONNX graph (corrupt or truncated?): "
-                               f"{str(e)[:200]}; re-export the model with --overwrite") from e
+        raise ModelSourceError(
+            f"{path} is not a loadable ONNX graph (corrupt or truncated?): "
+            f"{str(e)[:200]}; re-export the model with --overwrite"
+        ) from e
 
 
 @dataclass
@@ -130,12 +148,12 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
     try:
         return _Pipeline(str(ct2_dir), device="cpu", compute_type=compute, cpu_threads=threads)
     except (RuntimeError, ValueError, OSError) as e:
-        raise ModelSourceError(f"cannot load the CTranslate2 decoder in {ct2_dir}: {str(e)[:200]}; "
-                               "re-export the model with --overwrite") from e
+        raise ModelSourceError(
+            f"cannot load the CTranslate2 decoder in {ct2_dir}: {str(e)[:200]}; re-export the model with --overwrite"
+        ) from e
 
 
-def load_deployed(path: str | os.PathLike, threads: int | None = None,
-                  precision: str | None = None) -> DeployedWhisper:
+def load_deployed(path: str | os.PathLike, threads: int | None = None, precision: str | None = None) -> DeployedWhisper:
     """Load an export directory. precision: "int8" or "fp32" encoder (default: what the export made)."""
     path, threads = Path(path), check_threads(threads)
     require_onnx_extra(f"running the exported model {path}")
@@ -143,9 +161,17 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None,
     precision = precision or marker["precision"]
     encoders = marker.get("encoders", {})
     if precision not in encoders:
-        raise LiteWhisperError(f"{path} has no {precision!r} encoder (it has: {', '.join(encoders)}); "
-                               "export it again with the matching --quantize")
+        raise LiteWhisperError(
+            f"{path} has no {precision!r} encoder (it has: {', '.join(encoders)}); "
+            "export it again with the matching --quantize"
+        )
     session = encoder_session(path / encoders[precision], threads)
     pipeline = _pipeline(path / CT2_DIR, session, threads, marker["precision"])
-    return DeployedWhisper(path=path, name=marker.get("name", path.name), precision=precision, threads=threads,
-                           session=session, pipeline=pipeline)
+    return DeployedWhisper(
+        path=path,
+        name=marker.get("name", path.name),
+        precision=precision,
+        threads=threads,
+        session=session,
+        pipeline=pipeline,
+    )

@@ -1,4 +1,5 @@
 """Finding the Whisper encoder and its linear layers by name (names are relative to the encoder)."""
+
 from __future__ import annotations
 
 import re
@@ -6,11 +7,24 @@ import re
 from torch import nn
 
 from litewhisper.errors import LiteWhisperError
+
 # the low-rank linear of the lite-whisper format (defined once, in the shipped remote code)
 from litewhisper.models.hf_lite.modeling_lite_whisper import LinearLowRank as LowRankLinear
 
-__all__ = ["LowRankLinear", "ATTENTION_LAYERS", "MLP_LAYERS", "SHARED_INPUT", "unwrap_model", "find_encoder", "encoder_linears",
-           "short_name", "layer_index", "layer_kind", "encoder_signature", "model_name"]
+__all__ = [
+    "LowRankLinear",
+    "ATTENTION_LAYERS",
+    "MLP_LAYERS",
+    "SHARED_INPUT",
+    "unwrap_model",
+    "find_encoder",
+    "encoder_linears",
+    "short_name",
+    "layer_index",
+    "layer_kind",
+    "encoder_signature",
+    "model_name",
+]
 
 ATTENTION_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MLP_LAYERS = ("fc1", "fc2")
@@ -41,8 +55,11 @@ def find_encoder(bundle_or_model) -> nn.Module:
 
 def encoder_linears(encoder: nn.Module) -> dict[str, nn.Module]:
     """Every nn.Linear / LowRankLinear of the encoder's transformer layers, by name (`layers.0.fc1`)."""
-    return {name: m for name, m in encoder.named_modules()
-            if isinstance(m, (nn.Linear, LowRankLinear)) and _LAYER_INDEX.search(name)}
+    return {
+        name: m
+        for name, m in encoder.named_modules()
+        if isinstance(m, (nn.Linear, LowRankLinear)) and _LAYER_INDEX.search(name)
+    }
 
 
 def short_name(name: str) -> str:
@@ -70,8 +87,10 @@ def layer_kind(name: str) -> str:
 def encoder_signature(encoder: nn.Module) -> str:
     """A short description of the encoder's shape, stored with statistics and plans."""
     cfg = encoder.config
-    return (f"d_model={cfg.d_model},layers={cfg.encoder_layers},heads={cfg.encoder_attention_heads},"
-            f"ffn={cfg.encoder_ffn_dim},mels={cfg.num_mel_bins}")
+    return (
+        f"d_model={cfg.d_model},layers={cfg.encoder_layers},heads={cfg.encoder_attention_heads},"
+        f"ffn={cfg.encoder_ffn_dim},mels={cfg.num_mel_bins}"
+    )
 
 
 def model_name(bundle_or_model) -> str:

@@ -6,6 +6,7 @@ Sources, in the order they are tried:
      faster-whisper (model.bin, converted in memory), or Hugging Face Whisper (from_pretrained);
   3. a Hugging Face hub id (`openai/whisper-large-v3-turbo`), when the network allows.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,20 @@ from urllib.parse import urlparse
 
 import torch
 
-from litewhisper.models.builtin import BUILTIN_MODELS, builtin_model_dir, is_builtin
 from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import LiteWhisperError, ModelSourceError
+from litewhisper.models.builtin import BUILTIN_MODELS, builtin_model_dir, is_builtin
 
 __all__ = ["HF_WEIGHT_FILES", "ATTENTION_MODES", "WhisperBundle", "load_model"]
 
 logger = logging.getLogger("litewhisper")
 
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 ATTENTION_MODES = ("auto", "standard")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -78,8 +83,13 @@ def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return value
 
 
-def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | str = torch.float32, attention: str = "auto", threads: int | None = None):
+def load_model(
+    source: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    attention: str = "auto",
+    threads: int | None = None,
+):
     """Load a Whisper model + processor from a built-in name, a local directory or a hub id (see module doc).
     A `litewhisper export` directory loads as a `DeployedWhisper` (onnxruntime + CTranslate2; `threads`:
     intra-op threads) that the decoder runs like a bundle.
@@ -108,14 +118,15 @@ def load_model(source: str | os.PathLike, device: str | torch.device = "cpu",
     raise ModelSourceError(
         f"model source {str(source)!r} not found: expected a built-in name ({', '.join(BUILTIN_MODELS)}), an "
         "existing local Whisper directory (Hugging Face, CTranslate2 / faster-whisper, or lite-whisper), or a "
-        "Hugging Face hub id like openai/whisper-large-v3-turbo")
+        "Hugging Face hub id like openai/whisper-large-v3-turbo"
+    )
 
 
-def _bundle(model, processor, name: str, path: Path | None, device: torch.device,
-            attention: str) -> WhisperBundle:
+def _bundle(model, processor, name: str, path: Path | None, device: torch.device, attention: str) -> WhisperBundle:
     _ensure_generation_config(model, processor)
     if attention == "auto" and getattr(model.config, "model_type", None) == "lite-whisper":
         from litewhisper.attention.reduced import use_reduced_attention
+
         use_reduced_attention(model, mode="auto")
     return WhisperBundle(model=model.to(device).eval(), processor=processor, name=name, path=path)
 
@@ -130,8 +141,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
     """(model, processor) from a local directory of any supported layout."""
     if not path.is_dir():
-        raise ModelSourceError(f"{path} is a file; expected a model directory (the folder that contains "
-                               "config.json and the weights)")
+        raise ModelSourceError(
+            f"{path} is a file; expected a model directory (the folder that contains config.json and the weights)"
+        )
     config = _read_config(path)
     if config.get("model_type") == "lite-whisper":
         from litewhisper.models.checkpoint import load_lite_whisper_model
@@ -152,19 +164,23 @@ def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
     raise ModelSourceError(
         f"{path} holds no model files (found: {present or 'nothing'}); expected a Hugging Face Whisper directory "
         "(config.json + model.safetensors), a CTranslate2 / faster-whisper directory (model.bin + config.json + "
-        "tokenizer.json) or a lite-whisper checkpoint")
+        "tokenizer.json) or a lite-whisper checkpoint"
+    )
 
 
 def _load_hf_dir(path: Path, dtype: torch.dtype):
     from transformers import WhisperForConditionalGeneration
 
-    expected = ("expected the output of WhisperForConditionalGeneration.save_pretrained, with weights whose "
-                "shapes match config.json; re-save the model or pass the right directory")
+    expected = (
+        "expected the output of WhisperForConditionalGeneration.save_pretrained, with weights whose "
+        "shapes match config.json; re-save the model or pass the right directory"
+    )
     try:
         model, info = WhisperForConditionalGeneration.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ModelSourceError(f"cannot load the Hugging Face Whisper model in {path}: {str(e)[:300]}; "
-                               f"{expected}") from e
+        raise ModelSourceError(
+            f"cannot load the Hugging Face Whisper model in {path}: {str(e)[:300]}; {expected}"
+        ) from e
     if info.get("missing_keys"):  # transformers would silently leave them randomly initialised
         missing = sorted(info["missing_keys"])
         raise ModelSourceError(f"{path} lacks {len(missing)} weights (e.g. {missing[:3]}); {expected}")
@@ -189,8 +205,9 @@ def _load_processor(path: Path, config):
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -214,23 +231,31 @@ def _from_hub(repo_id: str, dtype: torch.dtype, local_only: bool):
 
 def _load_hub(repo_id: str, dtype: torch.dtype):
     """A hub model from the local hub cache, else downloaded when the hub is reachable."""
-    hint = (f"no local directory {repo_id!r} exists either; pass a local directory (e.g. one saved with "
-            f"save_pretrained, or a CTranslate2 model) or a built-in name ({', '.join(BUILTIN_MODELS)})")
+    hint = (
+        f"no local directory {repo_id!r} exists either; pass a local directory (e.g. one saved with "
+        f"save_pretrained, or a CTranslate2 model) or a built-in name ({', '.join(BUILTIN_MODELS)})"
+    )
     try:
         return _from_hub(repo_id, dtype, local_only=True)
     except Exception:  # not in the local hub cache
         pass
     if _hub_offline():
-        raise ModelSourceError(f"cannot load {repo_id!r}: the Hugging Face hub is offline (HF_HUB_OFFLINE is "
-                               f"set) and the model is not in the local hub cache; {hint}")
+        raise ModelSourceError(
+            f"cannot load {repo_id!r}: the Hugging Face hub is offline (HF_HUB_OFFLINE is "
+            f"set) and the model is not in the local hub cache; {hint}"
+        )
     if not _hub_reachable():
-        raise ModelSourceError(f"cannot load {repo_id!r}: the Hugging Face hub is unreachable from this machine "
-                               f"(offline?) and the model is not in the local hub cache; {hint}")
+        raise ModelSourceError(
+            f"cannot load {repo_id!r}: the Hugging Face hub is unreachable from this machine "
+            f"(offline?) and the model is not in the local hub cache; {hint}"
+        )
     try:
         return _from_hub(repo_id, dtype, local_only=False)
     except Exception as e:  # hub errors come in many types (OSError, HTTP, connection, timeout)
-        raise ModelSourceError(f"cannot load {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
-                               f"{str(e)[:200]}); check the id, or {hint}") from e
+        raise ModelSourceError(
+            f"cannot load {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e)[:200]}); check the id, or {hint}"
+        ) from e
 
 
 def _ensure_generation_config(model, processor) -> None:
@@ -240,7 +265,10 @@ def _ensure_generation_config(model, processor) -> None:
     gen = model.generation_config
     if getattr(gen, "no_timestamps_token_id", None) is None:
         model.generation_config = build_generation_config(
-            processor.tokenizer, vocab_size=model.config.vocab_size,
+            processor.tokenizer,
+            vocab_size=model.config.vocab_size,
             suppress_tokens=getattr(gen, "suppress_tokens", None) or None,
             begin_suppress_tokens=getattr(gen, "begin_suppress_tokens", None) or None,
-            alignment_heads=getattr(gen, "alignment_heads", None), max_length=model.config.max_target_positions)
+            alignment_heads=getattr(gen, "alignment_heads", None),
+            max_length=model.config.max_target_positions,
+        )

@@ -5,20 +5,28 @@ CTranslate2 / faster-whisper directories ship only `tokenizer.json` (without Whi
 `WhisperProcessor` + `GenerationConfig` that `WhisperForConditionalGeneration.generate` needs for short- and
 long-form decoding (language and task tokens, timestamps).
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from litewhisper.constants import MAX_TARGET_POSITIONS, MULTILINGUAL_VOCAB_SIZE
 from litewhisper.errors import ModelSourceError
 
-__all__ = ["NUM_TIMESTAMP_TOKENS", "build_tokenizer", "build_generation_config",
-           "read_ct2_config", "generation_config_from_ct2", "build_processor"]
+__all__ = [
+    "NUM_TIMESTAMP_TOKENS",
+    "build_tokenizer",
+    "build_generation_config",
+    "read_ct2_config",
+    "generation_config_from_ct2",
+    "build_processor",
+]
 
 logger = logging.getLogger("litewhisper")
 
@@ -53,15 +61,22 @@ def build_tokenizer(tokenizer_json: str | os.PathLike, vocab_size: int | None = 
         added = json.loads(path.read_text(encoding="utf-8")).get("added_tokens", [])
     except Exception as e:  # tokenizers raises plain Exception on a bad file
         raise ModelSourceError(f"cannot read tokenizer {path}: {e}; expected a Hugging Face tokenizer.json") from e
-    specials = [t["content"] for t in sorted(added, key=lambda t: t["id"])
-                if t.get("special") and t["content"] != tok.eos_token and not _is_timestamp(t["content"])]
+    specials = [
+        t["content"]
+        for t in sorted(added, key=lambda t: t["id"])
+        if t.get("special") and t["content"] != tok.eos_token and not _is_timestamp(t["content"])
+    ]
     if "<|notimestamps|>" not in specials:
         raise ModelSourceError(f"{path} is not a Whisper tokenizer: it has no <|notimestamps|> token")
     tok.add_special_tokens({"additional_special_tokens": specials})
     if tok.convert_tokens_to_ids("<|0.00|>") == tok.unk_token_id:
         count = NUM_TIMESTAMP_TOKENS if vocab_size is None else min(NUM_TIMESTAMP_TOKENS, vocab_size - len(tok))
-        tok.add_tokens([AddedToken("<|%.2f|>" % (i * 0.02), lstrip=False, rstrip=False, normalized=False,
-                                   special=False) for i in range(max(count, 0))])
+        tok.add_tokens(
+            [
+                AddedToken("<|%.2f|>" % (i * 0.02), lstrip=False, rstrip=False, normalized=False, special=False)
+                for i in range(max(count, 0))
+            ]
+        )
     return tok
 
 
@@ -69,12 +84,16 @@ def _is_timestamp(token: str) -> bool:
     return re.fullmatch(r"<\|\d+\.\d+\|>", token) is not None
 
 
-def build_generation_config(tokenizer, *, vocab_size: int | None = None,
-                            suppress_tokens: Sequence[int] | None = None,
-                            begin_suppress_tokens: Sequence[int] | None = None,
-                            lang_ids: Sequence[int] | None = None,
-                            alignment_heads: Sequence[Sequence[int]] | None = None,
-                            max_length: int = MAX_TARGET_POSITIONS):
+def build_generation_config(
+    tokenizer,
+    *,
+    vocab_size: int | None = None,
+    suppress_tokens: Sequence[int] | None = None,
+    begin_suppress_tokens: Sequence[int] | None = None,
+    lang_ids: Sequence[int] | None = None,
+    alignment_heads: Sequence[Sequence[int]] | None = None,
+    max_length: int = MAX_TARGET_POSITIONS,
+):
     """A Whisper `GenerationConfig` (special ids, language/task maps, suppression lists) from a tokenizer."""
     from transformers import GenerationConfig
 
@@ -83,9 +102,15 @@ def build_generation_config(tokenizer, *, vocab_size: int | None = None,
     no_timestamps = ids("<|notimestamps|>")
     multilingual = (vocab_size >= MULTILINGUAL_VOCAB_SIZE) if vocab_size is not None else eot != 50256
     cfg: dict[str, Any] = dict(
-        decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        no_timestamps_token_id=no_timestamps, prev_sot_token_id=ids("<|startofprev|>"),
-        max_initial_timestamp_index=50, max_length=max_length, is_multilingual=multilingual,
+        decoder_start_token_id=sot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        no_timestamps_token_id=no_timestamps,
+        prev_sot_token_id=ids("<|startofprev|>"),
+        max_initial_timestamp_index=50,
+        max_length=max_length,
+        is_multilingual=multilingual,
         return_timestamps=False,
         suppress_tokens=list(suppress_tokens) if suppress_tokens is not None else [],
         begin_suppress_tokens=list(begin_suppress_tokens) if begin_suppress_tokens is not None else [220, eot],
@@ -119,13 +144,18 @@ def read_ct2_config(model_dir: str | os.PathLike) -> dict[str, Any]:
 def generation_config_from_ct2(tokenizer, ct2_config: dict[str, Any], vocab_size: int | None = None):
     """A `GenerationConfig` from a CTranslate2 Whisper `config.json` dict."""
     return build_generation_config(
-        tokenizer, vocab_size=vocab_size, suppress_tokens=ct2_config.get("suppress_ids"),
-        begin_suppress_tokens=ct2_config.get("suppress_ids_begin"), lang_ids=ct2_config.get("lang_ids"),
-        alignment_heads=ct2_config.get("alignment_heads"))
+        tokenizer,
+        vocab_size=vocab_size,
+        suppress_tokens=ct2_config.get("suppress_ids"),
+        begin_suppress_tokens=ct2_config.get("suppress_ids_begin"),
+        lang_ids=ct2_config.get("lang_ids"),
+        alignment_heads=ct2_config.get("alignment_heads"),
+    )
 
 
-def build_processor(model_dir_or_tokenizer_json: str | os.PathLike, num_mel_bins: int = 80,
-                    vocab_size: int | None = None):
+def build_processor(
+    model_dir_or_tokenizer_json: str | os.PathLike, num_mel_bins: int = 80, vocab_size: int | None = None
+):
     """`WhisperProcessor` = WhisperFeatureExtractor(`num_mel_bins`) + tokenizer from `tokenizer.json`.
 
     `vocab_size` (the model's) decides how many timestamp tokens to add and whether the model is multilingual.

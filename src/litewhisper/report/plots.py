@@ -1,14 +1,22 @@
 """Report figures from plain data (no models): each function writes one self-explanatory PNG (matplotlib, Agg)."""
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-__all__ = ["LINEAR_COLUMNS", "Point", "SweepPoint", "pareto_frontier", "plot_pareto", "plot_rank_heatmap",
-           "plot_theta_sweep"]
+__all__ = [
+    "LINEAR_COLUMNS",
+    "Point",
+    "SweepPoint",
+    "pareto_frontier",
+    "plot_pareto",
+    "plot_rank_heatmap",
+    "plot_theta_sweep",
+]
 
 LINEAR_COLUMNS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
@@ -16,6 +24,7 @@ LINEAR_COLUMNS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 @dataclass(frozen=True)
 class Point:
     """One model on the accuracy/size plane: encoder parameters (millions) and corpus WER (%)."""
+
     label: str
     params_m: float
     wer: float
@@ -34,6 +43,7 @@ def _pyplot():
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -85,8 +95,12 @@ def plot_pareto(points: Sequence[Point], path: str | os.PathLike, title: str = "
     return _save(fig, path)
 
 
-def plot_rank_heatmap(ratios: dict[str, list[list[float]]], path: str | os.PathLike,
-                      columns: Sequence[str] = LINEAR_COLUMNS, title: str = "") -> Path:
+def plot_rank_heatmap(
+    ratios: dict[str, list[list[float]]],
+    path: str | os.PathLike,
+    columns: Sequence[str] = LINEAR_COLUMNS,
+    title: str = "",
+) -> Path:
     """Figure 6: per-layer k / D (rank over the smaller side; 1 = kept dense), one panel per variant.
 
     ratios[variant][layer][column], NaN where a layer has no such linear."""
@@ -95,16 +109,24 @@ def plot_rank_heatmap(ratios: dict[str, list[list[float]]], path: str | os.PathL
     plt = _pyplot()
     names = list(ratios)
     n_layers = max(len(r) for r in ratios.values())
-    fig, axes = plt.subplots(1, len(names), figsize=(2.2 + 2.6 * len(names), 2.2 + 0.35 * n_layers),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(2.2 + 2.6 * len(names), 2.2 + 0.35 * n_layers), squeeze=False, layout="constrained"
+    )
     image = None
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         data = np.array(ratios[name], dtype=float)  # (layers, columns)
         image = ax.imshow(data, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(data):
             if np.isfinite(v):
-                ax.text(j, i, "D" if v >= 1 else f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if v > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    "D" if v >= 1 else f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black" if v > 0.6 else "white",
+                )
         ax.set_xticks(range(len(columns)), [c.replace("_proj", "") for c in columns], fontsize=8)
         ax.set_yticks(range(data.shape[0]), [str(i) for i in range(data.shape[0])], fontsize=7)
         ax.set_title(name, fontsize=9)
@@ -115,8 +137,12 @@ def plot_rank_heatmap(ratios: dict[str, list[list[float]]], path: str | os.PathL
     return _save(fig, path)
 
 
-def plot_theta_sweep(sweeps: dict[str, list[SweepPoint]], path: str | os.PathLike,
-                     reference: tuple[float, float] | None = None, title: str = "") -> Path:
+def plot_theta_sweep(
+    sweeps: dict[str, list[SweepPoint]],
+    path: str | os.PathLike,
+    reference: tuple[float, float] | None = None,
+    title: str = "",
+) -> Path:
     """Figure 7: WER (left) and encoder size (right) as θ varies, one line per swept group.
 
     `reference` = (WER, params M) of the uncompressed model, drawn as dotted lines."""

@@ -4,25 +4,35 @@ Table 1 (original vs presets: WER per domain, size, FLOPs, measured speedup), Fi
 size), Figure 6 (per-layer rank ratio heatmap), Figure 7 (θ sensitivity, attention and MLP separately),
 Table 2 (non-English clips with the multilingual model). Figures are drawn from plain data by `report_plots`.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.errors import LiteWhisperError
 from litewhisper.evaluation.evaluate import EvalConfig, HypothesisLog, ModelResult, evaluate_model, select_clips
-from litewhisper.report.plots import (LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap,
-                                      plot_theta_sweep)
 from litewhisper.progress import quiet
+from litewhisper.report.plots import LINEAR_COLUMNS, Point, SweepPoint, plot_pareto, plot_rank_heatmap, plot_theta_sweep
 
-__all__ = ["ReportConfig", "Variant", "rank_ratios", "sweep_policies", "md_table", "table1", "table2",
-           "write_markdown", "run_report"]
+__all__ = [
+    "ReportConfig",
+    "Variant",
+    "rank_ratios",
+    "sweep_policies",
+    "md_table",
+    "table1",
+    "table2",
+    "write_markdown",
+    "run_report",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -30,6 +40,7 @@ log = logging.getLogger("litewhisper")
 @dataclass(frozen=True)
 class ReportConfig:
     """What the report measures; the same decoding settings for every variant."""
+
     model: str = "tiny.en"
     split_calib: str | None = "calib"
     split_dev: str | None = "dev"
@@ -54,6 +65,7 @@ class ReportConfig:
 @dataclass(frozen=True)
 class Variant:
     """A model in the report: its bundle, evaluation and (for compressed ones) rank plan."""
+
     name: str
     result: ModelResult
     flops: int
@@ -71,7 +83,8 @@ def rank_ratios(plan) -> list[list[float]]:
         col = short_name(e.name)
         if col in LINEAR_COLUMNS:
             grid[layer_index(e.name)][LINEAR_COLUMNS.index(col)] = (
-                1.0 if e.rank is None else e.rank / min(e.d_in, e.d_out))
+                1.0 if e.rank is None else e.rank / min(e.d_in, e.d_out)
+            )
     return grid
 
 
@@ -86,6 +99,7 @@ def sweep_policies(theta: float):
 
 # ----------------------------------------------------------------------------------------------- markdown
 
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
@@ -99,31 +113,54 @@ def table1(rows: Sequence[dict[str, Any]]) -> str:
     """Table 1 from plain rows: name, wer, macro_wer, domains {d: wer}, params, flops, speedup, n_loops, loop_share."""
     domains = sorted({d for r in rows for d in r["domains"]})
     base_params = rows[0]["params"]
-    head = ["model", *domains, "pooled WER", "macro WER", "encoder params", "size %", "GFLOPs/30 s",
-            "speedup", "loops (% of errors)"]
-    body = [[r["name"], *[_fmt(r["domains"].get(d)) for d in domains], f"**{_fmt(r['wer'])}**",
-             _fmt(r["macro_wer"]), f"{r['params'] / 1e6:.2f} M", f"{100 * r['params'] / base_params:.1f}",
-             _fmt(r["flops"] / 1e9), f"{_fmt(r.get('speedup'))}×" if r.get("speedup") else "–",
-             f"{r.get('n_loops', 0)} ({100 * r.get('loop_share', 0.0):.0f})"] for r in rows]
+    head = [
+        "model",
+        *domains,
+        "pooled WER",
+        "macro WER",
+        "encoder params",
+        "size %",
+        "GFLOPs/30 s",
+        "speedup",
+        "loops (% of errors)",
+    ]
+    body = [
+        [
+            r["name"],
+            *[_fmt(r["domains"].get(d)) for d in domains],
+            f"**{_fmt(r['wer'])}**",
+            _fmt(r["macro_wer"]),
+            f"{r['params'] / 1e6:.2f} M",
+            f"{100 * r['params'] / base_params:.1f}",
+            _fmt(r["flops"] / 1e9),
+            f"{_fmt(r.get('speedup'))}×" if r.get("speedup") else "–",
+            f"{r.get('n_loops', 0)} ({100 * r.get('loop_share', 0.0):.0f})",
+        ]
+        for r in rows
+    ]
     return md_table(head, body)
 
 
 def table2(rows: Sequence[dict[str, Any]]) -> str:
     """Table 2 from plain rows: id, lang, metric, rate, reference, hypothesis."""
-    body = [[r["id"], r["lang"], r["metric"].upper(), _fmt(r["rate"], 1), r["reference"][:60],
-             r["hypothesis"][:60]] for r in rows]
+    body = [
+        [r["id"], r["lang"], r["metric"].upper(), _fmt(r["rate"], 1), r["reference"][:60], r["hypothesis"][:60]]
+        for r in rows
+    ]
     return md_table(["clip", "lang", "metric", "rate %", "reference", "hypothesis"], body)
 
 
 # ----------------------------------------------------------------------------------------------- driver
+
 
 class _Runner:
     """Holds what every step shares: clips, decoding settings, the hypotheses log and the calibration."""
 
     def __init__(self, config: ReportConfig, data: Any, out: Path):
         self.config, self.data, self.out = config, data, out
-        self.eval_cfg = EvalConfig(split=config.split_dev, language="en", decoding=config.decoding,
-                                   max_clips=config.max_clips)
+        self.eval_cfg = EvalConfig(
+            split=config.split_dev, language="en", decoding=config.decoding, max_clips=config.max_clips
+        )
         self.dev = select_clips(data, self.eval_cfg)
         self.hyps = HypothesisLog(out / "hypotheses.jsonl", resume=False)
 
@@ -133,6 +170,7 @@ class _Runner:
 
     def compress(self, bundle, stats, policy, audio=None, sensitivities=None):
         from litewhisper.compression.api import compress
+
         with quiet():
             return compress(bundle, audio, policy, stats=stats, sensitivities=sensitivities)
 
@@ -140,11 +178,14 @@ class _Runner:
 def _calibrate(bundle, calibration: Any, config: ReportConfig):
     """(clips, {windowing: statistics}): one clip per window for LiteASR (as the paper), packed windows for the
     budget method (its default) when the report has budget variants."""
-    from litewhisper.compression.calibration import CalibrationConfig, calibrate
     from litewhisper.audio.datasets import discover_audio
+    from litewhisper.compression.calibration import CalibrationConfig, calibrate
 
-    items = discover_audio(calibration, split=config.split_calib) if isinstance(calibration, (str, os.PathLike)) \
+    items = (
+        discover_audio(calibration, split=config.split_calib)
+        if isinstance(calibration, (str, os.PathLike))
         else list(calibration)
+    )
     items = items[: config.max_calib_clips] if config.max_calib_clips else items
     windowings = ("clip", "pack") if config.target_sizes else ("clip",)
     return items, {w: calibrate(bundle, items, CalibrationConfig(windowing=w)) for w in windowings}
@@ -158,8 +199,10 @@ def _variants(run: _Runner, bundle, name: str, stats: dict, calib: list) -> tupl
 
     variants = [Variant(name, run.evaluate(bundle, name), encoder_flops(bundle.model))]
     bundles = {name: bundle}
-    built = [(f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats["clip"], RankPolicy.preset(preset)))
-             for preset in run.config.presets]
+    built = [
+        (f"{name}-{preset}", "LiteASR preset", run.compress(bundle, stats["clip"], RankPolicy.preset(preset)))
+        for preset in run.config.presets
+    ]
     sensitivities = None  # probed by the first budget variant, re-used by the others (same statistics, audio)
     for size in run.config.target_sizes:
         res = run.compress(bundle, stats["pack"], SizeBudget(size), calib, sensitivities)
@@ -184,7 +227,7 @@ def _sweep(run: _Runner, bundle, name: str, stats) -> dict[str, list[SweepPoint]
     """Figure 7 data: WER and size for each θ, attention and MLP swept separately."""
     sweeps: dict[str, list[SweepPoint]] = {"attention θ": [], "MLP θ": []}
     for theta in run.config.thetas:
-        for label, policy in zip(sweeps, sweep_policies(theta)):
+        for label, policy in zip(sweeps, sweep_policies(theta), strict=True):
             res = run.compress(bundle, stats, policy)
             r = run.evaluate(res.bundle, f"{name}-{label.split()[0]}-{theta}")
             sweeps[label].append(SweepPoint(theta, r.score.wer, r.encoder_params / 1e6))
@@ -195,13 +238,14 @@ def _multilingual(run: _Runner, source: Any) -> tuple[list[dict[str, Any]], Mode
     """Table 2 rows (non-English dev clips, per clip) and the model's English result for the Pareto plot."""
     from litewhisper.audio.datasets import discover_audio
     from litewhisper.evaluation.metrics import score_utterance, uses_cer
-    from litewhisper.models.load import load_model
     from litewhisper.evaluation.normalize import normalize
+    from litewhisper.models.load import load_model
 
     bundle = load_model(source) if isinstance(source, (str, os.PathLike)) else source
     name = str(source) if isinstance(source, (str, os.PathLike)) else bundle.name
-    items = [it for it in discover_audio(run.data, split=run.config.split_dev)
-             if it.lang not in (None, "en") and it.text][:run.config.max_clips]
+    items = [
+        it for it in discover_audio(run.data, split=run.config.split_dev) if it.lang not in (None, "en") and it.text
+    ][: run.config.max_clips]
     rows = []
     if items:
         cfg = replace(run.eval_cfg, language=None)
@@ -209,8 +253,16 @@ def _multilingual(run: _Runner, source: Any) -> tuple[list[dict[str, Any]], Mode
         for it in items:
             h = run.hyps.done[(f"{name} (non-English)", str(it.id or it.path))]
             s = score_utterance(h.id, normalize(h.reference, "basic"), normalize(h.hypothesis, "basic"), lang=h.lang)
-            rows.append({"id": h.id, "lang": h.lang, "metric": "cer" if uses_cer(h.lang) else "wer",
-                         "rate": 100 * s.counts.rate, "reference": h.reference, "hypothesis": h.hypothesis})
+            rows.append(
+                {
+                    "id": h.id,
+                    "lang": h.lang,
+                    "metric": "cer" if uses_cer(h.lang) else "wer",
+                    "rate": 100 * s.counts.rate,
+                    "reference": h.reference,
+                    "hypothesis": h.hypothesis,
+                }
+            )
     english = run.evaluate(bundle, name)
     return rows, english, name
 
@@ -235,35 +287,75 @@ def _setup_lines(run: _Runner, stats, data: Any, calibration: Any, env: dict[str
     ]
 
 
-def write_markdown(path: Path, *, title: str, setup: list[str], table1_rows: list[dict], t2_rows: list[dict],
-                   sweeps: dict[str, list[SweepPoint]], multilingual: str | None, command: str | None) -> Path:
+def write_markdown(
+    path: Path,
+    *,
+    title: str,
+    setup: list[str],
+    table1_rows: list[dict],
+    t2_rows: list[dict],
+    sweeps: dict[str, list[SweepPoint]],
+    multilingual: str | None,
+    command: str | None,
+) -> Path:
     """The report's Markdown (figures referenced by relative path)."""
     from litewhisper.atomic import atomic_write_text
 
-    sweep_rows = [[label, f"{p.theta:g}", _fmt(p.wer), f"{p.params_m:.2f}"] for label, pts in sweeps.items()
-                  for p in pts]
-    parts = [f"# {title}", "", *setup, "",
-             "## Table 1: original vs compressed (corpus WER % per domain)", "", table1(table1_rows), "",
-             "`-acc/-balanced/-fast`: plain LiteASR (the paper's θ presets); `-sizeF`: litewhisper's budget "
-             "method (ranks allocated across layers for F × the encoder size, weighted by measured sensitivity). "
-             "Speedup: median over interleaved rounds of the original's encoder time / the variant's, one 30-s "
-             "window, batch 1, in this run. `loops`: clips that reached max_new_tokens or whose "
-             "hypothesis has a gzip compression ratio > 2.4 (runaway loops, hallucinations), with their share of "
-             "the word errors.",
-             "", "## Figure 1: WER vs encoder size (LiteASR presets and θ sweeps vs the budget method)", "", "![Figure 1](figure1_pareto.png)", "",
-             "## Figure 6: per-layer rank ratio k / D", "", "![Figure 6](figure6_ranks.png)", "",
-             "## Figure 7: sensitivity to θ", "", "![Figure 7](figure7_theta.png)", "",
-             md_table(["swept", "θ", "WER %", "encoder params M"], sweep_rows) if sweep_rows else "(no sweep)", ""]
+    sweep_rows = [
+        [label, f"{p.theta:g}", _fmt(p.wer), f"{p.params_m:.2f}"] for label, pts in sweeps.items() for p in pts
+    ]
+    parts = [
+        f"# {title}",
+        "",
+        *setup,
+        "",
+        "## Table 1: original vs compressed (corpus WER % per domain)",
+        "",
+        table1(table1_rows),
+        "",
+        "`-acc/-balanced/-fast`: plain LiteASR (the paper's θ presets); `-sizeF`: litewhisper's budget "
+        "method (ranks allocated across layers for F × the encoder size, weighted by measured sensitivity). "
+        "Speedup: median over interleaved rounds of the original's encoder time / the variant's, one 30-s "
+        "window, batch 1, in this run. `loops`: clips that reached max_new_tokens or whose "
+        "hypothesis has a gzip compression ratio > 2.4 (runaway loops, hallucinations), with their share of "
+        "the word errors.",
+        "",
+        "## Figure 1: WER vs encoder size (LiteASR presets and θ sweeps vs the budget method)",
+        "",
+        "![Figure 1](figure1_pareto.png)",
+        "",
+        "## Figure 6: per-layer rank ratio k / D",
+        "",
+        "![Figure 6](figure6_ranks.png)",
+        "",
+        "## Figure 7: sensitivity to θ",
+        "",
+        "![Figure 7](figure7_theta.png)",
+        "",
+        md_table(["swept", "θ", "WER %", "encoder params M"], sweep_rows) if sweep_rows else "(no sweep)",
+        "",
+    ]
     if multilingual:
-        parts += [f"## Table 2: non-English clips, multilingual `{multilingual}` (basic normaliser)", "",
-                  table2(t2_rows) if t2_rows else "(no non-English clips in the evaluation data)", ""]
+        parts += [
+            f"## Table 2: non-English clips, multilingual `{multilingual}` (basic normaliser)",
+            "",
+            table2(t2_rows) if t2_rows else "(no non-English clips in the evaluation data)",
+            "",
+        ]
     if command:
         parts += ["## Reproduce", "", f"```\n{command}\n```", ""]
     return atomic_write_text(path, "\n".join(parts))
 
 
-def run_report(config: ReportConfig, calibration: Any, data: Any, out: str | os.PathLike, bundle: Any = None,
-               overwrite: bool = False, command: str | None = None) -> Path:
+def run_report(
+    config: ReportConfig,
+    calibration: Any,
+    data: Any,
+    out: str | os.PathLike,
+    bundle: Any = None,
+    overwrite: bool = False,
+    command: str | None = None,
+) -> Path:
     """Build the report in `out` (written atomically): README.md, report.json, hypotheses.jsonl, PNGs."""
     from litewhisper.atomic import atomic_directory
 
@@ -287,25 +379,50 @@ def _build(config: ReportConfig, calibration: Any, data: Any, out: Path, bundle:
     variants, bundles = _variants(run, bundle, name, stats, calib)
     speed = _speedups(bundles, config.bench_repeats)
     sweeps = _sweep(run, bundle, name, stats["clip"]) if config.thetas else {}
-    t2_rows, ml_result, ml_name = ([], None, None) if not config.multilingual else _multilingual(run, config.multilingual)
-    rows = [{"name": v.name, "wer": v.result.score.wer, "macro_wer": v.result.score.macro_wer,
-             "domains": {d: g.rate for d, g in v.result.score.domains.items()}, "params": v.result.encoder_params,
-             "flops": v.flops, "speedup": speed[v.name].speedup.median, "n_hit": v.result.n_hit_token_limit,
-             "n_loops": len(v.result.loops.ids), "loop_share": v.result.loops.error_share}
-            for v in variants]
-    points = [Point(r["name"], r["params"] / 1e6, r["wer"], v.group) for r, v in zip(rows, variants)]
+    t2_rows, ml_result, ml_name = (
+        ([], None, None) if not config.multilingual else _multilingual(run, config.multilingual)
+    )
+    rows = [
+        {
+            "name": v.name,
+            "wer": v.result.score.wer,
+            "macro_wer": v.result.score.macro_wer,
+            "domains": {d: g.rate for d, g in v.result.score.domains.items()},
+            "params": v.result.encoder_params,
+            "flops": v.flops,
+            "speedup": speed[v.name].speedup.median,
+            "n_hit": v.result.n_hit_token_limit,
+            "n_loops": len(v.result.loops.ids),
+            "loop_share": v.result.loops.error_share,
+        }
+        for v in variants
+    ]
+    points = [Point(r["name"], r["params"] / 1e6, r["wer"], v.group) for r, v in zip(rows, variants, strict=True)]
     if ml_result is not None:
         points.append(Point(ml_name, ml_result.encoder_params / 1e6, ml_result.score.wer, "original"))
     points += [Point(f"{lab} {p.theta:g}", p.params_m, p.wer, lab) for lab, pts in sweeps.items() for p in pts]
     plot_pareto(points, out / "figure1_pareto.png")
-    plot_rank_heatmap({v.name: rank_ratios(v.plan) for v in variants if v.plan is not None} or
-                      {name: [[1.0] * len(LINEAR_COLUMNS)]}, out / "figure6_ranks.png")
+    plot_rank_heatmap(
+        {v.name: rank_ratios(v.plan) for v in variants if v.plan is not None} or {name: [[1.0] * len(LINEAR_COLUMNS)]},
+        out / "figure6_ranks.png",
+    )
     plot_theta_sweep(sweeps, out / "figure7_theta.png", reference=(rows[0]["wer"], rows[0]["params"] / 1e6))
     env = environment(BenchConfig())
-    write_markdown(out / "README.md", title=f"litewhisper report: {name}",
-                   setup=_setup_lines(run, stats["clip"], data, calibration, env), table1_rows=rows, t2_rows=t2_rows,
-                   sweeps=sweeps, multilingual=ml_name, command=command)
-    summary = {"table1": rows, "table2": t2_rows, "environment": env,
-               "sweeps": {k: [p.__dict__ for p in v] for k, v in sweeps.items()},
-               "evaluations": [v.result.to_dict() for v in variants]}
+    write_markdown(
+        out / "README.md",
+        title=f"litewhisper report: {name}",
+        setup=_setup_lines(run, stats["clip"], data, calibration, env),
+        table1_rows=rows,
+        t2_rows=t2_rows,
+        sweeps=sweeps,
+        multilingual=ml_name,
+        command=command,
+    )
+    summary = {
+        "table1": rows,
+        "table2": t2_rows,
+        "environment": env,
+        "sweeps": {k: [p.__dict__ for p in v] for k, v in sweeps.items()},
+        "evaluations": [v.result.to_dict() for v in variants],
+    }
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=str, ensure_ascii=False) + "\n")

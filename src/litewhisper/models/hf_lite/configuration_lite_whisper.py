@@ -1,4 +1,5 @@
 """Lite-Whisper configuration (remote code shipped inside lite-whisper checkpoints; transformers only)."""
+
 from transformers import WhisperConfig
 
 

@@ -5,6 +5,7 @@ The encoder linears named in `config.low_rank_config` are `LinearLowRank` module
 the published efficient-speech/lite-whisper-* checkpoints. The standard Whisper model is built first and the
 listed linears are swapped in `__init__`, before any weights load.
 """
+
 import torch
 from torch import nn
 from transformers.models.whisper.modeling_whisper import (
@@ -42,9 +43,11 @@ def apply_low_rank_config(encoder: nn.Module, low_rank_config) -> None:
     if low_rank_config is None:
         return
     if len(low_rank_config) != len(encoder.layers):
-        raise ValueError(f"low_rank_config has {len(low_rank_config)} entries but the encoder has "
-                         f"{len(encoder.layers)} layers; expected one dict per encoder layer")
-    for i, (layer, ranks) in enumerate(zip(encoder.layers, low_rank_config)):
+        raise ValueError(
+            f"low_rank_config has {len(low_rank_config)} entries but the encoder has "
+            f"{len(encoder.layers)} layers; expected one dict per encoder layer"
+        )
+    for i, (layer, ranks) in enumerate(zip(encoder.layers, low_rank_config, strict=True)):
         for name, rank in (ranks or {}).items():
             if name not in LOW_RANK_NAMES:
                 raise ValueError(f"low_rank_config[{i}] names {name!r}; expected one of {LOW_RANK_NAMES}")
@@ -58,8 +61,9 @@ class LiteWhisperEncoder(WhisperEncoder):
 
     def __init__(self, config: LiteWhisperConfig, low_rank_config=None):
         super().__init__(config)
-        apply_low_rank_config(self, low_rank_config if low_rank_config is not None
-                              else getattr(config, "low_rank_config", None))
+        apply_low_rank_config(
+            self, low_rank_config if low_rank_config is not None else getattr(config, "low_rank_config", None)
+        )
 
 
 class LiteWhisperModel(WhisperModel):
@@ -67,8 +71,9 @@ class LiteWhisperModel(WhisperModel):
 
     def __init__(self, config: LiteWhisperConfig, low_rank_config=None):
         super().__init__(config)
-        apply_low_rank_config(self.encoder, low_rank_config if low_rank_config is not None
-                              else getattr(config, "low_rank_config", None))
+        apply_low_rank_config(
+            self.encoder, low_rank_config if low_rank_config is not None else getattr(config, "low_rank_config", None)
+        )
 
 
 class LiteWhisperForConditionalGeneration(WhisperForConditionalGeneration):
@@ -79,5 +84,10 @@ class LiteWhisperForConditionalGeneration(WhisperForConditionalGeneration):
         apply_low_rank_config(self.model.encoder, getattr(config, "low_rank_config", None))
 
 
-__all__ = ["LiteWhisperConfig", "LinearLowRank", "LiteWhisperEncoder", "LiteWhisperModel",
-           "LiteWhisperForConditionalGeneration"]
+__all__ = [
+    "LiteWhisperConfig",
+    "LinearLowRank",
+    "LiteWhisperEncoder",
+    "LiteWhisperModel",
+    "LiteWhisperForConditionalGeneration",
+]
