@@ -26,7 +26,14 @@ def add_parser(subparsers) -> None:
         "median per-round ratio against the first model, shown next to the ideal FLOP ratio.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="built-in name (tiny.en, base) or model directory")
-    p.add_argument("--batch-size", type=_int_list, default=(1,), help="encoder batch sizes, e.g. 1,4,8")
+    # dest: not `batch_size`, which is the decoding flags' clip batch (DecodeOptions.batch_size)
+    p.add_argument(
+        "--batch-size",
+        dest="encoder_batch_sizes",
+        type=_int_list,
+        default=(1,),
+        help="encoder batch sizes, e.g. 1,4,8 (default 1)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch and CTranslate2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds per batch size (default 10)")
@@ -59,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from litewhisper.progress import quiet
 
     config = BenchConfig(
-        batch_sizes=args.batch_size,
+        batch_sizes=args.encoder_batch_sizes,
         repeats=args.repeats,
         warmup=args.warmup,
         threads=args.threads,
