@@ -12,6 +12,7 @@ import logging
 import sys
 
 from litewhisper import __version__
+from litewhisper.cpu import cpu_threads
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         world = _check_torchrun(args.command)
-        with quiet(args.quiet or not world.is_main):  # torchrun: progress bars on rank 0 only
+        # torchrun: progress bars on rank 0 only; torch on the cores other processes leave free
+        with quiet(args.quiet or not world.is_main), cpu_threads(getattr(args, "threads", None)):
             return int(args.func(args) or 0)
     except LiteWhisperError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from litewhisper.cpu import free_cpus
 from litewhisper.errors import LiteWhisperError, ModelSourceError
 
 __all__ = [
@@ -55,9 +56,9 @@ def require_onnx_extra(what: str) -> None:
 
 
 def check_threads(threads: int | None) -> int:
-    """`threads` (intra-op threads) validated; None -> min(4, CPU count)."""
+    """`threads` (intra-op threads) validated; None -> min(4, the cores other processes leave free)."""
     if threads is None:
-        return min(4, os.cpu_count() or 1)
+        return min(4, free_cpus())
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise LiteWhisperError(f"threads must be a positive integer (intra-op threads), got {threads!r}")
     return threads
