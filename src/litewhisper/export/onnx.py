@@ -227,7 +227,7 @@ def export_all(model: nn.Module, onnx_dir: Path, decoders: bool = True) -> list[
         onnx_dir / "decoder_with_past_model.onnx",
     ][: 3 if decoders else 1]
     model = model.float().eval()
-    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths, strict=True):
+    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths, strict=False):
         log.info("exporting %s", path.name)
         fn(model, path)
     return paths
