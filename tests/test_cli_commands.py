@@ -79,7 +79,8 @@ def test_command_plan(work, capsys):
     assert "layers.1.fc2" in out and len(plan["layers"]) == 12
 
 
-def test_command_compress(work, capsys):
+def test_command_compress(work, capsys, caplog):
+    caplog.set_level("INFO", logger="litewhisper")
     manifest = work / "audio" / "manifest.jsonl"
     out = run(
         ["compress", work / "model", "-o", work / "lite", "--calibration", manifest, "--split", "calib"]
@@ -89,6 +90,8 @@ def test_command_compress(work, capsys):
     config = json.loads((work / "lite" / "config.json").read_text())
     assert config["model_type"] == "lite-whisper" and len(config["low_rank_config"]) == 2
     assert "encoder params" in out
+    for stage in ("calibrate", "sensitivity", "plan", "factorize", "save"):  # each stage's time as it ends
+        assert re.search(rf" {stage}: \d+\.\d s", caplog.text), stage
 
 
 def _lite(work: Path, capsys) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from litewhisper.cli.calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
@@ -170,6 +171,7 @@ def run(args) -> int:
     from litewhisper.compression.stats import ActivationStats
     from litewhisper.models.checkpoint import save_checkpoint
 
+    started = time.perf_counter()
     check_output_dir(args.output, args.overwrite, flag="--overwrite")  # fail before the long work
     policy = compress_policy(args)  # every value is validated here, before the model loads
     budget = isinstance(policy, SizeBudget)
@@ -184,7 +186,9 @@ def run(args) -> int:
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())
+    saving = time.perf_counter()
     save_checkpoint(result.bundle, args.output, overwrite=args.overwrite, dtype=args.dtype)
+    log.info("save: %.1f s; %.1f s in all", time.perf_counter() - saving, time.perf_counter() - started)
     print(f"{args.model} -> {args.output}: {result.summary()}")
     print(_size_line(getattr(result.bundle, "path", None), args.output))
     return 0

@@ -130,6 +130,7 @@ def measured_calibration(
     with PeakMemory() as peak:
         stats = calibrate(bundle, audio, config)
     timings["calibrate"] = time.perf_counter() - start
+    log.info("calibrate: %.1f s", timings["calibrate"])
     memory.update(
         calibrate_rss_peak=peak.peak, calibrate_rss_increase=peak.increase, calibrate_cuda_peak=peak.cuda_peak
     )
@@ -162,9 +163,11 @@ def _calibration_config(policy: Policy, config: CalibrationConfig | None) -> Cal
 
 
 def _timed(timings: dict[str, float], stage: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its time recorded in `timings[stage]` and logged as the stage ends."""
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     timings[stage] = time.perf_counter() - start
+    log.info("%s: %.1f s", stage, timings[stage])
     return out
 
 
