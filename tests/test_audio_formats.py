@@ -96,6 +96,24 @@ def test_stream_blocks_join_to_load_and_read_file_objects(tmp_path):
     np.testing.assert_array_equal(load_audio(io.BytesIO(path.read_bytes())), whole)
 
 
+def test_empty_standard_input_and_file_object_say_empty(monkeypatch, tmp_path):
+    wav = io.BytesIO()
+    sf.write(wav, np.full(SR, 0.25, dtype=np.float32), SR, format="WAV", subtype="FLOAT")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    with pytest.raises(AudioError, match=r"^standard input \(-\) is empty \(0 bytes\): pipe audio into it"):
+        load_audio("-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(wav.getvalue()))))
+    np.testing.assert_array_equal(load_audio("-"), np.full(SR, 0.25, dtype=np.float32))  # the peek consumed nothing
+    monkeypatch.setattr(sys, "stdin", type("Tty", (io.StringIO,), {"isatty": lambda self: True})())
+    with pytest.raises(AudioError, match=r"standard input \(-\) is a terminal, not audio: pipe audio"):
+        load_audio("-")
+    with pytest.raises(AudioError, match=r"<file object> is empty \(no bytes left to read\): expected wav"):
+        load_audio(io.BytesIO(b""))
+    wav.seek(0, io.SEEK_END)  # a file object already read to its end
+    with pytest.raises(AudioError, match="is empty"):
+        load_audio(wav)
+
+
 def test_bad_files_say_what_they_are(tmp_path, caplog):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "notes.mp3").write_text("shopping list\n" * 50)

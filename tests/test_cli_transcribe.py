@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 from test_transcribe import SR, make_tiny_bundle, noise
 
-from helpers import require_shared_data
+from helpers import REPO_ROOT, require_shared_data
 from litewhisper.cli import main
 from litewhisper.cli.transcribe import output_names
 
@@ -229,3 +233,27 @@ def test_output_names_rule():
         "jfk.wav-2-2",
     ]
     assert output_names([(Path("x.wav"), "x.wav"), (Path("sub/x.wav"), "sub/x.wav")]) == ["x", "sub/x"]
+
+
+def test_empty_standard_input_fails_before_the_model_loads(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "litewhisper", "transcribe", "tiny.en", "-"],
+        stdin=subprocess.DEVNULL,  # `litewhisper transcribe tiny.en - < /dev/null`
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "LITEWHISPER_CACHE": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: standard input (-) is empty (0 bytes): pipe audio into it")
+    assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()  # no model was converted
+
+
+def test_empty_standard_input_is_skipped_beside_other_files(fake_models, audio_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["transcribe", "tiny.en", "-", str(audio_dir / "a.wav"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(": ", 1)[0] for line in out.splitlines()] == [str(audio_dir / "a.wav")]
+    assert "skipped -: standard input (-) is empty (0 bytes)" in err
+    assert "1 of 2 inputs failed; the other 1 were transcribed" in err

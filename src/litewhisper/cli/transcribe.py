@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from litewhisper.cli.decoding import add_decoding_args, decoding_options
-from litewhisper.errors import LiteWhisperError
+from litewhisper.errors import AudioError, LiteWhisperError
 
 log = logging.getLogger("litewhisper")
 
@@ -184,18 +184,31 @@ def _transcribe(args: argparse.Namespace, options) -> int:
 
 
 def _present(inputs: list[tuple[Path, str]]) -> set[int]:
-    """Indices of the inputs that exist; missing ones are reported now, before the model loads."""
-    present = {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
-    missing = [path for i, (path, _) in enumerate(inputs) if i not in present]
-    if len(missing) == len(inputs):  # nothing to do: say so before the model load
-        raise LiteWhisperError(
-            f"audio not found: {', '.join(map(str, missing[:5]))}"
-            f"{' ...' if len(missing) > 5 else ''}; check the path(s)"
-        )
+    """Indices of the usable inputs; missing files and an empty standard input are reported now, before the
+    model loads."""
+    from litewhisper.audio.load import check_stdin
+
+    problems: dict[int, str] = {}
+    for i, (path, _) in enumerate(inputs):
+        if str(path) == "-":
+            try:
+                check_stdin()  # peeks: nothing is consumed
+            except AudioError as exc:
+                problems[i] = str(exc)
+        elif not Path(path).exists():
+            problems[i] = "audio file not found"
+    if len(problems) == len(inputs):  # nothing to do: say so before the model load
+        missing = [str(path) for path, _ in inputs if str(path) != "-"]
+        parts = [problems[i] for i, (path, _) in enumerate(inputs) if str(path) == "-"]
+        if missing:
+            parts.insert(
+                0, f"audio not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path(s)"
+            )
+        raise AudioError("; ".join(parts))
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all
-        for path in missing:  # a typo is reported at once, the other inputs are still transcribed
-            print(f"skipped {path}: audio file not found", file=sys.stderr)
-    return present
+        for i, problem in problems.items():  # a typo is reported at once, the other inputs are still transcribed
+            print(f"skipped {inputs[i][0]}: {problem}", file=sys.stderr)
+    return set(range(len(inputs))) - set(problems)
 
 
 def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:
