@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from helpers import require_shared_data
-from litewhisper.audio.datasets import discover_audio
+from litewhisper.audio.datasets import discover_audio, read_manifest
 from litewhisper.audio.load import load_audio, probe_audio, stream_audio
 from litewhisper.decode.backend import DecodedClip
 from litewhisper.decode.options import DecodeOptions
@@ -96,6 +97,24 @@ def test_stream_blocks_join_to_load_and_read_file_objects(tmp_path):
     np.testing.assert_array_equal(load_audio(io.BytesIO(path.read_bytes())), whole)
 
 
+def test_empty_standard_input_and_file_object_say_empty(monkeypatch, tmp_path):
+    wav = io.BytesIO()
+    sf.write(wav, np.full(SR, 0.25, dtype=np.float32), SR, format="WAV", subtype="FLOAT")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    with pytest.raises(AudioError, match=r"^standard input \(-\) is empty \(0 bytes\): pipe audio into it"):
+        load_audio("-")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(wav.getvalue()))))
+    np.testing.assert_array_equal(load_audio("-"), np.full(SR, 0.25, dtype=np.float32))  # the peek consumed nothing
+    monkeypatch.setattr(sys, "stdin", type("Tty", (io.StringIO,), {"isatty": lambda self: True})())
+    with pytest.raises(AudioError, match=r"standard input \(-\) is a terminal, not audio: pipe audio"):
+        load_audio("-")
+    with pytest.raises(AudioError, match=r"<file object> is empty \(no bytes left to read\): expected wav"):
+        load_audio(io.BytesIO(b""))
+    wav.seek(0, io.SEEK_END)  # a file object already read to its end
+    with pytest.raises(AudioError, match="is empty"):
+        load_audio(wav)
+
+
 def test_bad_files_say_what_they_are(tmp_path, caplog):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "notes.mp3").write_text("shopping list\n" * 50)
@@ -124,6 +143,41 @@ def test_truncated_wav_is_read_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="litewhisper"):
         load_audio(tmp_path / "full.wav")
     assert "truncated" not in caplog.text
+
+
+def test_manifest_rows_with_missing_files_are_listed_when_read(tmp_path, monkeypatch, capsys):
+    from litewhisper.cli import main
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "ok.wav").write_bytes(b"x")
+    rows = [{"path": "clips/ok.wav", "split": "dev"}, {"path": "clips/gone.wav", "split": "calib"}]
+    rows += [{"path": f"clips/typo{i}.wav", "split": "dev"} for i in range(7)]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    listed = ", ".join(f"clips/typo{i}.wav (line {i + 3})" for i in range(5))
+    expected = (
+        f"{manifest}: 7 of 8 rows (split 'dev') point at missing audio files: {listed} and 2 more; each 'path' is "
+        f"relative to the manifest's folder {tmp_path.resolve()}: fix those paths or remove their rows"
+    )
+    for read in (lambda: read_manifest(manifest, split="dev"), lambda: discover_audio(tmp_path, split="dev")):
+        with pytest.raises(AudioError) as info:
+            read()
+        assert str(info.value) == expected
+    with pytest.raises(AudioError, match=r"^\S+: 8 of 9 rows \(every split\) point at missing audio files: clips/gone"):
+        discover_audio(manifest)
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert [it.path.name for it in read_manifest(manifest, split="dev")] == ["ok.wav"]  # other splits unchecked
+    assert len(read_manifest(manifest, check_files=False)) == 2
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the manifest was checked")
+
+    monkeypatch.setattr("litewhisper.models.load.load_model", no_model)
+    calibrate = ["calibrate", "tiny.en", "--calibration", str(manifest), "-o", str(tmp_path / "stats.safetensors")]
+    for args in (calibrate, ["transcribe", "tiny.en", str(manifest), "--quiet"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {manifest}: 1 of 2 rows (every split) point at missing audio files: clips/gone")
 
 
 def test_discovery_finds_every_format(tmp_path):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 from test_transcribe import SR, make_tiny_bundle, noise
 
-from helpers import require_shared_data
+from helpers import REPO_ROOT, require_shared_data
 from litewhisper.cli import main
+from litewhisper.cli.transcribe import output_names
 
 
 @pytest.fixture
@@ -134,11 +140,6 @@ def test_user_errors_exit_2_without_traceback(fake_models, audio_dir, tmp_path, 
     assert err.startswith("error: model tiny-random is English-only") and "Traceback" not in err
     assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav"), "--task", "translate"]) == 2
     assert "cannot translate" in capsys.readouterr().err
-    other = tmp_path / "other"
-    other.mkdir()
-    sf.write(other / "a.wav", noise(1.0), SR)
-    assert main(["transcribe", "tiny.en", str(audio_dir / "a.wav"), str(other / "a.wav")]) == 2
-    assert "would both be written as a.*" in capsys.readouterr().err
     assert main(["transcribe", "tiny.en", str(tmp_path / "empty_dir"), "--batch-size", "0"]) == 2
 
 
@@ -173,3 +174,86 @@ def test_missing_audio_fails_before_the_model_loads(fake_models, tmp_path, capsy
     assert main(["transcribe", "tiny.en", str(tmp_path / "typo.wav"), "--quiet"]) == 2
     assert fake_models == []  # no model load for nothing to transcribe
     assert re.search(r"error: audio not found: .*typo\.wav; check the path", capsys.readouterr().err)
+
+
+@pytest.fixture
+def same_stems(tmp_path):
+    """talk/jfk.wav, talk/jfk.flac, talk/jfk.ogg and talk/notes.wav, plus other/jfk.wav (1 s of noise each)."""
+    for i, name in enumerate(("talk/jfk.wav", "talk/jfk.flac", "talk/jfk.ogg", "talk/notes.wav", "other/jfk.wav")):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        sf.write(tmp_path / name, noise(1.0, i), SR)
+    return tmp_path
+
+
+def test_same_stems_to_stdout_are_all_transcribed(fake_models, same_stems, capsys):
+    talk = same_stems / "talk"
+    files = [str(talk / "jfk.wav"), str(talk / "jfk.flac"), str(same_stems / "other" / "jfk.wav")]
+    assert main(["transcribe", "tiny.en", *files, str(talk), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    labels = [line.split(": ", 1)[0] for line in out.splitlines()]
+    assert labels == files + [str(talk / n) for n in ("jfk.flac", "jfk.ogg", "jfk.wav", "notes.wav")]
+    assert err == ""
+
+
+def test_same_stems_in_output_dir_keep_their_extension(fake_models, same_stems, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    talk, other = same_stems / "talk", same_stems / "other" / "jfk.wav"
+    args = ["transcribe", "tiny.en", str(talk), str(other), "--format", "json", "--output-dir", str(out_dir)]
+    assert main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    written = {p.name: json.loads(p.read_text())["path"] for p in out_dir.iterdir()}
+    assert written == {
+        "jfk.flac.json": str(talk / "jfk.flac"),
+        "jfk.ogg.json": str(talk / "jfk.ogg"),
+        "jfk.wav.json": str(talk / "jfk.wav"),
+        "jfk.wav-2.json": str(other),  # the same file name in another folder: numbered in input order
+        "notes.json": str(talk / "notes.wav"),  # no clash: the extension is dropped
+    }
+
+
+def test_output_names_rule():
+    inputs = [
+        (Path("a/jfk.wav"), "jfk.wav"),
+        (Path("a/JFK.m4a"), "JFK.m4a"),  # clashes ignoring case (macOS / Windows disks)
+        (Path("b/jfk.wav"), "jfk.wav"),
+        (Path("a/jfk.wav"), "jfk.wav"),  # the same file again: the same name
+        (Path("-"), "stdin"),
+        (Path("a/sub/talk.opus"), "sub/talk.opus"),
+        (Path("b/sub/talk.opus"), "sub/talk.opus"),
+        (Path("b/jfk.wav-2.webm"), "jfk.wav-2.webm"),  # its wanted name is taken by then: numbered too
+    ]
+    assert output_names(inputs) == [
+        "jfk.wav",
+        "JFK.m4a",
+        "jfk.wav-2",
+        "jfk.wav",
+        "stdin",
+        "sub/talk.opus",
+        "sub/talk.opus-2",
+        "jfk.wav-2-2",
+    ]
+    assert output_names([(Path("x.wav"), "x.wav"), (Path("sub/x.wav"), "sub/x.wav")]) == ["x", "sub/x"]
+
+
+def test_empty_standard_input_fails_before_the_model_loads(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "litewhisper", "transcribe", "tiny.en", "-"],
+        stdin=subprocess.DEVNULL,  # `litewhisper transcribe tiny.en - < /dev/null`
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "LITEWHISPER_CACHE": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: standard input (-) is empty (0 bytes): pipe audio into it")
+    assert "Traceback" not in done.stderr and not (tmp_path / "cache").exists()  # no model was converted
+
+
+def test_empty_standard_input_is_skipped_beside_other_files(fake_models, audio_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    assert main(["transcribe", "tiny.en", "-", str(audio_dir / "a.wav"), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split(": ", 1)[0] for line in out.splitlines()] == [str(audio_dir / "a.wav")]
+    assert "skipped -: standard input (-) is empty (0 bytes)" in err
+    assert "1 of 2 inputs failed; the other 1 were transcribed" in err

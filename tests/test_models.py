@@ -88,6 +88,22 @@ def test_builtin_converts_once_into_the_cache(fake_builtin, monkeypatch):
     torch.testing.assert_close(_logits(again.model), _logits(bundle.model))
 
 
+def test_cache_location_follows_litewhisper_cache(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("LITEWHISPER_CACHE", raising=False)
+    assert builtin.cache_root() == home / ".cache" / "litewhisper"
+    monkeypatch.setenv("LITEWHISPER_CACHE", "")  # empty: the default too
+    assert builtin.cache_root() == home / ".cache" / "litewhisper"
+    monkeypatch.setenv("LITEWHISPER_CACHE", "~/big-disk/cache")
+    assert builtin.cache_root() == home / "big-disk" / "cache"
+    targets = []
+    monkeypatch.setattr(builtin, "convert_builtin", lambda name, target: targets.append((name, target)) or target)
+    assert builtin.builtin_model_dir("tiny.en") == home / "big-disk" / "cache" / "tiny.en"
+    assert targets == [("tiny.en", home / "big-disk" / "cache" / "tiny.en")]  # converted there, nowhere else
+    assert not (home / ".cache").exists()
+
+
 def test_interrupted_conversion_leaves_nothing_in_the_cache(fake_builtin, monkeypatch):
     def interrupt(self, *args, **kwargs):
         raise KeyboardInterrupt("simulated Ctrl-C during conversion")

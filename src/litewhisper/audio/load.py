@@ -35,6 +35,7 @@ __all__ = [
     "STDIN",
     "source_name",
     "audio_seconds",
+    "check_stdin",
 ]
 
 log = logging.getLogger("litewhisper")
@@ -104,8 +105,12 @@ def _open(source: AudioSource):
         if path.stat().st_size == 0:
             raise AudioError(f"{path} is an empty file (0 bytes): {EXPECTED}")
         target = str(path)
+    elif isinstance(source, (str, os.PathLike)):
+        target = check_stdin()
     else:
-        target = sys.stdin.buffer if isinstance(source, (str, os.PathLike)) else source
+        target = source
+        if _is_empty(source):
+            raise AudioError(f"{name} is empty (no bytes left to read): {EXPECTED}")
     try:
         container = av.open(target, mode="r")
     except av.error.FFmpegError as exc:
@@ -116,6 +121,28 @@ def _open(source: AudioSource):
         container.close()
         raise AudioError(f"{name} has no audio stream (found: {found}); {EXPECTED}")
     return container, container.streams.audio[0]
+
+
+def check_stdin() -> BinaryIO:
+    """Standard input as a binary stream, peeked (nothing consumed); AudioError if it is a terminal or empty."""
+    pipe = "pipe audio into it (ffmpeg -i talk.mkv -f wav - | litewhisper transcribe MODEL -) or pass a file"
+    if sys.stdin is None or sys.stdin.isatty():
+        raise AudioError(f"standard input (-) is a terminal, not audio: {pipe}")
+    if _is_empty(sys.stdin.buffer):
+        raise AudioError(f"standard input (-) is empty (0 bytes): {pipe}")
+    return sys.stdin.buffer
+
+
+def _is_empty(stream: BinaryIO) -> bool:
+    """Whether nothing is left to read, found without consuming anything (False when it cannot be told)."""
+    if hasattr(stream, "peek"):  # buffered pipes and files: waits for the first bytes or the end
+        return not stream.peek(1)
+    if stream.seekable():
+        here = stream.tell()
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(here)
+        return end <= here
+    return False
 
 
 def _wav_header_seconds(path: Path) -> float | None:

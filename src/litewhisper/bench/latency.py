@@ -238,7 +238,7 @@ def module_timer(module: torch.nn.Module, device: torch.device | None = None) ->
 
 def _english_arrays(data, split: str | None, max_clips: int) -> tuple[list[np.ndarray], float]:
     """Up to `max_clips` English (or unlabelled) clips of <= 30 s, loaded; and their total duration."""
-    from litewhisper.audio.datasets import discover_audio
+    from litewhisper.audio.datasets import discover_audio, split_label
     from litewhisper.audio.load import SAMPLE_RATE, load_audio
 
     items = [
@@ -248,7 +248,7 @@ def _english_arrays(data, split: str | None, max_clips: int) -> tuple[list[np.nd
     ][:max_clips]
     if not items:
         raise LiteWhisperError(
-            f"no English clips of at most 30 s in {data} (split {split!r}) for the end-to-end benchmark"
+            f"no English clips of at most 30 s in {data} ({split_label(split)}) for the end-to-end benchmark"
         )
     arrays = [load_audio(it.path)[: 30 * SAMPLE_RATE] for it in items]
     return arrays, sum(a.size for a in arrays) / SAMPLE_RATE

@@ -6,11 +6,12 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from litewhisper.cli.decoding import add_decoding_args, decoding_options
-from litewhisper.errors import LiteWhisperError
+from litewhisper.errors import AudioError, LiteWhisperError
 
 log = logging.getLogger("litewhisper")
 
@@ -39,7 +40,11 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--output-dir",
         type=Path,
-        help="write DIR/NAME.<format> per input (folders keep their sub-folders); default: stdout",
+        metavar="DIR",
+        help="write DIR/NAME.<format> per input; default: stdout. NAME is the file's path inside the folder or "
+        "manifest it came from (sub-folders are kept; a file given on its own: its name) without the extension; "
+        "files whose NAMEs would clash keep their extension (jfk.wav.txt, jfk.m4a.txt), and names still shared "
+        "get -2, -3... in input order",
     )
     p.add_argument("--split", help="only manifest rows of this split (e.g. dev); default: every row")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -54,32 +59,50 @@ def collect_inputs(sources: list[str], split: str | None = None) -> list[tuple[P
     """(audio path, output name without suffix) for every input; folders and manifests are expanded.
 
     A path that is neither a folder nor a manifest is kept as a file even if missing, so that it is
-    reported and skipped with the others. Raises LiteWhisperError if two inputs would share an output name.
+    reported and skipped with the others. Output names never clash (`output_names`).
     """
     from litewhisper.audio.datasets import discover_audio
 
-    inputs: list[tuple[Path, str]] = []
+    inputs: list[tuple[Path, str]] = []  # (path, its name with the extension)
     for source in map(Path, sources):
         if source.is_dir() or (source.is_file() and source.suffix in (".jsonl", ".json")):
             base = source if source.is_dir() else source.parent
             for item in discover_audio(source, split=split):
                 rel = Path(os.path.relpath(item.path, base))
-                inputs.append(
-                    (item.path, (rel if ".." not in rel.parts else Path(item.path.name)).with_suffix("").as_posix())
-                )
+                inputs.append((item.path, (rel if ".." not in rel.parts else Path(item.path.name)).as_posix()))
         else:
-            inputs.append((source, "stdin" if str(source) == "-" else source.stem))  # '-': read standard input
+            inputs.append((source, "stdin" if str(source) == "-" else source.name))  # '-': read standard input
     if sum(str(path) == "-" for path, _ in inputs) > 1:
         raise LiteWhisperError("standard input (-) was given more than once: it can be read only once")
-    seen: dict[str, Path] = {}
-    for path, name in inputs:
-        if name in seen and seen[name] != path:
-            raise LiteWhisperError(
-                f"inputs {seen[name]} and {path} would both be written as {name}.*: pass their folder instead "
-                "(sub-folders are kept) or transcribe them in separate runs"
-            )
-        seen[name] = path
-    return inputs
+    return list(zip((path for path, _ in inputs), output_names(inputs), strict=True))
+
+
+def output_names(inputs: list[tuple[Path, str]]) -> list[str]:
+    """One output name per (path, name with extension), unique ignoring case (a disk may ignore it).
+
+    The rule: a name drops its audio extension (a/jfk.wav -> jfk) unless another file would get the same
+    name, then each keeps it (jfk.wav, jfk.m4a); names still shared by different files (jfk.wav in two
+    folders) get -2, -3... in input order (jfk.wav, jfk.wav-2). The same file given twice keeps one name.
+    """
+    files = {_identity(path): full for path, full in inputs}  # distinct files, in input order
+    short = {file: Path(full).with_suffix("").as_posix() for file, full in files.items()}
+    counts = Counter(name.casefold() for name in short.values())
+    names: dict[Path | str, str] = {}
+    used: set[str] = set()
+    for file, full in files.items():
+        wanted = short[file] if counts[short[file].casefold()] == 1 else full
+        name, n = wanted, 1
+        while name.casefold() in used:
+            n += 1
+            name = f"{wanted}-{n}"
+        names[file] = name
+        used.add(name.casefold())
+    return [names[_identity(path)] for path, _ in inputs]
+
+
+def _identity(path: Path) -> Path | str:
+    """What makes two inputs the same file ('-' is standard input)."""
+    return "-" if str(path) == "-" else Path(path).resolve()
 
 
 def _stdout_text(result, fmt: str, name: str, several: bool) -> str:
@@ -161,18 +184,31 @@ def _transcribe(args: argparse.Namespace, options) -> int:
 
 
 def _present(inputs: list[tuple[Path, str]]) -> set[int]:
-    """Indices of the inputs that exist; missing ones are reported now, before the model loads."""
-    present = {i for i, (path, _) in enumerate(inputs) if str(path) == "-" or Path(path).exists()}
-    missing = [path for i, (path, _) in enumerate(inputs) if i not in present]
-    if len(missing) == len(inputs):  # nothing to do: say so before the model load
-        raise LiteWhisperError(
-            f"audio not found: {', '.join(map(str, missing[:5]))}"
-            f"{' ...' if len(missing) > 5 else ''}; check the path(s)"
-        )
+    """Indices of the usable inputs; missing files and an empty standard input are reported now, before the
+    model loads."""
+    from litewhisper.audio.load import check_stdin
+
+    problems: dict[int, str] = {}
+    for i, (path, _) in enumerate(inputs):
+        if str(path) == "-":
+            try:
+                check_stdin()  # peeks: nothing is consumed
+            except AudioError as exc:
+                problems[i] = str(exc)
+        elif not Path(path).exists():
+            problems[i] = "audio file not found"
+    if len(problems) == len(inputs):  # nothing to do: say so before the model load
+        missing = [str(path) for path, _ in inputs if str(path) != "-"]
+        parts = [problems[i] for i, (path, _) in enumerate(inputs) if str(path) == "-"]
+        if missing:
+            parts.insert(
+                0, f"audio not found: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path(s)"
+            )
+        raise AudioError("; ".join(parts))
     if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 speaks for all
-        for path in missing:  # a typo is reported at once, the other inputs are still transcribed
-            print(f"skipped {path}: audio file not found", file=sys.stderr)
-    return present
+        for i, problem in problems.items():  # a typo is reported at once, the other inputs are still transcribed
+            print(f"skipped {inputs[i][0]}: {problem}", file=sys.stderr)
+    return set(range(len(inputs))) - set(problems)
 
 
 def _my_indices(inputs: list[tuple[Path, str]], world) -> list[int]:

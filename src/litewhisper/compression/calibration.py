@@ -348,7 +348,7 @@ def calibrate(
         "frames_mode": config.frames,
     }
     log.info(
-        "calibrated on %d clips (%d windows, %d frames, windowing=%s, frames=%s)",
+        "calibrated on %d clips (%d windows, %d frames; windows by %s, frames: %s)",
         len(sources),
         n_windows,
         n_frames,

@@ -138,7 +138,8 @@ def _check_enough_frames(stats: ActivationStats) -> None:
     if stats.frames < widest:
         raise CalibrationError(
             f"the statistics hold {stats.frames} frames but the widest layer has {widest} outputs: PCA needs at "
-            f"least as many frames as dimensions. Calibrate on more audio (more clips or frames='all')."
+            f"least as many frames as dimensions. Calibrate on more audio (more clips, or --frames all; "
+            "frames='all' in Python)."
         )
 
 

@@ -105,7 +105,8 @@ def trainable_parameters(encoder: nn.Module, trainable: str = "lowrank") -> dict
     }
     if not params:
         raise LiteWhisperError(
-            "the student encoder has no low-rank layers to refine; compress it first or use trainable='encoder'"
+            "the student encoder has no low-rank layers to refine (every layer was kept dense): ask for a smaller "
+            "--target-size or leave out --refine-steps (in Python: compress first or use trainable='encoder')"
         )
     return params
 

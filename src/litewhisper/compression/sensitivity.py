@@ -154,7 +154,8 @@ def layer_sensitivities(
             swap_modules(encoder, lambda *_, linear=linear: linear, only)
     if not weights:
         raise LiteWhisperError(
-            f"no layer could be probed: every layer is near full rank at probe_kept={probe_kept}; lower probe_kept"
+            f"no layer could be probed: every layer is near full rank at probe_kept {probe_kept:g}; skip the probes "
+            "(--no-sensitivity; SizeBudget(sensitivity=False) in Python) or lower probe_kept"
         )
     median = float(torch.tensor(list(weights.values())).median())
     for name in stats.layers:

@@ -22,6 +22,11 @@ TASKS = ("transcribe", "translate")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper / faster-whisper
 
 
+def _named(field: str) -> str:
+    """A field as messages name it, for Python and CLI users alike: 'beam_size (--beam-size)'."""
+    return f"{field} (--{field.replace('_', '-')})"
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """Decoding options; validated here, checked against the model by the backend.
@@ -60,7 +65,8 @@ class DecodeOptions:
         object.__setattr__(self, "temperature", tuple(float(t) for t in temps))
         if not self.temperature or any(not math.isfinite(t) or t < 0 for t in self.temperature):
             raise LiteWhisperError(
-                f"temperature must be one or more numbers >= 0 (e.g. 0,0.2,0.4), got {self.temperature}"
+                f"{_named('temperature')} must be one or more numbers >= 0 (e.g. 0,0.2,0.4), "
+                f"got {','.join(f'{t:g}' for t in self.temperature) or 'none'}"
             )
         if self.language is not None:
             from litewhisper.decode.languages import language_code
@@ -70,15 +76,20 @@ class DecodeOptions:
             raise LiteWhisperError(f"task {self.task!r} is not supported: expected one of {', '.join(TASKS)}")
         for name in ("beam_size", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise LiteWhisperError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise LiteWhisperError(f"{_named(name)} must be a positive integer, got {getattr(self, name)!r}")
         if not 1 <= self.max_new_tokens <= MAX_TARGET_POSITIONS - 4:
             raise LiteWhisperError(
-                f"max_new_tokens must be between 1 and {MAX_TARGET_POSITIONS - 4}, got {self.max_new_tokens}"
+                f"{_named('max_new_tokens')} must be between 1 and {MAX_TARGET_POSITIONS - 4}, "
+                f"got {self.max_new_tokens}"
             )
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
-            raise LiteWhisperError(f"no_speech_threshold is a probability in [0, 1], got {self.no_speech_threshold}")
+            raise LiteWhisperError(
+                f"{_named('no_speech_threshold')} is a probability in [0, 1], got {self.no_speech_threshold}"
+            )
         if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
-            raise LiteWhisperError(f"compression_ratio_threshold must be > 0, got {self.compression_ratio_threshold}")
+            raise LiteWhisperError(
+                f"{_named('compression_ratio_threshold')} must be > 0, got {self.compression_ratio_threshold}"
+            )
         if self.initial_prompt is not None and not self.initial_prompt.strip():
             object.__setattr__(self, "initial_prompt", None)
 
@@ -106,7 +117,7 @@ class DecodeOptions:
             )
         if self.no_speech_threshold is not None:
             parts.append(f"no-speech > {self.no_speech_threshold}")
-        parts += [f"max_new_tokens={self.max_new_tokens}", f"batch {self.batch_size}"]
+        parts += [f"at most {self.max_new_tokens} new tokens per window", f"batch {self.batch_size}"]
         return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt)) if on])
 
     def to_dict(self) -> dict[str, Any]:

@@ -92,8 +92,8 @@ class TorchBackend:
             and len(self._prompt_ids(options)) + options.max_new_tokens + 4 > MAX_TARGET_POSITIONS
         ):
             raise LiteWhisperError(
-                f"initial prompt too long for max_new_tokens={options.max_new_tokens}: prompt and "
-                f"output must fit {MAX_TARGET_POSITIONS} tokens; shorten the prompt"
+                f"initial prompt too long for --max-new-tokens {options.max_new_tokens}: prompt and "
+                f"output must fit {MAX_TARGET_POSITIONS} tokens; shorten the prompt or lower --max-new-tokens"
             )
 
     def language_and_task(self, options: DecodeOptions) -> tuple[str | None, str | None]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from litewhisper.atomic import atomic_write_text
-from litewhisper.audio.datasets import AudioItem, discover_audio
+from litewhisper.audio.datasets import AudioItem, discover_audio, split_label
 from litewhisper.constants import MULTILINGUAL_VOCAB_SIZE
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import compression_ratio
@@ -232,8 +232,9 @@ def select_clips(data: str | os.PathLike | Sequence[AudioItem], config: EvalConf
         with_text = [it for it in with_text if it.lang in (None, config.language)]
     if not with_text:
         raise LiteWhisperError(
-            f"no clips with reference transcripts in {data} (split {config.split!r}, "
-            f"language {config.language!r}); a manifest needs a 'text' field per clip"
+            f"no clips with reference transcripts in {data} ({split_label(config.split)}, "
+            f"{'any language' if config.language is None else f'language {config.language!r}'}); "
+            "a manifest needs a 'text' field per clip"
         )
     return spread_over_domains(with_text, config.max_clips) if config.max_clips else with_text
 
@@ -527,7 +528,7 @@ def evaluate(
     if not models:
         raise LiteWhisperError("no model given: pass at least one model (e.g. tiny.en)")
     if config.language is None and any(is_english_only(m) for m in models):
-        log.info("an English-only model is compared: evaluating English clips only (language='en')")
+        log.info("an English-only model is compared: evaluating English clips only (as with --language en)")
         config = replace(config, language="en")
     items = select_clips(data, config)
     with all_or_none(world, f"reading {hypotheses}"):

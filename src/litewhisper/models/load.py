@@ -72,7 +72,9 @@ def _check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise LiteWhisperError(f"device {device!r} is not a torch device; use 'cpu' or 'cuda'") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LiteWhisperError(f"device {device!r} requested but CUDA is not available here; use device='cpu'")
+        raise LiteWhisperError(
+            f"device {device!r} requested but CUDA is not available here: use --device cpu (device='cpu' in Python)"
+        )
     return dev
 
 
