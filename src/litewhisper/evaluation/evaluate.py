@@ -504,7 +504,10 @@ def is_english_only(model: Any) -> bool:
         return not model.is_multilingual
     path = Path(model) / "config.json"
     if path.is_file():
-        vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+        except (ValueError, AttributeError):  # unreadable: load_model says why when it loads the model
+            vocab = None
         if vocab is not None:
             return vocab < MULTILINGUAL_VOCAB_SIZE  # openai/whisper: multilingual iff n_vocab >= 51865
     return str(model).endswith(".en")
