@@ -221,13 +221,13 @@ def export_decoder_with_past(model: nn.Module, path: Path) -> None:
 def export_all(model: nn.Module, onnx_dir: Path, decoders: bool = True) -> list[Path]:
     """Write the three graphs (or only the encoder) into `onnx_dir`; returns their paths (encoder first)."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        onnx_dir / "encoder_model.onnx",
-        onnx_dir / "decoder_model.onnx",
-        onnx_dir / "decoder_with_past_model.onnx",
+    graphs = [
+        (export_encoder, onnx_dir / "encoder_model.onnx"),
+        (export_decoder, onnx_dir / "decoder_model.onnx"),
+        (export_decoder_with_past, onnx_dir / "decoder_with_past_model.onnx"),
     ][: 3 if decoders else 1]
     model = model.float().eval()
-    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths, strict=True):
+    for fn, path in graphs:
         log.info("exporting %s", path.name)
         fn(model, path)
-    return paths
+    return [path for _, path in graphs]
