@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from litewhisper.constants import WINDOW_FRAMES
+from litewhisper.progress import foreign_noise_silenced
 
 __all__ = ["OPSET", "per_head_attention", "export_encoder", "export_decoder", "export_decoder_with_past", "export_all"]
 
@@ -152,7 +153,7 @@ def _kv_names(layers: int, prefix: str, parts: tuple[str, ...]) -> list[str]:
 def _export(
     module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]
 ) -> None:
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), foreign_noise_silenced():
         # tracing warns about every Python-level shape test; the graphs are checked against PyTorch instead
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from litewhisper.errors import LiteWhisperError
+from litewhisper.progress import foreign_noise_silenced
 
 __all__ = ["QUANTIZATIONS", "KEEP_FP32_AUTO", "Int8Options", "quantized_name", "quantize_graph", "matmul_names"]
 
@@ -101,7 +102,7 @@ def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] 
     dst = quantized_name(src)
     log.info("quantizing %s -> %s (int8 MatMul weights%s)", src.name, dst.name, ", per channel" * per_channel)
     ops = ["MatMul", "Gather"] if embeddings else ["MatMul"]
-    with _quiet_root_logger():
+    with _quiet_root_logger(), foreign_noise_silenced():  # no advice to pre-process (for static quantization)
         quantize_dynamic(
             str(src),
             str(dst),
