@@ -50,6 +50,48 @@ def test_compress_bad_input(tiny_model):
         compress(tiny_model, None, stats=other)
 
 
+@pytest.mark.parametrize(
+    "ffn, frames, needed",
+    [
+        (1536, "all", "more than 30 s of audio in all (packed into 2 windows)"),  # tiny.en's widest layer
+        (64, "audio", "at least 1.3 s of audio (50 frames per second), or count the padding too"),
+    ],
+)
+def test_too_little_calibration_audio_fails_before_the_probes(monkeypatch, ffn, frames, needed):
+    """Two 0.5-s clips: the frame count is checked right after calibration, before any sensitivity probe."""
+    import litewhisper.compression.api as api
+    from litewhisper.compression.calibration import CalibrationConfig
+    from litewhisper.compression.policy import SizeBudget
+
+    monkeypatch.setattr(api, "layer_sensitivities", lambda *a, **k: pytest.fail("probed before the frame check"))
+    clips = [np.full(8000, 0.1, np.float32), np.full(8000, -0.1, np.float32)]
+    with pytest.raises(CalibrationError) as exc:
+        compress(tiny_whisper(ffn=ffn), clips, SizeBudget(0.8), config=CalibrationConfig("pack", frames))
+    message = str(exc.value)
+    expected = 1500 if frames == "all" else 50  # one padded window, or 2 x 25 frames of audio
+    assert f"calibration gave {expected} frames (1 window(s) of 30 s; frames='{frames}' counts" in message
+    assert f"the widest layer (layers.0.fc1) has {ffn} outputs" in message and needed in message
+    assert ("frames='all'" in message.split("Calibrate on")[1]) == (frames == "audio")  # offered only if it helps
+
+
+def test_cli_compress_with_too_little_audio_says_how_much_is_needed(tmp_path, monkeypatch, capsys):
+    import soundfile as sf
+
+    import litewhisper.cli.compress as cli_compress
+    import litewhisper.compression.api as api
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(2):
+        sf.write(folder / f"{i}.wav", np.full(8000, 0.1, np.float32), 16_000)  # two 0.5-s clips
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda *a, **k: tiny_whisper(ffn=2048))  # base's widest
+    monkeypatch.setattr(api, "layer_sensitivities", lambda *a, **k: pytest.fail("probed before the frame check"))
+    assert main(["compress", "m", "--calibration", str(folder), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "calibration gave 1500 frames" in err and "has 2048 outputs" in err and "Traceback" not in err
+    assert "Calibrate on more than 30 s of audio in all (packed into 2 windows)" in err
+
+
 def test_compress_inplace(tiny_model):
     result = compress(tiny_model, audio(), RankPolicy(0.9, 0.9, multiple_of=4), inplace=True)
     assert result.model is tiny_model

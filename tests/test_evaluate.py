@@ -84,6 +84,51 @@ def test_paired_change_against_the_first_model(random_bundle, short_clips, tmp_p
         ev.paired_change(hyps, worse[::-1])
 
 
+def test_vs_first_is_the_plain_change_without_bootstrap_and_has_an_interval_with_it(
+    random_bundle, short_clips, tmp_path
+):
+    """vs-first% is always the relative change of corpus WER; --bootstrap adds its paired interval."""
+    from dataclasses import replace
+
+    items = read_manifest(short_clips)
+    log = tmp_path / "h.jsonl"  # the second model's hypotheses, already "decoded": one inserted word per clip
+    log.write_text(
+        "".join(
+            Hypothesis("scripted", it.id, it.text + " extra", it.text, it.domain, it.lang).to_json() + "\n"
+            for it in items
+        )
+    )
+    models = [random_bundle, replace(random_bundle, name="scripted")]
+    decoding = DecodeOptions(max_new_tokens=4, batch_size=4, temperature=0.0)
+    plain = evaluate(models, short_clips, EvalConfig(decoding=decoding), hypotheses=log, resume=True)
+    first, second = plain.results
+    expected = 100 * (second.score.wer / first.score.wer - 1)  # English clips only: every clip is word-scored
+    assert second.change[0] == "random" and second.change[1] == pytest.approx(expected) and expected < -50
+    assert second.to_dict()["relative_change"] == {
+        "vs": "random",
+        "percent": round(expected, 4),
+        "ci95": None,
+        "paired_bootstrap": False,
+    }
+    row = ev.format_table(plain).splitlines()[-1].split()
+    assert row[0] == "scripted" and row[2] == f"{expected:+.1f}" and "[" not in row[3]  # next column: macro WER
+    with_ci = evaluate(models, short_clips, EvalConfig(decoding=decoding, bootstrap=50), hypotheses=log, resume=True)
+    change = with_ci.results[1].change
+    assert change[1] == pytest.approx(expected) and change[2] <= change[1] <= change[3]
+    assert f"{expected:+.1f} [{change[2]:+.1f},{change[3]:+.1f}]" in ev.format_table(with_ci)
+
+
+def test_evaluate_help_says_what_vs_first_shows():
+    from litewhisper.cli import build_parser
+
+    text = "".join(build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help().split())
+    for said in (
+        "vs-first% is each model's relative change of corpus WER against the first model",
+        "default 0: no intervals, vs-first% is the plain relative change",
+    ):
+        assert "".join(said.split()) in text  # compared without the line breaks argparse puts anywhere
+
+
 def test_resume_after_interruption_decodes_only_missing_clips(short_clips, tmp_path, monkeypatch):
     items = read_manifest(short_clips)
     hyp_path = tmp_path / "h.jsonl"

@@ -166,6 +166,24 @@ def test_truncated_onnx_is_a_clear_error(exports, tmp_path):
         load_deployed(copy)
 
 
+@pytest.mark.parametrize("remove", ["ctranslate2", "ctranslate2/model.bin"])
+def test_missing_ctranslate2_decoder_names_the_folder_and_the_fix(exports, tmp_path, remove):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exports["none"].path, copy)
+    target = copy / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(ModelSourceError) as exc:
+        load_model(copy, threads=1)
+    message = str(exc.value)
+    assert message.startswith(
+        f"{target} is missing: an export holds its decoder as a CTranslate2 model in ctranslate2/"
+    )
+    assert f"re-export the model with `litewhisper export MODEL -o {copy} --overwrite`" in message
+    assert "Repo id" not in message
+
+
 @pytest.mark.real
 def test_real_tiny_en_export_transcribes_like_pytorch(real_tiny_en, tmp_path):
     from helpers import require_shared_data

@@ -124,7 +124,7 @@ def test_original_whisper_has_nothing_to_rotate(tmp_path):
     "kwargs, message",
     [
         ({"keep_fp32": "layers.(0"}, r"keep_fp32 'layers.\(0' is not a valid regular expression"),
-        ({"keep_fp32": ""}, "keep_fp32 must be 'auto', 'none' or a regular expression"),
+        ({"keep_fp32": ""}, r"keep_fp32 must be 'auto' \(the default: encoder layer 0, .*'none' .* or a regular"),
         ({"per_channel": "yes"}, r"per_channel must be True, False or None \(automatic\), got 'yes'"),
         ({"rotate": 1}, "rotate must be True or False, got 1"),
     ],
@@ -171,10 +171,26 @@ def test_cli_flags_reach_export_model(tmp_path, monkeypatch, capsys):
     ]
 
 
-def test_cli_bad_keep_fp32_regex(tmp_path, capsys):
-    assert main(["export", "tiny.en", "-o", str(tmp_path / "out"), "--keep-fp32", "*fc1"]) == 2
+@pytest.mark.parametrize("model", ["tiny.en", "no/such/model"])
+def test_cli_bad_keep_fp32_fails_before_anything_loads_and_matches_help(model, tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    import litewhisper.models.load as load
+    from litewhisper.cli import build_parser
+    from litewhisper.export.quantize import KEEP_FP32_VALUES
+
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["export", model, "-o", str(tmp_path / "out"), "--keep-fp32", "(["]) == 2
     err = capsys.readouterr().err
-    assert "keep_fp32 '*fc1' is not a valid regular expression" in err and "'auto', 'none'" in err
+    assert err.startswith("error: --keep-fp32 '([' is not a valid regular expression (unterminated character set")
+    assert f"expected {KEEP_FP32_VALUES}" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["export"].format_help().split())
+    assert "--keep-fp32 auto|none|PATTERN" in help_text and " ".join(KEEP_FP32_VALUES.split()) in help_text
+    script = "import sys; from litewhisper.cli import main; rc = main(sys.argv[1:]); print(rc, 'torch' in sys.modules)"
+    args = ["export", model, "-o", str(tmp_path / "out"), "--keep-fp32", "(["]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"]  # rejected before torch (and so any model) was even imported
 
 
 def _anisotropic(lin: torch.nn.Module, rank: int, gen: torch.Generator) -> LowRankLinear:

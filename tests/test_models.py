@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import types
@@ -205,6 +206,23 @@ def test_bad_sources_are_clear_errors(tiny_dirs, tmp_path):
         load_model(tmp_path / "empty")
     with pytest.raises(ModelSourceError, match="is a file"):
         load_model(tiny_dirs["hf"] / "config.json")
+
+
+@pytest.mark.parametrize("layout", ["hf", "ct2"])
+def test_truncated_config_json_says_it_is_unreadable_and_why(tiny_dirs, tmp_path, layout):
+    damaged = tmp_path / layout
+    shutil.copytree(tiny_dirs[layout], damaged)
+    text = (damaged / "config.json").read_text()
+    (damaged / "config.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ModelSourceError) as exc:
+        load_model(damaged)
+    message = str(exc.value)
+    assert f"{damaged / 'config.json'} is unreadable: not valid JSON (" in message
+    assert re.search(r": line \d+, column \d+; the file has \d+ bytes, truncated\?\); copy or save", message)
+    assert "holds no model files" not in message
+    from litewhisper.evaluation.evaluate import is_english_only
+
+    assert is_english_only(damaged) is False  # evaluate's pre-check leaves the error to load_model
 
 
 def test_mismatched_shapes_and_missing_weights_are_clear_errors(tiny_dirs, tmp_path):

@@ -88,7 +88,8 @@ def test_theta_one_keeps_everything_dense():
 
 def test_too_few_frames_is_an_error():
     stats = stats_with_spectrum([1.0] * 64, d_in=256, count=63)
-    with pytest.raises(CalibrationError, match="63 frames but the widest layer has 64"):
+    expected = r"63 frames but the widest layer \(layers.0.fc1\) has 64 outputs.*at least 1.3 s of audio"
+    with pytest.raises(CalibrationError, match=expected):
         plan_ranks(stats, RankPolicy())
 
 

@@ -16,7 +16,9 @@ def add_parser(subparsers) -> None:
         help="corpus WER of one or more models on a manifest (per domain, pooled, macro)",
         description="Decodes exactly as `transcribe` does (same decoder, same options) with identical settings "
         "for every model; corpus WER = total errors / total reference words, per domain and pooled; "
-        "CER for ja/zh/ko; loops (token-limit hits, high compression ratio) counted beside the WER.",
+        "CER for ja/zh/ko; loops (token-limit hits, high compression ratio) counted beside the WER. With several "
+        "models, vs-first% is each model's relative change of corpus WER against the first model "
+        "(with its paired-bootstrap 95% interval when --bootstrap N is given).",
     )
     p.add_argument("models", nargs="+", metavar="MODEL", help="built-in name (tiny.en, base) or model directory")
     p.add_argument("--data", required=True, help="JSONL manifest with 'text' (or a folder holding manifest.jsonl)")
@@ -36,7 +38,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")
     p.add_argument("--hypotheses", default=None, help="append every hypothesis to this JSONL as it is produced")
     p.add_argument("--resume", action="store_true", help="skip clips already in --hypotheses")
-    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI (e.g. 1000)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bootstrap resamples (e.g. 1000) for 95%% intervals of the WER and of vs-first%% (paired); "
+        "default 0: no intervals, vs-first%% is the plain relative change",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
     add_decoding_args(p, words=False)

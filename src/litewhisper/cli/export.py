@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from litewhisper.export.quantize import KEEP_FP32_VALUES, QUANTIZATIONS, check_keep_fp32
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="export directory")
     p.add_argument(
         "--quantize",
-        choices=("int8", "none"),
+        choices=QUANTIZATIONS,
         default="int8",
         help="int8: dynamic int8 MatMul weights (default); none: fp32",
     )
@@ -36,10 +38,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--keep-fp32",
-        metavar="PATTERN|none",
+        metavar="auto|none|PATTERN",
         default="auto",
-        help="int8: MatMuls of the encoder graph left in fp32, a regex on ONNX node names (default: "
-        "encoder layer 0, r'/layers\\.0/'); none: quantize every MatMul",
+        help=f"int8: MatMuls of the encoder graph left in fp32: {KEEP_FP32_VALUES}".replace("%", "%%"),
     )
     p.add_argument(
         "--no-onnx-decoder",
@@ -52,9 +53,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from litewhisper.atomic import check_output_dir
+
+    # every option is checked before the heavy imports and the model load (--quantize: argparse's choices)
+    check_keep_fp32(args.keep_fp32, "--keep-fp32")
+    check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
     from litewhisper.export.api import export_model
 
-    check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
     result = export_model(
         args.model,
         args.output,

@@ -244,6 +244,7 @@ def compress(
     if stats is None:
         stats = measured_calibration(bundle, audio, config, timings, memory)
     stats.check_matches(encoder_linears(find_encoder(model)))
+    stats.check_enough_frames()  # before the probes and the plan: fail in seconds, not minutes
     if isinstance(policy, SizeBudget):
         if policy.sensitivity and sensitivities is None:
             sensitivities = _timed(

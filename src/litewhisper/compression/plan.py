@@ -19,7 +19,7 @@ from litewhisper.compression.policy import PRESETS, Policy, RankPolicy, SizeBudg
 from litewhisper.compression.refine import RefineConfig
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.constants import ENCODER_POSITIONS
-from litewhisper.errors import CalibrationError, PlanError
+from litewhisper.errors import PlanError
 from litewhisper.models.cost import linear_macs, linear_params
 from litewhisper.models.linears import layer_index, short_name
 
@@ -131,32 +131,20 @@ def plan_layer(
     )
 
 
-def _check_enough_frames(stats: ActivationStats) -> None:
-    widest = max((s.d_out for s in stats.layers.values()), default=0)
-    if not stats.layers:
-        raise CalibrationError("the statistics hold no layers")
-    if stats.frames < widest:
-        raise CalibrationError(
-            f"the statistics hold {stats.frames} frames but the widest layer has {widest} outputs: PCA needs at "
-            f"least as many frames as dimensions. Calibrate on more audio (more clips, or --frames all; "
-            "frames='all' in Python)."
-        )
-
-
 def _plan_metadata(stats: ActivationStats) -> dict:
     return {k: stats.metadata[k] for k in ("model", "signature") if k in stats.metadata}
 
 
 def plan_ranks(stats: ActivationStats, policy: RankPolicy = RankPolicy()) -> RankPlan:
     """Choose every layer's rank by the θ rule (eigendecompositions are cached on `stats`)."""
-    _check_enough_frames(stats)
+    stats.check_enough_frames()
     entries = tuple(plan_layer(stats, name, policy.target(name), policy.multiple_of) for name in stats.layers)
     return RankPlan(entries, policy, _plan_metadata(stats))
 
 
 def plan_fixed_ranks(stats: ActivationStats, ranks: dict[str, int | None], policy: Policy) -> RankPlan:
     """The plan keeping each layer's given rank (None = dense), e.g. a budget allocation; `policy` is recorded."""
-    _check_enough_frames(stats)
+    stats.check_enough_frames()
     missing = sorted(set(stats.layers) - set(ranks))
     if missing:
         raise PlanError(f"no rank given for {len(missing)} layer(s), e.g. {missing[0]}")

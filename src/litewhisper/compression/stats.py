@@ -7,6 +7,7 @@ into the one-pass result, and they save to safetensors with metadata saying whic
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from litewhisper.atomic import atomic_file
+from litewhisper.constants import ENCODER_POSITIONS, WINDOW_S
 from litewhisper.errors import CalibrationError
 
 __all__ = ["FORMAT_VERSION", "Moments", "LayerStats", "ActivationStats"]
@@ -194,6 +196,42 @@ class ActivationStats:
                 f"stats {mine.get(example)} vs model {model_shapes.get(example)}. "
                 "Recalibrate with this model (litewhisper calibrate)."
             )
+
+    def check_enough_frames(self) -> None:
+        """Raise CalibrationError unless every layer saw at least as many frames as it has outputs (PCA needs
+        them), saying how much calibration audio would be enough."""
+        if not self.layers:
+            raise CalibrationError("the statistics hold no layers")
+        widest = max(self.layers, key=lambda n: self.layers[n].d_out)
+        dim = self.layers[widest].d_out
+        if self.frames >= dim:
+            return
+        counted = {
+            "all": f"frames='all' counts each window's {ENCODER_POSITIONS} positions, padding included",
+            "audio": "frames='audio' counts only the positions that carry audio",
+        }.get(self.metadata.get("frames_mode"))
+        windows = self.metadata.get("windows")
+        raise CalibrationError(
+            f"calibration gave {self.frames} frames"
+            + (f" ({windows} window(s) of 30 s; {counted})" if windows and counted else "")
+            + f" but the widest layer ({widest}) has {dim} outputs: PCA needs at least as many frames as "
+            f"dimensions. Calibrate on {self._audio_for(dim)}."
+        )
+
+    def _audio_for(self, frames: int) -> str:
+        """How much calibration audio yields `frames` frames, as these statistics count frames."""
+        mode, windows = self.metadata.get("frames_mode"), int(self.metadata.get("windows", 0))
+        if mode == "all":
+            needed = math.ceil(frames / ENCODER_POSITIONS)
+            if self.metadata.get("windowing") == "pack":
+                return f"more than {(needed - 1) * WINDOW_S:g} s of audio in all (packed into {needed} windows)"
+            return f"{needed} or more clips (each clip fills its own 30-s window, however short)"
+        per_second = ENCODER_POSITIONS / WINDOW_S  # 50 encoder frames per second of audio
+        seconds = math.ceil(10 * frames / per_second) / 10
+        padded = mode == "audio" and frames <= windows * ENCODER_POSITIONS  # frames='all' would be enough
+        return f"at least {seconds:g} s of audio ({per_second:g} frames per second)" + (
+            ", or count the padding too with --frames all (frames='all' in Python)" if padded else ""
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write safetensors (atomically): `<name>.sum`, `<name>.gram`, `<name>.count` + JSON metadata."""

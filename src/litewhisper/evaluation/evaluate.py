@@ -38,6 +38,7 @@ from litewhisper.evaluation.metrics import (
     UtteranceScore,
     corpus_score,
     paired_change_ci,
+    relative_change,
     score_utterance,
     total,
     uses_cer,
@@ -151,7 +152,8 @@ class ModelResult:
     audio_seconds: float = 0.0
     timing_partial: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
-    change: tuple[str, float, float, float] | None = None  # (first model, rel. WER change %, 95 % CI low, high)
+    # (first model, relative WER change %, 95 % CI low, high); the interval is None without bootstrap
+    change: tuple[str, float, float | None, float | None] | None = None
 
     @property
     def n_hit_token_limit(self) -> int:
@@ -193,11 +195,12 @@ class ModelResult:
             if self.timing_partial:
                 out["timing_partial"] = True
         if self.change is not None:
+            bootstrapped = self.change[2] is not None
             out["relative_change"] = {
                 "vs": self.change[0],
                 "percent": _num(self.change[1]),
-                "ci95": [_num(v) for v in self.change[2:]],
-                "paired_bootstrap": True,
+                "ci95": [_num(v) for v in self.change[2:]] if bootstrapped else None,
+                "paired_bootstrap": bootstrapped,
             }
         out["settings"] = self.settings
         return out
@@ -384,12 +387,14 @@ def paired_change(
     normalizer: str = "auto",
     bootstrap: int = 1000,
     seed: int = 0,
-) -> tuple[float, float, float]:
+) -> tuple[float, float | None, float | None]:
     """Relative WER change (%) of `other` against `base` (hypotheses of the same clips, same order) with its
-    paired-bootstrap 95 % interval: (change, low, high)."""
+    paired-bootstrap 95 % interval: (change, low, high); bootstrap=0: (change, None, None)."""
     if [h.id for h in base] != [h.id for h in other]:
         raise LiteWhisperError("a paired comparison needs hypotheses of the same clips in the same order")
     counts = [[s.counts for s in _utterance_scores(hyps, normalizer)[0]] for hyps in (base, other)]
+    if not bootstrap:
+        return relative_change(*counts), None, None
     return paired_change_ci(*counts, n_resamples=bootstrap, seed=seed)
 
 
@@ -505,7 +510,10 @@ def is_english_only(model: Any) -> bool:
         return not model.is_multilingual
     path = Path(model) / "config.json"
     if path.is_file():
-        vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8")).get("vocab_size")
+        except (ValueError, AttributeError):  # unreadable: load_model says why when it loads the model
+            vocab = None
         if vocab is not None:
             return vocab < MULTILINGUAL_VOCAB_SIZE  # openai/whisper: multilingual iff n_vocab >= 51865
     return str(model).endswith(".en")
@@ -534,7 +542,7 @@ def evaluate(
     with all_or_none(world, f"reading {hypotheses}"):
         log_file = HypothesisLog(hypotheses if world.is_main else None, resume)
     results = [evaluate_model(m, items, config, log_file=log_file, world=world) for m in models]
-    if world.is_main and config.bootstrap and len(results) > 1:
+    if world.is_main and len(results) > 1:
         results = _with_changes(results, items, log_file, config)
     used = {resolve_normalizer(config.normalizer, it.lang) for it in items}
     report = EvalReport(normalizer=describe(used), data=str(data), results=results) if world.is_main else None
@@ -544,7 +552,8 @@ def evaluate(
 def _with_changes(
     results: list[ModelResult], items: Sequence[AudioItem], log_file: HypothesisLog, config: EvalConfig
 ) -> list[ModelResult]:
-    """Each model after the first, with its paired relative WER change against the first."""
+    """Each model after the first, with its relative WER change against the first (and its paired-bootstrap
+    interval when `config.bootstrap`)."""
     first = results[0].model
     hyps = {r.model: [log_file.done[(r.model, str(it.id or it.path))] for it in items] for r in results}
     return results[:1] + [
@@ -579,7 +588,7 @@ def format_table(report: EvalReport) -> str:
     for r in report.results:
         s, c = r.score, r.change
         ci = f" [{s.ci95[0]:.2f},{s.ci95[1]:.2f}]" if s.ci95 else ""
-        change = f"{c[1]:+.1f} [{c[2]:+.1f},{c[3]:+.1f}]" if c else "-"
+        change = "-" if c is None else f"{c[1]:+.1f}" + ("" if c[2] is None else f" [{c[2]:+.1f},{c[3]:+.1f}]")
         rows.append(
             [
                 r.model,

@@ -23,6 +23,7 @@ __all__ = [
     "UtteranceScore",
     "score_utterance",
     "bootstrap_ci",
+    "relative_change",
     "paired_change_ci",
     "GroupScore",
     "CorpusScore",
@@ -143,6 +144,13 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def relative_change(base: Sequence[ErrorCounts], other: Sequence[ErrorCounts]) -> float:
+    """Relative change (%) of `other`'s corpus error rate against `base`'s on the same utterances (same order)."""
+    if len(base) != len(other) or not base:
+        raise ValueError(f"paired scores need the same utterances, got {len(base)} and {len(other)}")
+    return 100.0 * (sum(c.errors for c in other) / max(sum(c.errors for c in base), 1) - 1.0)
+
+
 def paired_change_ci(
     base: Sequence[ErrorCounts],
     other: Sequence[ErrorCounts],
@@ -153,11 +161,9 @@ def paired_change_ci(
     """(relative change %, CI low, CI high) of `other`'s corpus error rate against `base`'s on the same
     utterances (same order), with a paired percentile bootstrap: utterances are resampled jointly, so what makes
     a clip hard for both models cancels and a few-percent change becomes visible."""
-    if len(base) != len(other) or not base:
-        raise ValueError(f"paired scores need the same utterances, got {len(base)} and {len(other)}")
+    change = relative_change(base, other)
     err_base = np.array([c.errors for c in base], dtype=np.float64)  # (n,)
     err_other = np.array([c.errors for c in other], dtype=np.float64)  # (n,)
-    change = 100.0 * (err_other.sum() / max(err_base.sum(), 1.0) - 1.0)
     idx = np.random.default_rng(seed).integers(0, len(base), size=(max(n_resamples, 1), len(base)))  # (B, n)
     changes = 100.0 * (err_other[idx].sum(axis=1) / np.maximum(err_base[idx].sum(axis=1), 1.0) - 1.0)  # (B,)
     lo, hi = np.percentile(changes, [100 * (1 - level) / 2, 100 * (1 + level) / 2])

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from litewhisper.constants import WINDOW_FRAMES
+from litewhisper.progress import foreign_noise_silenced
 
 __all__ = ["OPSET", "per_head_attention", "export_encoder", "export_decoder", "export_decoder_with_past", "export_all"]
 
@@ -152,7 +153,7 @@ def _kv_names(layers: int, prefix: str, parts: tuple[str, ...]) -> list[str]:
 def _export(
     module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict[str, dict[int, str]]
 ) -> None:
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings(), foreign_noise_silenced():
         # tracing warns about every Python-level shape test; the graphs are checked against PyTorch instead
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
@@ -221,13 +222,13 @@ def export_decoder_with_past(model: nn.Module, path: Path) -> None:
 def export_all(model: nn.Module, onnx_dir: Path, decoders: bool = True) -> list[Path]:
     """Write the three graphs (or only the encoder) into `onnx_dir`; returns their paths (encoder first)."""
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        onnx_dir / "encoder_model.onnx",
-        onnx_dir / "decoder_model.onnx",
-        onnx_dir / "decoder_with_past_model.onnx",
+    graphs = [
+        (export_encoder, onnx_dir / "encoder_model.onnx"),
+        (export_decoder, onnx_dir / "decoder_model.onnx"),
+        (export_decoder_with_past, onnx_dir / "decoder_with_past_model.onnx"),
     ][: 3 if decoders else 1]
     model = model.float().eval()
-    for fn, path in zip((export_encoder, export_decoder, export_decoder_with_past), paths, strict=False):
+    for fn, path in graphs:
         log.info("exporting %s", path.name)
         fn(model, path)
-    return paths
+    return [path for _, path in graphs]

@@ -17,14 +17,42 @@ from pathlib import Path
 from typing import Any
 
 from litewhisper.errors import LiteWhisperError
+from litewhisper.progress import foreign_noise_silenced
 
-__all__ = ["QUANTIZATIONS", "KEEP_FP32_AUTO", "Int8Options", "quantized_name", "quantize_graph", "matmul_names"]
+__all__ = [
+    "QUANTIZATIONS",
+    "KEEP_FP32_AUTO",
+    "KEEP_FP32_VALUES",
+    "check_keep_fp32",
+    "Int8Options",
+    "quantized_name",
+    "quantize_graph",
+    "matmul_names",
+]
 
 log = logging.getLogger("litewhisper")
 
 QUANTIZATIONS = ("int8", "none")
 # ONNX node names of encoder layer 0 (/encoder/layers.0/fc1/MatMul, /encoder/layers.0/self_attn/MatMul_1, ...)
 KEEP_FP32_AUTO = r"/layers\.0/"
+# what keep_fp32 accepts, as its errors and the CLI's --help say it
+KEEP_FP32_VALUES = (
+    f"'auto' (the default: encoder layer 0, {KEEP_FP32_AUTO}), 'none' (every MatMul int8) or a regular "
+    "expression searched in the encoder graph's MatMul node names (e.g. /encoder/layers.0/fc1/MatMul)"
+)
+
+
+def check_keep_fp32(keep: str | None, name: str = "keep_fp32") -> None:
+    """Raise LiteWhisperError unless `keep` is None or one of KEEP_FP32_VALUES (`name`: how the caller spells it)."""
+    if keep is not None and (not isinstance(keep, str) or not keep.strip()):
+        raise LiteWhisperError(f"{name} must be {KEEP_FP32_VALUES}; got {keep!r}")
+    if keep is not None and keep.lower() not in ("auto", "none"):
+        try:
+            re.compile(keep)
+        except re.error as e:
+            raise LiteWhisperError(
+                f"{name} {keep!r} is not a valid regular expression ({e}); expected {KEEP_FP32_VALUES}"
+            ) from e
 
 
 @dataclass(frozen=True)
@@ -42,20 +70,7 @@ class Int8Options:
             raise LiteWhisperError(f"rotate must be True or False, got {self.rotate!r}")
         if self.per_channel is not None and not isinstance(self.per_channel, bool):
             raise LiteWhisperError(f"per_channel must be True, False or None (automatic), got {self.per_channel!r}")
-        keep = self.keep_fp32
-        if keep is not None and (not isinstance(keep, str) or not keep.strip()):
-            raise LiteWhisperError(
-                f"keep_fp32 must be 'auto', 'none' or a regular expression on ONNX node names "
-                f"(e.g. {KEEP_FP32_AUTO!r}), got {keep!r}"
-            )
-        if keep is not None and keep.lower() not in ("auto", "none"):
-            try:
-                re.compile(keep)
-            except re.error as e:
-                raise LiteWhisperError(
-                    f"keep_fp32 {keep!r} is not a valid regular expression ({e}); expected "
-                    f"'auto', 'none' or a regex on ONNX node names, e.g. {KEEP_FP32_AUTO!r}"
-                ) from e
+        check_keep_fp32(self.keep_fp32)
 
     @property
     def pattern(self) -> str | None:
@@ -101,7 +116,7 @@ def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] 
     dst = quantized_name(src)
     log.info("quantizing %s -> %s (int8 MatMul weights%s)", src.name, dst.name, ", per channel" * per_channel)
     ops = ["MatMul", "Gather"] if embeddings else ["MatMul"]
-    with _quiet_root_logger():
+    with _quiet_root_logger(), foreign_noise_silenced():  # no advice to pre-process (for static quantization)
         quantize_dynamic(
             str(src),
             str(dst),

@@ -144,6 +144,12 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             features = np.ascontiguousarray(features[None] if features.ndim == 2 else features, dtype=np.float32)
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
+    if not (ct2_dir / "model.bin").is_file():  # else faster-whisper takes the path for a hub repo id
+        missing = ct2_dir if not ct2_dir.is_dir() else ct2_dir / "model.bin"
+        raise ModelSourceError(
+            f"{missing} is missing: an export holds its decoder as a CTranslate2 model in {ct2_dir.name}/; "
+            f"re-export the model with `litewhisper export MODEL -o {ct2_dir.parent} --overwrite`"
+        )
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
     compute = "int8" if precision == "int8" else "float32"
     try:

@@ -134,10 +134,22 @@ def _bundle(model, processor, name: str, path: Path | None, device: torch.device
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    """config.json of a model directory ({} if it has none); an unreadable one is an error, not "no model"."""
+    file = path / "config.json"
+    if not file.is_file():
         return {}
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelSourceError(
+            f"{file} is unreadable: not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}; the file "
+            f"has {file.stat().st_size} bytes, truncated?); copy or save the model again"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelSourceError(f"{file} is unreadable ({e}); check its permissions or copy the model again") from e
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{file} holds a JSON {type(config).__name__}, expected an object; copy the model again")
+    return config
 
 
 def _load_local(path: Path, device: torch.device, dtype: torch.dtype):
