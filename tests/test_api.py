@@ -86,7 +86,8 @@ STAGES = (
     "ray",
     "cli",
 )
-BASE = ("errors", "atomic", "constants", "progress", "swap", "distributed")  # imported by any stage, import no stage
+# imported by any stage, import no stage
+BASE = ("errors", "atomic", "constants", "progress", "swap", "distributed", "cpu")
 
 
 def test_imports_point_down_the_stages():
