@@ -1,5 +1,6 @@
 """The deployed runtime decodes as the PyTorch one does (issue 28): a tiny random model exported in fp32 gives the
-same greedy tokens in both runtimes for the same audio (features, suppression lists, length limit, counts)."""
+same greedy tokens in both runtimes for the same audio, and its sampled fallback is reproducible: the same text
+twice, for any clip order, chosen by `DecodeOptions.seed`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from litewhisper.export.api import export_model
 from litewhisper.models.load import WhisperBundle, load_model
 
 GREEDY = DecodeOptions.preset("leaderboard", max_new_tokens=8)  # greedy, no timestamps, no fallback
+# every window fails the log-probability test (< 0), so each is decoded at 0.5 then 1.0; no no-speech skip
+FALLBACK = DecodeOptions(
+    temperature=(0.5, 1.0), logprob_threshold=0.0, no_speech_threshold=None, timestamps=False, max_new_tokens=8
+)
 
 
 def _clips() -> list[np.ndarray]:
@@ -74,3 +79,16 @@ def test_the_encoder_sees_the_features_pytorch_computes(models, monkeypatch):
     want = features(bundle.processor, [clip], long_form=False)["input_features"][0].numpy()  # (80, 3000)
     assert len(seen) == 1 and seen[0].shape == want.shape
     np.testing.assert_allclose(seen[0], want, atol=1e-4)
+
+
+def test_deployed_fallback_is_reproducible_whatever_the_clip_order(models):
+    _, deployed = models
+    clips = _clips()
+    first = [t.text for t in transcribe(deployed, clips, FALLBACK)]
+    again = [t.text for t in transcribe(deployed, clips, FALLBACK)]
+    reversed_order = [t.text for t in transcribe(deployed, clips[::-1], FALLBACK)][::-1]
+    alone = transcribe(deployed, clips[2], FALLBACK)[0].text
+    assert again == first and reversed_order == first and alone == first[2]
+    other_seed = [t.text for t in transcribe(deployed, clips, FALLBACK.replace(seed=1))]
+    assert other_seed != first  # the text is sampled, and the seed chooses it
+    assert [t.text for t in transcribe(deployed, clips, FALLBACK.replace(seed=1))] == other_seed

@@ -87,6 +87,7 @@ class DeployedBackend:
 
     def _clip(self, samples: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions) -> DecodedClip:
         """One clip; text, token count and token-limit hits counted as the PyTorch backend counts them."""
+        self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
         segments, info = self.model.transcribe(window_audio(samples), **kwargs)
         duration, eot = samples.size / SAMPLE_RATE, self.model.eot
         out, texts, n_tokens, hit_limit = [], [], 0, False

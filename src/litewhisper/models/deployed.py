@@ -159,20 +159,36 @@ class DeployedWhisper:
         when they reach max_new_tokens."""
         return self.pipeline.window_tokens
 
+    def reseed(self, seed: int) -> None:
+        """Sampling (temperature fallback) in the next decodes draws from a generator seeded with `seed`.
+
+        CTranslate2 seeds a worker thread's generator once, from the global seed, when the thread first samples,
+        and cannot re-seed it (`set_random_seed` only changes the seed of generators not yet made). So after a
+        decode that sampled, the decoder is loaded again (a new worker thread): each clip then samples from
+        `seed` whatever was decoded before it, at the cost of one decoder load after each clip that fell back.
+        """
+        import ctranslate2
+
+        ctranslate2.set_random_seed(seed)
+        if self.pipeline.model.sampled:
+            self.pipeline.reload_decoder()
+
 
 class _Decoder:
-    """The CTranslate2 Whisper model as faster-whisper calls it, asked for the length PyTorch decodes.
+    """The CTranslate2 Whisper model as faster-whisper calls it, with two changes.
 
-    faster-whisper asks for `max_length = len(prompt) + max_new_tokens`, but CTranslate2 decodes at most
+    Length: faster-whisper asks for `max_length = len(prompt) + max_new_tokens`, but CTranslate2 decodes at most
     min(max_length // 2, max_length - len(prompt) + 1) tokens (CTranslate2 issue #1856), so a window stopped at
     ~113 tokens where PyTorch (and openai-whisper) allow 224; it is given the max_length that yields exactly
-    max_new_tokens.
+    max_new_tokens. Sampling: `sampled` notes whether a call drew random numbers (faster-whisper samples with
+    `sampling_topk=0` on a fallback and decodes greedily, top-1, otherwise) — see `DeployedWhisper.reseed`.
     """
 
     def __init__(self, model) -> None:
-        self.model = model
+        self.model, self.sampled = model, False
 
     def generate(self, features, prompts, *, max_length: int | None = None, **kwargs):
+        self.sampled = self.sampled or kwargs.get("sampling_topk", 1) != 1
         if max_length is not None:
             prompt = max(len(p) for p in prompts)
             new = max_length - prompt  # max_new_tokens
@@ -202,6 +218,13 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             out = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
             self.window_tokens = len(out[0].sequences_ids[0])  # the kept decode of this window
             return out
+
+        def reload_decoder(self) -> None:
+            """The CTranslate2 model loaded again (the old one freed first): a new worker thread."""
+            self.model.unload_model()
+            self.model = _Decoder(
+                ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute, intra_threads=threads)
+            )
 
     if not (ct2_dir / "model.bin").is_file():  # else faster-whisper takes the path for a hub repo id
         missing = ct2_dir if not ct2_dir.is_dir() else ct2_dir / "model.bin"
