@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from litewhisper.constants import SAMPLE_RATE
+from litewhisper.constants import SAMPLE_RATE, WINDOW_SAMPLES
 from litewhisper.decode.backend import DecodedClip
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import Segment, Word
@@ -46,6 +46,17 @@ def transcribe_kwargs(options: DecodeOptions, multilingual: bool) -> dict[str, A
     )
 
 
+def window_audio(samples: np.ndarray) -> np.ndarray:
+    """The audio faster-whisper decodes: a clip of at most one window padded with zeros to 30 s, as the PyTorch
+    backend's feature extractor pads it (faster-whisper would pad the log-mel with zeros instead: another encoder
+    input, max |Δ| ~15 in tiny.en's encoder output); longer clips as they are (both zero-pad the last window's
+    log-mel)."""
+    samples = np.ascontiguousarray(samples, dtype=np.float32)
+    if samples.size >= WINDOW_SAMPLES:
+        return samples
+    return np.pad(samples, (0, WINDOW_SAMPLES - samples.size))
+
+
 class DeployedBackend:
     """Backend over a `DeployedWhisper` (clips decoded one after another; each is one faster-whisper call)."""
 
@@ -66,7 +77,7 @@ class DeployedBackend:
     def decode_batch(
         self, arrays: list[np.ndarray], options: DecodeOptions, on_seconds: Callable[[float], None] | None = None
     ) -> list[DecodedClip]:
-        kwargs, out, done = transcribe_kwargs(options, self.is_multilingual), [], 0.0
+        kwargs, out, done = transcribe_kwargs(options, self.is_multilingual) | self.model.suppression, [], 0.0
         for samples in arrays:
             out.append(self._clip(samples, kwargs, options))
             done += samples.size / SAMPLE_RATE
@@ -75,10 +86,13 @@ class DeployedBackend:
         return out
 
     def _clip(self, samples: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions) -> DecodedClip:
-        segments, info = self.model.transcribe(np.ascontiguousarray(samples, dtype=np.float32), **kwargs)
-        duration = samples.size / SAMPLE_RATE
-        out, n_tokens, hit_limit = [], 0, False
-        for s in segments:
+        """One clip; text, token count and token-limit hits counted as the PyTorch backend counts them."""
+        self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
+        segments, info = self.model.transcribe(window_audio(samples), **kwargs)
+        duration, eot = samples.size / SAMPLE_RATE, self.model.eot
+        out, texts, n_tokens, hit_limit = [], [], 0, False
+        for s in segments:  # lazily decoded: the window of `s` is the last one decoded
+            hit_limit = hit_limit or self.model.window_tokens >= options.max_new_tokens
             if s.start >= duration:
                 continue
             words = [Word(round(w.start, 3), round(w.end, 3), w.word, w.probability) for w in s.words or []]
@@ -90,9 +104,9 @@ class DeployedBackend:
                     words if options.word_timestamps else None,
                 )
             )
-            n_tokens += len(s.tokens)
-            hit_limit = hit_limit or len(s.tokens) >= options.max_new_tokens
-        text = " ".join(s.text for s in out if s.text)
+            texts.append(s.text)
+            n_tokens += sum(t < eot for t in s.tokens)  # text tokens, not timestamps
+        text = "".join(texts).strip()  # the segments' tokens decoded together, as PyTorch decodes them
         return DecodedClip(
             text=text,
             segments=[s for s in out if s.text],

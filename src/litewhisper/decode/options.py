@@ -39,7 +39,9 @@ class DecodeOptions:
     silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per
     30-s window; a window that
     reaches it without an end-of-text token is counted as a runaway loop. seed: makes the sampled fallback
-    reproducible (the same clips and options give the same text).
+    reproducible (the same clips and options give the same text); PyTorch seeds each batch, an export (CTranslate2)
+    each clip, so there a clip's text does not depend on the clips decoded before it. The two runtimes draw from
+    different generators: a window that falls back to sampling may differ between them.
     """
 
     language: str | None = None

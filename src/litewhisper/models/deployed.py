@@ -1,8 +1,10 @@
 """Run a `litewhisper export` directory: the ONNX encoder (onnxruntime) in front of CTranslate2's decoder.
 
-faster-whisper's pipeline (its numpy log-mel, tokenizer, timestamps, temperature fallback, VAD) runs unchanged;
-only `WhisperModel.encode` is replaced by the exported encoder, whose output is handed to CTranslate2 as a
-`StorageView`. Nothing here imports torch or transformers, so a deployed model costs what faster-whisper costs.
+faster-whisper's pipeline (its numpy log-mel, tokenizer, timestamps, temperature fallback, VAD) runs with
+`WhisperModel.encode` replaced by the exported encoder, whose output is handed to CTranslate2 as a `StorageView`,
+and the decoder asked for the length PyTorch decodes (`_Decoder`); decode/deployed_backend.py pads short clips and
+passes the model's suppression lists so that the loop transcribes as PyTorch does. Nothing here imports torch or
+transformers, so a deployed model costs what faster-whisper costs.
 
 Directory (written by litewhisper.export):
     litewhisper_export.json     marker: format, precision, which encoder file the runtime uses
@@ -22,6 +24,7 @@ from typing import Any
 
 from litewhisper.cpu import free_cpus
 from litewhisper.errors import LiteWhisperError, ModelSourceError
+from litewhisper.models.processor import read_ct2_config
 
 __all__ = [
     "EXPORT_MARKER",
@@ -114,6 +117,19 @@ class DeployedWhisper:
     session: Any  # onnxruntime.InferenceSession of the encoder
     pipeline: Any  # faster_whisper.WhisperModel
     runtime: str = "deployed"  # decode.backend_for picks the deployed backend by this
+    suppress_tokens: tuple[int, ...] | None = None  # the model's own lists (None: faster-whisper's defaults)
+    begin_suppress_tokens: tuple[int, ...] | None = None
+
+    @property
+    def suppression(self) -> dict[str, Any]:
+        """faster-whisper arguments that suppress what PyTorch's generation config suppresses: `suppress_tokens`
+        everywhere, `begin_suppress_tokens` (" " and end-of-text) at a window's first token (`suppress_blank`)."""
+        out: dict[str, Any] = {}
+        if self.suppress_tokens is not None:
+            out["suppress_tokens"] = list(self.suppress_tokens)
+        if self.begin_suppress_tokens is not None:
+            out["suppress_blank"] = bool(self.begin_suppress_tokens)
+        return out
 
     @property
     def is_multilingual(self) -> bool:
@@ -132,17 +148,83 @@ class DeployedWhisper:
         """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info)."""
         return self.pipeline.transcribe(audio, **kwargs)
 
+    @property
+    def eot(self) -> int:
+        """The end-of-text token id (text tokens are below it, timestamps above)."""
+        return int(self.pipeline.hf_tokenizer.token_to_id("<|endoftext|>"))
+
+    @property
+    def window_tokens(self) -> int:
+        """Tokens (text and timestamps, without end-of-text) of the last window decoded: the token limit was hit
+        when they reach max_new_tokens."""
+        return self.pipeline.window_tokens
+
+    def reseed(self, seed: int) -> None:
+        """Sampling (temperature fallback) in the next decodes draws from a generator seeded with `seed`.
+
+        CTranslate2 seeds a worker thread's generator once, from the global seed, when the thread first samples,
+        and cannot re-seed it (`set_random_seed` only changes the seed of generators not yet made). So after a
+        decode that sampled, the decoder is loaded again (a new worker thread): each clip then samples from
+        `seed` whatever was decoded before it, at the cost of one decoder load after each clip that fell back.
+        """
+        import ctranslate2
+
+        ctranslate2.set_random_seed(seed)
+        if self.pipeline.model.sampled:
+            self.pipeline.reload_decoder()
+
+
+class _Decoder:
+    """The CTranslate2 Whisper model as faster-whisper calls it, with two changes.
+
+    Length: faster-whisper asks for `max_length = len(prompt) + max_new_tokens`, but CTranslate2 decodes at most
+    min(max_length // 2, max_length - len(prompt) + 1) tokens (CTranslate2 issue #1856), so a window stopped at
+    ~113 tokens where PyTorch (and openai-whisper) allow 224; it is given the max_length that yields exactly
+    max_new_tokens. Sampling: `sampled` notes whether a call drew random numbers (faster-whisper samples with
+    `sampling_topk=0` on a fallback and decodes greedily, top-1, otherwise) — see `DeployedWhisper.reseed`.
+    """
+
+    def __init__(self, model) -> None:
+        self.model, self.sampled = model, False
+
+    def generate(self, features, prompts, *, max_length: int | None = None, **kwargs):
+        self.sampled = self.sampled or kwargs.get("sampling_topk", 1) != 1
+        if max_length is not None:
+            prompt = max(len(p) for p in prompts)
+            new = max_length - prompt  # max_new_tokens
+            kwargs["max_length"] = max(2 * new, new + prompt - 1)
+        return self.model.generate(features, prompts, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
 
 def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
     import ctranslate2
     from faster_whisper import WhisperModel
 
+    compute = "int8" if precision == "int8" else "float32"
+
     class _Pipeline(WhisperModel):
+        window_tokens = 0
+
         def encode(self, features):  # ours, instead of CTranslate2's encoder
             import numpy as np
 
             features = np.ascontiguousarray(features[None] if features.ndim == 2 else features, dtype=np.float32)
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
+
+        def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):
+            out = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
+            self.window_tokens = len(out[0].sequences_ids[0])  # the kept decode of this window
+            return out
+
+        def reload_decoder(self) -> None:
+            """The CTranslate2 model loaded again (the old one freed first): a new worker thread."""
+            self.model.unload_model()
+            self.model = _Decoder(
+                ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute, intra_threads=threads)
+            )
 
     if not (ct2_dir / "model.bin").is_file():  # else faster-whisper takes the path for a hub repo id
         missing = ct2_dir if not ct2_dir.is_dir() else ct2_dir / "model.bin"
@@ -151,13 +233,14 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             f"re-export the model with `litewhisper export MODEL -o {ct2_dir.parent} --overwrite`"
         )
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every clip's duration at INFO
-    compute = "int8" if precision == "int8" else "float32"
     try:
-        return _Pipeline(str(ct2_dir), device="cpu", compute_type=compute, cpu_threads=threads)
+        pipeline = _Pipeline(str(ct2_dir), device="cpu", compute_type=compute, cpu_threads=threads)
     except (RuntimeError, ValueError, OSError) as e:
         raise ModelSourceError(
             f"cannot load the CTranslate2 decoder in {ct2_dir}: {str(e)[:200]}; re-export the model with --overwrite"
         ) from e
+    pipeline.model = _Decoder(pipeline.model)
+    return pipeline
 
 
 def load_deployed(path: str | os.PathLike, threads: int | None = None, precision: str | None = None) -> DeployedWhisper:
@@ -174,6 +257,7 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, precision
         )
     session = encoder_session(path / encoders[precision], threads)
     pipeline = _pipeline(path / CT2_DIR, session, threads, marker["precision"])
+    ct2_config = read_ct2_config(path / CT2_DIR)  # suppress_ids(_begin): the generation config's lists
     return DeployedWhisper(
         path=path,
         name=marker.get("name", path.name),
@@ -181,4 +265,10 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, precision
         threads=threads,
         session=session,
         pipeline=pipeline,
+        suppress_tokens=_ids(ct2_config.get("suppress_ids")),
+        begin_suppress_tokens=_ids(ct2_config.get("suppress_ids_begin")),
     )
+
+
+def _ids(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(i) for i in value)
