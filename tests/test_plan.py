@@ -78,7 +78,8 @@ def test_plan_from_stats_uses_eigendecomposition():
     assert entry.flops_before == 2 * 1500 * 256 * 64 and entry.flops_after == 2 * 1500 * 32 * 320
     assert entry.basis.shape == (64, 32)
     assert stats.spectra  # decomposed once, reused by the next plan
-    assert plan_ranks(stats, RankPolicy(theta_mlp=0.5))["layers.0.fc1"].rank == 16
+    # not θ = 0.5: eigh gives the first 16 eigenvalues' share as 0.5 ± a few ulp, a machine-dependent side of θ
+    assert plan_ranks(stats, RankPolicy(theta_mlp=0.45))["layers.0.fc1"].rank == 16
 
 
 def test_theta_one_keeps_everything_dense():
