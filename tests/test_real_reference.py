@@ -25,6 +25,12 @@ NUM_CLIPS = 20
 # Both sides compute in float32 from the same float16 weights; allow float16-level differences
 # (relative 1e-3 of the largest activation), far above the ~1e-5 relative seen in practice.
 ENCODER_RTOL = 1e-3
+# A transcript may differ only where our logits had the two diverging tokens within NEAR_TIE of each other: float
+# noise picks the winner there. Measured: ctranslate2's and our chosen-vs-runner-up logit gaps differ by at most
+# 4e-5, our logits move by at most 3e-4 between CPU kernel / BLAS / thread settings, and the closest call on these
+# clips (tiny.en, "Most young guys...") has a gap of 1.3e-3 (base: 0.14).
+NEAR_TIE = 1e-2
+MAX_NEAR_TIES = 2
 
 
 def english_clips(n: int = NUM_CLIPS) -> list[dict]:
@@ -64,8 +70,9 @@ def reference_model(name: str, tmp_path_factory) -> ctranslate2.models.Whisper:
     return ctranslate2.models.Whisper(str(d), device="cpu", compute_type="float32", intra_threads=2)
 
 
-def compare(bundle, reference, features, prompt: list[int], **generate_kwargs) -> tuple[float, int, list]:
-    """(max abs encoder difference, number of identical transcripts, differing pairs)."""
+def compare(bundle, reference, features, prompt: list[int], **generate_kwargs) -> tuple[float, list]:
+    """(max abs encoder difference, differing transcripts as (ours, reference's, our logit gap between the first
+    diverging tokens))."""
     with torch.inference_mode():
         ours = bundle.encoder(features).last_hidden_state  # [n, 1500, d_model]
     ref = torch.from_numpy(
@@ -76,33 +83,47 @@ def compare(bundle, reference, features, prompt: list[int], **generate_kwargs) -
     assert max_diff <= ENCODER_RTOL * ref.abs().max().item()
 
     with torch.inference_mode():
-        tokens = bundle.model.generate(
+        out = bundle.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=ours),
             return_timestamps=False,
             num_beams=1,
             do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
             **generate_kwargs,
         )
-    hyp = bundle.processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    tokenizer = bundle.processor.tokenizer
+    hyp = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
     results = reference.generate(ctranslate2.StorageView.from_array(ref.numpy()), [prompt] * len(hyp), beam_size=1)
-    expected = [bundle.processor.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
-    differ = [(a, b) for a, b in zip(hyp, expected, strict=True) if a.strip() != b.strip()]
+    generated = out.sequences[:, out.sequences.shape[1] - len(out.scores) :]  # [n, steps] after the prompt
+    differ = []
+    for i, (a, r) in enumerate(zip(hyp, results, strict=True)):
+        b = tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True)
+        if a.strip() != b.strip():
+            theirs = [*r.sequences_ids[0], tokenizer.eos_token_id]
+            t = next(t for t, (x, y) in enumerate(zip(generated[i].tolist(), theirs, strict=False)) if x != y)
+            differ.append((a, b, float(out.scores[t][i, generated[i, t]] - out.scores[t][i, theirs[t]])))
     print(f"{bundle.name}: {len(hyp) - len(differ)}/{len(hyp)} identical greedy transcripts")
-    return max_diff, len(hyp) - len(differ), differ
+    return max_diff, differ
+
+
+def assert_same_transcripts(differ: list) -> None:
+    """Every transcript equals the reference's, but for at most MAX_NEAR_TIES decided by a near-tie."""
+    assert all(gap < NEAR_TIE for *_, gap in differ) and len(differ) <= MAX_NEAR_TIES, differ
 
 
 def test_tiny_en_matches_ctranslate2(real_tiny_en, features, tmp_path_factory):
     reference = reference_model("tiny.en", tmp_path_factory)
-    _, same, differ = compare(real_tiny_en, reference, features, prompt=[50257, 50362])
-    assert same == NUM_CLIPS, differ
+    _, differ = compare(real_tiny_en, reference, features, prompt=[50257, 50362])
+    assert_same_transcripts(differ)
 
 
 def test_base_matches_ctranslate2(real_base, features, tmp_path_factory):
     reference = reference_model("base", tmp_path_factory)
     ids = real_base.processor.tokenizer.convert_tokens_to_ids
     prompt = [ids("<|startoftranscript|>"), ids("<|en|>"), ids("<|transcribe|>"), ids("<|notimestamps|>")]
-    _, same, differ = compare(real_base, reference, features, prompt, language="en", task="transcribe")
-    assert same == NUM_CLIPS, differ
+    _, differ = compare(real_base, reference, features, prompt, language="en", task="transcribe")
+    assert_same_transcripts(differ)
 
 
 def test_golden_jfk(real_tiny_en):
