@@ -77,19 +77,23 @@ def cpu_threads(requested: int | None = None) -> Iterator[int]:
     default = torch.get_num_threads() if torch is not None else available_cpus()
     if requested is None and os.environ.get("OMP_NUM_THREADS"):
         default = requested = int(os.environ["OMP_NUM_THREADS"])  # the user chose
-    threads = requested if requested is not None else min(default, free_cpus())
+    if requested is not None:
+        threads = requested
+    else:
+        busy = busy_cpus()
+        threads = min(default, free_cpus(busy))
+        if threads < default:
+            log.info(
+                "other processes keep %.1f of %d cores busy: running on %d thread(s) instead of %d "
+                "(set OMP_NUM_THREADS or --threads to choose)",
+                busy,
+                os.cpu_count() or 1,
+                threads,
+                default,
+            )
     if threads == default:
         yield threads
         return
-    if requested is None:
-        log.info(
-            "other processes keep %.1f of %d cores busy: running on %d thread(s) instead of %d "
-            "(set OMP_NUM_THREADS or --threads to choose)",
-            busy_cpus(),
-            os.cpu_count() or 1,
-            threads,
-            default,
-        )
     old_env = os.environ.get("OMP_NUM_THREADS")
     if torch is not None:
         torch.set_num_threads(threads)
