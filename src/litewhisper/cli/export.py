@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from litewhisper.export.quantize import KEEP_FP32_VALUES, QUANTIZATIONS, check_keep_fp32
+from litewhisper.errors import LiteWhisperError
+from litewhisper.export.quantize import ACTIVATIONS, KEEP_FP32_VALUES, QUANTIZATIONS, check_keep_fp32
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +44,13 @@ def add_parser(subparsers) -> None:
         help=f"int8: MatMuls of the encoder graph left in fp32: {KEEP_FP32_VALUES}".replace("%", "%%"),
     )
     p.add_argument(
+        "--activations",
+        choices=ACTIVATIONS,
+        default="row",
+        help="int8: the encoder's activation scales, one per row (token, as CTranslate2; default) or one per "
+        "tensor (onnxruntime's dynamic quantization: faster, less accurate)",
+    )
+    p.add_argument(
         "--no-onnx-decoder",
         action="store_true",
         help="leave out the ONNX decoders (our runtime uses the CTranslate2 decoder); smaller DIR",
@@ -56,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     # every option is checked before the heavy imports and the model load (--quantize: argparse's choices)
     check_keep_fp32(args.keep_fp32, "--keep-fp32")
+    if args.activations == "row" and args.per_channel is False:
+        raise LiteWhisperError("--no-per-channel needs --activations tensor (per-row scales use per-channel weights)")
     check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
     from litewhisper.export.api import export_model
 
@@ -68,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         onnx_decoder=not args.no_onnx_decoder,
         rotate=not args.no_rotate,
         keep_fp32=args.keep_fp32,
+        activations=args.activations,
     )
     diffs = ", ".join(f"{k} max |Δ| {v:.2e}" for k, v in result.max_abs_diff.items())
     print(

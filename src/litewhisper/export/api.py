@@ -21,8 +21,9 @@ from litewhisper.errors import LiteWhisperError
 from litewhisper.export.ct2 import export_ct2_decoder
 from litewhisper.export.layout import write_marker, write_metadata
 from litewhisper.export.onnx import export_all
-from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph
+from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph, quantized_name
 from litewhisper.export.rotate import count_low_rank, rotated_copy
+from litewhisper.export.rowquant import quantize_rows
 from litewhisper.models.deployed import CT2_DIR, ONNX_DIR, encoder_session, is_export, require_onnx_extra
 
 __all__ = ["ExportError", "ExportResult", "export_model", "verify_encoder"]
@@ -79,18 +80,20 @@ def export_model(
     onnx_decoder: bool = True,
     rotate: bool = True,
     keep_fp32: str | None = "auto",
+    activations: str = "row",
 ) -> ExportResult:
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
     onnx_decoder=False leaves out the ONNX decoders (only the CTranslate2 decoder, which our runtime uses).
     int8 only: rotate the low-rank factors; per_channel (None: automatic, on); keep_fp32
-    ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32.
+    ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32;
+    activations: the encoder's int8 activation scales, "row" (one per token) or "tensor" (one per tensor).
     """
     from litewhisper.models.load import load_model
 
     if quantize not in QUANTIZATIONS:
         raise LiteWhisperError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    options = Int8Options(rotate=rotate, per_channel=per_channel, keep_fp32=keep_fp32)  # validates
+    options = Int8Options(rotate=rotate, per_channel=per_channel, keep_fp32=keep_fp32, activations=activations)
     require_onnx_extra("litewhisper export")
     check_output_dir(out_dir, overwrite)  # fail before minutes of work
     if isinstance(source, (str, os.PathLike)) and is_export(source):
@@ -134,12 +137,16 @@ def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rot
             "node names look like /encoder/layers.0/fc1/MatMul ('none' keeps every MatMul int8)"
         )
     log.info(
-        "int8: %d low-rank linears rotated, per-channel %s, %d encoder MatMuls kept fp32",
+        "int8: %d low-rank linears rotated, per-channel %s, per-%s activation scales, %d encoder MatMuls kept fp32",
         rotated,
         "on" if options.per_channel else "off",
+        options.activations,
         len(keep),
     )
-    q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
+    if options.activations == "row":
+        q_encoder = quantize_rows(encoder, quantized_name(encoder), exclude=keep)
+    else:
+        q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
     for path in decoders:
         quantize_graph(path, per_channel=bool(options.per_channel), embeddings=True)
         path.unlink()  # int8 export: the fp32 decoders would only double the size

@@ -21,6 +21,7 @@ from litewhisper.progress import foreign_noise_silenced
 
 __all__ = [
     "QUANTIZATIONS",
+    "ACTIVATIONS",
     "KEEP_FP32_AUTO",
     "KEEP_FP32_VALUES",
     "check_keep_fp32",
@@ -33,6 +34,9 @@ __all__ = [
 log = logging.getLogger("litewhisper")
 
 QUANTIZATIONS = ("int8", "none")
+# int8 activation scales of the encoder's MatMuls: one per row (token; export/rowquant.py, as CTranslate2 does) or
+# one per tensor (onnxruntime's dynamic quantization)
+ACTIVATIONS = ("row", "tensor")
 # ONNX node names of encoder layer 0 (/encoder/layers.0/fc1/MatMul, /encoder/layers.0/self_attn/MatMul_1, ...)
 KEEP_FP32_AUTO = r"/layers\.0/"
 # what keep_fp32 accepts, as its errors and the CLI's --help say it
@@ -59,13 +63,22 @@ def check_keep_fp32(keep: str | None, name: str = "keep_fp32") -> None:
 class Int8Options:
     """rotate: rotate low-rank factors (export/rotate.py); per_channel: None = automatic, on (it lowered the
     int8 encoder's error and WER of both the original and the compressed base); keep_fp32: "auto" (encoder
-    layer 0), "none"/None, or a regex on the encoder graph's node names."""
+    layer 0), "none"/None, or a regex on the encoder graph's node names; activations: the encoder's activation
+    scales, "row" (per token, export/rowquant.py; weights then always per channel) or "tensor"."""
 
     rotate: bool = True
     per_channel: bool | None = None
     keep_fp32: str | None = "auto"
+    activations: str = "row"
 
     def __post_init__(self) -> None:
+        if self.activations not in ACTIVATIONS:
+            raise LiteWhisperError(f"activations must be one of {', '.join(ACTIVATIONS)}, got {self.activations!r}")
+        if self.activations == "row" and self.per_channel is False:
+            raise LiteWhisperError(
+                "per-row activation scales (activations='row', the default) always use per-channel weight scales; "
+                "per_channel=False needs activations='tensor' (CLI: --activations tensor --no-per-channel)"
+            )
         if not isinstance(self.rotate, bool):
             raise LiteWhisperError(f"rotate must be True or False, got {self.rotate!r}")
         if self.per_channel is not None and not isinstance(self.per_channel, bool):
