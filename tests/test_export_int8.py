@@ -103,7 +103,7 @@ def test_layer0_matmuls_stay_fp32_and_the_rest_become_int8(lite_int8):
     for name in kept:
         assert nodes[name].op_type == "MatMul"
     assert nodes["/encoder/layers.0/fc2/MatMul"].input[1] in floats  # fp32 weight, not quantized
-    integer = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+    integer = [n.name for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
     assert integer and not any("/layers.0/" in n for n in integer)
     assert {n.split("/rowq/")[0] for n in integer} >= {  # per-row int8 (the default): rowquant.py's nodes
         "/encoder/layers.1/fc1/MatMul",

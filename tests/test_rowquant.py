@@ -36,14 +36,12 @@ def _run(path, x: np.ndarray) -> np.ndarray:
 
 
 def _reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per-row asymmetric uint8 activations, per-column symmetric int8 weights, in numpy."""
+    """Per-row symmetric int8 activations, per-column symmetric int8 weights, in numpy."""
     rows = x.reshape(-1, K)
-    lo, hi = np.minimum(rows.min(1, keepdims=True), 0), np.maximum(rows.max(1, keepdims=True), 0)
-    s = np.maximum((hi - lo) / 255, 1e-8)
-    z = np.round(-lo / s)
-    q = np.clip(np.round(rows / s) + z, 0, 255)
+    s = np.maximum(np.abs(rows).max(1, keepdims=True), 1e-6) / 127  # (N, 1)
+    q = np.clip(np.round(rows / s), -127, 127)
     wq, ws = quantize_weight(w)
-    y = ((q - z) @ wq.astype(np.float64)) * s * ws + 1
+    y = (q @ wq.astype(np.float64)) * s * ws + 1
     return y.reshape(*x.shape[:-1], M)
 
 
@@ -73,7 +71,7 @@ def test_onnxruntime_computes_the_per_row_product(data, tmp_path):
     assert np.abs(got - _reference(x, w)).max() < 1e-3  # float32 rounding only
     assert np.allclose(got[1, 7], 1.0)  # zeros @ w + 1
     graph = onnx.load(str(tmp_path / "row.onnx")).graph
-    assert [n.op_type for n in graph.node].count("MatMulInteger") == 1
+    assert [n.op_type for n in graph.node].count("MatMulIntegerToFloat") == 1
     assert "w" not in {i.name for i in graph.initializer}  # the fp32 weight is gone, its int8 twin is in
 
 
