@@ -1,9 +1,10 @@
 """`export_model(source, out_dir, quantize=...)`: a model as ONNX graphs + a CTranslate2 decoder, atomically,
 verified after writing (encoder output of every written precision against PyTorch).
 
-int8: the graphs of a compressed model are traced from a copy whose low-rank factors are rotated (rotate.py: exact
-in fp32, equalises the intermediate's channels for per-tensor activation scales); weights get per-channel scales
-and encoder layer 0's MatMuls stay fp32 (any model); see `Int8Options`.
+int8: the encoder's MatMuls get one activation scale per token (rowquant.py, as CTranslate2 quantizes) and one
+weight scale per output channel; the graphs of a compressed model are traced from a copy whose low-rank factors are
+rotated (rotate.py: exact in fp32, equalises the intermediate's channels); encoder layer 0's MatMuls stay fp32
+(any model); see `Int8Options`. The ONNX decoders get onnxruntime's dynamic quantization.
 """
 
 from __future__ import annotations

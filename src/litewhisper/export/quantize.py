@@ -119,14 +119,16 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_graph(src: Path, per_channel: bool = False, exclude: Sequence[str] = (), embeddings: bool = False) -> Path:
-    """Write the int8 twin of `src` beside it; returns its path. embeddings: also the token embedding (Gather),
-    which is most of a decoder's size."""
+def quantize_graph(
+    src: Path, per_channel: bool = False, exclude: Sequence[str] = (), embeddings: bool = False, dst: Path | None = None
+) -> Path:
+    """Write the int8 twin of `src` to `dst` (default: beside it, `quantized_name`); returns its path.
+    embeddings: also the token embedding (Gather), which is most of a decoder's size."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
         raise LiteWhisperError('int8 export needs the "onnx" extra: pip install "litewhisper[onnx]"') from e
-    dst = quantized_name(src)
+    dst = quantized_name(src) if dst is None else dst
     log.info("quantizing %s -> %s (int8 MatMul weights%s)", src.name, dst.name, ", per channel" * per_channel)
     ops = ["MatMul", "Gather"] if embeddings else ["MatMul"]
     with _quiet_root_logger(), foreign_noise_silenced():  # no advice to pre-process (for static quantization)
