@@ -179,3 +179,53 @@ def test_cli_int8_only_reaches_export_model_and_needs_int8(tmp_path, monkeypatch
     assert [s["int8_only"] for s in seen] == [True, False]
     assert main(["export", "m", "-o", str(tmp_path / "c"), "--int8-only", "--quantize", "none"]) == 2
     assert "--int8-only needs --quantize int8" in capsys.readouterr().err and len(seen) == 2
+
+
+def _toy_decoder(path, weight: np.ndarray, with_past: bool) -> None:
+    """A decoder-shaped toy: logits = embed[input_ids] @ W, the self-attention "cache" = the embedded tokens.
+    Both graphs name their weight "W" (different values) and share the embedding (same values)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def value(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    embed = np.arange(12, dtype=np.float32).reshape(4, 3)  # (vocab 4, d 3)
+    inits = [numpy_helper.from_array(embed, "embed"), numpy_helper.from_array(weight, "W")]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))  # 1-D int64: stays in its branch
+    nodes = [
+        helper.make_node("Gather", ["embed", "input_ids"], ["h"]),  # (b, t, 3)
+        helper.make_node("MatMul", ["h", "W"], ["logits"]),  # (b, t, 2)
+        helper.make_node("Unsqueeze", ["h", "axes"], ["new"]),  # (b, 1, t, 3)
+    ]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "seq"])]
+    outputs = [value("logits", ["batch_size", "seq", 2]), value("present.0.decoder.key", ["batch_size", 1, "t", 3])]
+    if with_past:
+        inputs += [value(f"past_key_values.0.{p}.key", ["batch_size", 1, "past", 3]) for p in ("decoder", "encoder")]
+        nodes.append(
+            helper.make_node("Concat", ["past_key_values.0.decoder.key", "new"], ["present.0.decoder.key"], axis=2)
+        )
+    else:
+        inputs.append(value("encoder_hidden_states", ["batch_size", 1, 3]))
+        outputs.append(value("present.0.encoder.key", ["batch_size", 1, "t", 3]))
+        nodes += [
+            helper.make_node("Identity", ["new"], [o]) for o in ("present.0.decoder.key", "present.0.encoder.key")
+        ]
+    graph = helper.make_graph(nodes, "toy", inputs, outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_merge_keeps_same_named_different_weights_apart_and_shares_equal_ones(tmp_path):
+    from litewhisper.export.merge import merge_export_decoders
+
+    first, step = np.eye(3, 2, dtype=np.float32), -np.ones((3, 2), np.float32)
+    _toy_decoder(tmp_path / "decoder_model.onnx", first, with_past=False)
+    _toy_decoder(tmp_path / "decoder_with_past_model.onnx", step, with_past=True)
+    (merged,) = merge_export_decoders(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder_model_merged.onnx"]  # the pair is removed
+    graph = onnx.load(str(merged)).graph
+    assert sorted(i.name for i in graph.initializer) == ["W", "W_merged1", "embed"]
+    ids = np.array([[1, 2, 3]])
+    logits = run_merged(_session(merged), np.zeros((1, 1, 3), np.float32), ids, prompt=2)
+    embed = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(logits[0, :2], embed[[1, 2]] @ first)  # use_cache_branch false: decoder_model
+    np.testing.assert_array_equal(logits[0, 2], embed[3] @ step)  # true: decoder_with_past_model

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["USE_CACHE_BRANCH", "MERGED_NAME", "merged_name", "merge_decoders", "merge_export_decoders"]
+__all__ = ["USE_CACHE_BRANCH", "MERGED_NAME", "merged_name", "merge_decoders", "merge_export_decoders", "run_merged"]
 
 log = logging.getLogger("litewhisper")
 
