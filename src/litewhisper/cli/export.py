@@ -13,9 +13,9 @@ def add_parser(subparsers) -> None:
         "export",
         help="export a model for fast CPU inference (ONNX encoder + CTranslate2 decoder)",
         description="Export a Whisper or lite-whisper model into DIR in Hugging Face's ONNX layout "
-        "(onnx/encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx, *_quantized.onnx "
-        "for int8, config, tokenizer) plus the decoder as a CTranslate2 model. `litewhisper transcribe "
-        "DIR` then runs it with onnxruntime + faster-whisper's decoding loop. Needs the onnx extra.",
+        "(onnx/encoder_model.onnx and decoder_model_merged.onnx, plus *_quantized.onnx for int8; config, "
+        "tokenizer), which transformers.js loads, plus the decoder as a CTranslate2 model. `litewhisper "
+        "transcribe DIR` then runs it with onnxruntime + faster-whisper's decoding loop. Needs the onnx extra.",
     )
     p.add_argument("model", metavar="MODEL", help="tiny.en, base, a model directory or a hub id")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="export directory")
@@ -51,9 +51,15 @@ def add_parser(subparsers) -> None:
         "tensor (onnxruntime's dynamic quantization: faster, less accurate)",
     )
     p.add_argument(
+        "--int8-only",
+        action="store_true",
+        help="int8: leave out the fp32 ONNX graphs (kept by default for transformers.js dtype 'fp32'); smaller DIR",
+    )
+    p.add_argument(
         "--no-onnx-decoder",
         action="store_true",
-        help="leave out the ONNX decoders (our runtime uses the CTranslate2 decoder); smaller DIR",
+        help="leave out the ONNX decoder (our runtime uses the CTranslate2 decoder; transformers.js needs it); "
+        "smaller DIR",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=run)
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     check_keep_fp32(args.keep_fp32, "--keep-fp32")
     if args.activations == "row" and args.per_channel is False:
         raise LiteWhisperError("--no-per-channel needs --activations tensor (per-row scales use per-channel weights)")
+    if args.int8_only and args.quantize != "int8":
+        raise LiteWhisperError("--int8-only needs --quantize int8 (the default)")
     check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
     from litewhisper.export.api import export_model
 
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         rotate=not args.no_rotate,
         keep_fp32=args.keep_fp32,
         activations=args.activations,
+        int8_only=args.int8_only,
     )
     diffs = ", ".join(f"{k} max |Δ| {v:.2e}" for k, v in result.max_abs_diff.items())
     print(

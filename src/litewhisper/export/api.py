@@ -20,18 +20,20 @@ import torch
 from litewhisper.atomic import atomic_directory, check_output_dir
 from litewhisper.errors import LiteWhisperError
 from litewhisper.export.ct2 import export_ct2_decoder
-from litewhisper.export.layout import write_marker, write_metadata
+from litewhisper.export.layout import write_marker, write_metadata, write_transformersjs_config
+from litewhisper.export.merge import merge_export_decoders, run_merged
 from litewhisper.export.onnx import export_all
 from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph, quantized_name
 from litewhisper.export.rotate import count_low_rank, rotated_copy
 from litewhisper.export.rowquant import quantize_rows
 from litewhisper.models.deployed import CT2_DIR, ONNX_DIR, encoder_session, is_export, require_onnx_extra
 
-__all__ = ["ExportError", "ExportResult", "export_model", "verify_encoder"]
+__all__ = ["ExportError", "ExportResult", "export_model", "verify_encoder", "verify_decoder"]
 
 log = logging.getLogger("litewhisper")
 
 FP32_TOLERANCE = 1e-3  # max |Δ| of the fp32 encoder vs PyTorch (seen: ~1e-6)
+DECODER_TOLERANCE = 1e-2  # max |Δ| of the fp32 merged decoder's logits vs PyTorch (seen: ~1e-5)
 
 
 class ExportError(LiteWhisperError):
@@ -68,6 +70,19 @@ def verify_encoder(model, onnx_path: Path, seed: int = 0) -> float:
     return float(np.abs(out - ref).max())
 
 
+def verify_decoder(model, merged: Path, seed: int = 0) -> float:
+    """max |Δ| between the logits of the merged ONNX decoder (a 2-token prompt without cache, then 3 cached steps,
+    as transformers.js runs it) and PyTorch's decoder on the same tokens and random encoder states."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed)
+    states = torch.randn(1, cfg.max_source_positions, cfg.d_model, generator=gen)  # (1, 1500, d)
+    ids = torch.tensor([[cfg.decoder_start_token_id, *torch.randint(0, 256, (4,), generator=gen).tolist()]])
+    with torch.inference_mode():
+        ref = model(encoder_outputs=(states,), decoder_input_ids=ids).logits.float().numpy()  # (1, 5, vocab)
+    out = run_merged(encoder_session(merged, threads=1), states.numpy(), ids.numpy(), prompt=2)
+    return float(np.abs(out - ref).max())
+
+
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -82,10 +97,13 @@ def export_model(
     rotate: bool = True,
     keep_fp32: str | None = "auto",
     activations: str = "row",
+    int8_only: bool = False,
 ) -> ExportResult:
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
-    onnx_decoder=False leaves out the ONNX decoders (only the CTranslate2 decoder, which our runtime uses).
+    onnx_decoder=False leaves out the ONNX decoder (only the CTranslate2 decoder, which our runtime uses); else
+    the decoder is one merged graph (export/merge.py), as transformers.js loads it. An int8 export keeps the fp32
+    graphs beside the int8 ones (transformers.js dtype "fp32" and "q8") unless int8_only.
     int8 only: rotate the low-rank factors; per_channel (None: automatic, on); keep_fp32
     ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32;
     activations: the encoder's int8 activation scales, "row" (one per token) or "tensor" (one per tensor).
@@ -95,6 +113,8 @@ def export_model(
     if quantize not in QUANTIZATIONS:
         raise LiteWhisperError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     options = Int8Options(rotate=rotate, per_channel=per_channel, keep_fp32=keep_fp32, activations=activations)
+    if not isinstance(int8_only, bool) or (int8_only and quantize != "int8"):
+        raise LiteWhisperError(f"int8_only must be True (with quantize='int8') or False, got {int8_only!r}")
     require_onnx_extra("litewhisper export")
     check_output_dir(out_dir, overwrite)  # fail before minutes of work
     if isinstance(source, (str, os.PathLike)) and is_export(source):
@@ -119,18 +139,46 @@ def export_model(
         if quantize == "int8":
             q_encoder, settings = _quantize_all(encoder, decoders, options, rotated)
             diffs["int8"] = verify_encoder(model, q_encoder)
-            encoders = {"int8": f"{ONNX_DIR}/{q_encoder.name}"}
+            encoders = {"int8": f"{ONNX_DIR}/{q_encoder.name}", **({} if int8_only else encoders)}
+        check = {"encoder_max_abs_diff": diffs, **_merge_decoders(model, tmp / ONNX_DIR)}
+        if int8_only:
+            _drop_fp32_graphs(tmp / ONNX_DIR)
         export_ct2_decoder(model, bundle.processor.tokenizer, tmp / CT2_DIR, quantize)  # (re)creates it
         write_metadata(bundle, tmp)
-        write_marker(tmp, bundle.name, precision, encoders, {"encoder_max_abs_diff": diffs}, int8=settings)
+        write_transformersjs_config(tmp)
+        write_marker(tmp, bundle.name, precision, encoders, check, int8=settings)
         size = _size(tmp)
     for name, diff in diffs.items():
         log.info("verified %s encoder: max |Δ| vs PyTorch %.2e", name, diff)
     return ExportResult(path=Path(out_dir), precision=precision, max_abs_diff=diffs, size_bytes=size)
 
 
+def _merge_decoders(model, onnx_dir: Path) -> dict[str, float]:
+    """Merge each precision's two decoder graphs into one (the separate ones removed) and check the fp32 one
+    against PyTorch; returns {"decoder_max_abs_diff": ...} for the marker, {} without ONNX decoders."""
+    merged = merge_export_decoders(onnx_dir)
+    fp32 = [path for path in merged if path.stem.endswith("merged")]
+    if not fp32:
+        return {}
+    diff = verify_decoder(model, fp32[0])
+    log.info("verified the merged fp32 decoder: max |Δ| of logits vs PyTorch %.2e", diff)
+    if diff > DECODER_TOLERANCE:
+        raise ExportError(
+            f"merged ONNX decoder differs from PyTorch by {diff:.2e} (> {DECODER_TOLERANCE}); "
+            "the model uses an operation the ONNX export does not reproduce"
+        )
+    return {"decoder_max_abs_diff": diff}
+
+
+def _drop_fp32_graphs(onnx_dir: Path) -> None:
+    """int8_only: remove the fp32 graphs that the int8 ones were made from."""
+    for path in onnx_dir.glob("*.onnx"):
+        if not path.stem.endswith("_quantized"):
+            path.unlink()
+
+
 def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rotated: int) -> tuple[Path, dict]:
-    """int8 twins of the graphs (the fp32 ones are removed); returns (int8 encoder, settings for the marker)."""
+    """int8 twins of the graphs (beside the fp32 ones); returns (int8 encoder, settings for the marker)."""
     keep = matmul_names(encoder, options.keep_fp32)
     if options.keep_fp32 is not None and not keep:
         raise ExportError(
@@ -150,6 +198,4 @@ def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rot
         q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
     for path in decoders:
         quantize_graph(path, per_channel=bool(options.per_channel), embeddings=True)
-        path.unlink()  # int8 export: the fp32 decoders would only double the size
-    encoder.unlink()
     return q_encoder, {**options.as_dict(), "rotated_layers": rotated, "fp32_matmuls": keep}

@@ -10,9 +10,10 @@ from typing import Any
 
 from litewhisper.models.deployed import CT2_DIR, EXPORT_FORMAT, EXPORT_MARKER
 
-__all__ = ["write_metadata", "write_marker", "CT2_SIDE_FILES"]
+__all__ = ["write_metadata", "write_marker", "write_transformersjs_config", "CT2_SIDE_FILES", "TJS_DTYPES"]
 
 CT2_SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
+TJS_DTYPES = {"fp32": "", "q8": "_quantized"}  # transformers.js dtype -> file suffix (its DEFAULT_DTYPE_SUFFIX_MAPPING)
 
 
 def write_metadata(bundle, out: Path) -> None:
@@ -42,6 +43,25 @@ def _drop_auto_map(config_file: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if config.pop("auto_map", None) is not None:
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_transformersjs_config(out: Path) -> list[str]:
+    """The transformers.js dtypes whose encoder and merged decoder are both in out/onnx; where only one is, it is
+    written into config.json as `transformers.js_config.dtype` (transformers.js's default would otherwise be fp32
+    in Node and q8 in the browser, and a missing file an error). Returns the dtypes."""
+    onnx_dir = out / "onnx"
+    dtypes = [
+        dtype
+        for dtype, suffix in TJS_DTYPES.items()
+        if (onnx_dir / f"encoder_model{suffix}.onnx").is_file()
+        and (onnx_dir / f"decoder_model_merged{suffix}.onnx").is_file()
+    ]
+    if len(dtypes) == 1:
+        config_file = out / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["transformers.js_config"] = {"dtype": dtypes[0]}
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return dtypes
 
 
 def write_marker(

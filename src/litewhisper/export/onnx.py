@@ -7,8 +7,9 @@
     onnx/decoder_with_past_model.onnx  input_ids (b, 1), past_key_values.{i}.{decoder,encoder}.{key,value}
                                        -> logits (b, 1, vocab), present.{i}.decoder.key/value
 
-Names follow optimum's Whisper export, so transformers.js / optimum runtimes load the directory as they load
-an ordinary Whisper. A lite encoder's factorised linears trace as two MatMuls (x @ W1 @ W2 + b: a 3-D input
+Names follow optimum's Whisper export; export_model then merges the two decoders into one graph
+(export/merge.py: onnx/decoder_model_merged.onnx), so transformers.js / optimum runtimes load the directory as they
+load an ordinary Whisper. A lite encoder's factorised linears trace as two MatMuls (x @ W1 @ W2 + b: a 3-D input
 never becomes Gemm) and its reduced-dimension self-attention (attention/reduced.py) is traced where
 `use_reduced_attention(mode="auto")` put it, i.e. where the ranks save FLOPs. The encoder's standard
 self-attention is traced one head at a time (`per_head_attention`), so onnxruntime holds one head's scores.

@@ -8,7 +8,7 @@ transformers, so a deployed model costs what faster-whisper costs.
 
 Directory (written by litewhisper.export):
     litewhisper_export.json     marker: format, precision, which encoder file the runtime uses
-    onnx/encoder_model[_quantized].onnx, onnx/decoder_model[_quantized].onnx, onnx/decoder_with_past_model...
+    onnx/encoder_model[_quantized].onnx, onnx/decoder_model_merged[_quantized].onnx (transformers.js; unused here)
     ctranslate2/                the decoder as a CTranslate2 Whisper model (model.bin, tokenizer.json, ...)
     config.json, generation_config.json, tokenizer + preprocessor files (Hugging Face layout)
 """
