@@ -89,9 +89,8 @@ class DeployedBackend:
         """One clip; text, token count and token-limit hits counted as the PyTorch backend counts them."""
         self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
         duration, eot = samples.size / SAMPLE_RATE, self.model.eot
-        segments, info = self.model.transcribe(
-            window_audio(samples), seconds=duration, budget=options.window_budget, **kwargs
-        )
+        budget = options.window_budget if options.tokens_per_second is not None else None
+        segments, info = self.model.transcribe(window_audio(samples), seconds=duration, budget=budget, **kwargs)
         out, texts, n_tokens, hit_limit = [], [], 0, False
         for s in segments:  # lazily decoded: the window of `s` is the last one decoded
             hit_limit = hit_limit or self.model.window_tokens >= self.model.window_budget
