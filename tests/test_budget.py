@@ -129,3 +129,15 @@ def test_every_fallback_re_decode_is_bounded_in_both_runtimes(models, window_siz
         assert sorted(window_sizes[i]) == sorted(want * 3), model  # 3 clips x 3 temperatures
         assert all(t.hit_token_limit for t in out)
         assert all(t.n_tokens <= b for t, b in zip(out, want, strict=True))  # a sampled timestamp is no text
+
+
+def test_long_clips_batched_with_fallback_get_the_same_budgets_in_both_runtimes(models, window_sizes):
+    """Clips of different lengths in one PyTorch batch (rows leave it as they finish, fallback re-decodes a subset
+    of them): every window's every decode holds the tokens the deployed runtime's does."""
+    clips = [np.random.default_rng(i).standard_normal(int(16000 * s)).astype(np.float32) * 0.1 for i, s in
+             enumerate((45.0, 31.0, 62.0, 5.0))]  # fmt: skip
+    options = FALLBACK.replace(temperature=(0.0, 1.0), timestamps=True)
+    for model in models:
+        assert all(t.hit_token_limit for t in transcribe(model, clips, options))
+    assert sorted(window_sizes[0]) == sorted(window_sizes[1])
+    assert _budget(5.0) in window_sizes[0] and _budget(45.0 - 29.98) in window_sizes[0]  # 26, 47
