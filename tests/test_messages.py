@@ -58,7 +58,7 @@ def test_decoding_errors_name_the_flag(tmp_path, capsys):
         DecodeOptions(temperature=(0.0, -1.0))
     with pytest.raises(LiteWhisperError, match=r"^max_new_tokens \(--max-new-tokens\) must be between 1 and 444"):
         DecodeOptions(max_new_tokens=0)
-    assert DecodeOptions().describe().endswith("at most 224 new tokens per window, batch 8")
+    assert DecodeOptions().describe().endswith("at most 224 new tokens per window, budget 9.7 tokens/s + 16, batch 8")
     assert main(["transcribe", "tiny.en", str(tmp_path / "a.wav"), "--batch-size", "0"]) == 2
     assert capsys.readouterr().err == "error: batch_size (--batch-size) must be a positive integer, got 0\n"
 

@@ -11,6 +11,9 @@ __all__ = [
     "MULTILINGUAL_VOCAB_SIZE",
     "MAX_TARGET_POSITIONS",
     "DEFAULT_MAX_NEW_TOKENS",
+    "FRAMES_PER_SECOND",
+    "TOKENS_PER_SECOND",
+    "BUDGET_FLOOR_TOKENS",
 ]
 
 SAMPLE_RATE = 16_000  # Whisper's input rate (Hz)
@@ -21,3 +24,15 @@ ENCODER_POSITIONS = 1500  # encoder positions per window (conv stride 2)
 MULTILINGUAL_VOCAB_SIZE = 51865  # openai/whisper: multilingual iff n_vocab >= 51865
 MAX_TARGET_POSITIONS = 448  # decoder context (tokens)
 DEFAULT_MAX_NEW_TOKENS = 224  # decoding limit per window (openai/whisper: n_ctx // 2)
+FRAMES_PER_SECOND = 100  # log-mel frames per second (hop 160 at 16 kHz): a window's seek is counted in these
+
+# The per-window token budget (DecodeOptions.tokens_per_second): a window holding d seconds of the clip may emit at
+# most min(max_new_tokens, ceil(TOKENS_PER_SECOND * d) + BUDGET_FLOOR_TOKENS) new tokens. Measured on the 100
+# English `calib` clips (2.1-10 s) with base's tokenizer: reference text tokens + 2 timestamp tokens per clip,
+# divided by the clip's duration; maximum 6.44 tokens/s (= its 99.9th percentile with 100 clips; median 3.84),
+# times a 1.5 margin = 9.7 (the 758 `dev` clips: maximum 7.34). Reproduce:
+#   PYTHONPATH=src python benchmarks/token_rate.py --model base --split calib
+# The floor covers the timestamps of further segments and very short clips. A full 30-s window gets 307 > 224:
+# the budget binds only on windows holding less than ~21 s of audio (short clips, a long clip's last window).
+TOKENS_PER_SECOND = 9.7
+BUDGET_FLOOR_TOKENS = 16

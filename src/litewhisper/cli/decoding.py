@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from litewhisper.constants import BUDGET_FLOOR_TOKENS, TOKENS_PER_SECOND
+
 __all__ = ["add_decoding_args", "decoding_options"]
 
 _FIELDS = (
@@ -16,6 +18,7 @@ _FIELDS = (
     "logprob_threshold",
     "no_speech_threshold",
     "max_new_tokens",
+    "tokens_per_second",
     "initial_prompt",
     "batch_size",
     "vad",
@@ -74,6 +77,13 @@ def add_decoding_args(p: argparse.ArgumentParser, words: bool = True, batch: boo
         "(default 0.6; none: off)",
     )
     g.add_argument("--max-new-tokens", type=int, help="token limit per 30-s window (default 224)")
+    g.add_argument(
+        "--tokens-per-second",
+        type=_threshold,
+        help="token budget per window: a window holding d s of audio emits at most min(max-new-tokens, "
+        f"ceil(RATE*d) + {BUDGET_FLOOR_TOKENS}) tokens, fallback re-decodes included "
+        f"(default {TOKENS_PER_SECOND:g}; none: max-new-tokens only)",
+    )
     g.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling, style)")
     if batch:
         g.add_argument("--batch-size", type=int, help="clips decoded together (default 8)")

@@ -88,11 +88,12 @@ class DeployedBackend:
     def _clip(self, samples: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions) -> DecodedClip:
         """One clip; text, token count and token-limit hits counted as the PyTorch backend counts them."""
         self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
-        segments, info = self.model.transcribe(window_audio(samples), **kwargs)
         duration, eot = samples.size / SAMPLE_RATE, self.model.eot
+        budget = options.window_budget if options.tokens_per_second is not None else None
+        segments, info = self.model.transcribe(window_audio(samples), seconds=duration, budget=budget, **kwargs)
         out, texts, n_tokens, hit_limit = [], [], 0, False
         for s in segments:  # lazily decoded: the window of `s` is the last one decoded
-            hit_limit = hit_limit or self.model.window_tokens >= options.max_new_tokens
+            hit_limit = hit_limit or self.model.window_tokens >= self.model.window_budget
             if s.start >= duration:
                 continue
             words = [Word(round(w.start, 3), round(w.end, 3), w.word, w.probability) for w in s.words or []]

@@ -13,13 +13,26 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, MAX_TARGET_POSITIONS
+from litewhisper.constants import (
+    BUDGET_FLOOR_TOKENS,
+    DEFAULT_MAX_NEW_TOKENS,
+    FRAMES_PER_SECOND,
+    MAX_TARGET_POSITIONS,
+    TOKENS_PER_SECOND,
+    WINDOW_S,
+)
 from litewhisper.errors import LiteWhisperError
 
-__all__ = ["DecodeOptions", "PRESETS", "TASKS", "DEFAULT_TEMPERATURES"]
+__all__ = ["DecodeOptions", "PRESETS", "TASKS", "DEFAULT_TEMPERATURES", "window_seconds"]
 
 TASKS = ("transcribe", "translate")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper / faster-whisper
+
+
+def window_seconds(duration: float, seek_frames: int) -> float:
+    """Seconds of a clip of `duration` s in the window that starts at log-mel frame `seek_frames` (both runtimes
+    count a window's start in frames of 10 ms)."""
+    return max(0.0, min(WINDOW_S, duration - seek_frames / FRAMES_PER_SECOND))
 
 
 def _named(field: str) -> str:
@@ -37,8 +50,10 @@ class DecodeOptions:
     no_speech_threshold: a window whose no-speech probability exceeds it and whose average log-probability is
     below `logprob_threshold` is silence (no text); with it set, a clip whose peak stays below -60 dBFS (digital
     silence, where Whisper still says "you" with a fair log-probability) is not decoded. max_new_tokens: limit per
-    30-s window; a window that
-    reaches it without an end-of-text token is counted as a runaway loop. seed: makes the sampled fallback
+    30-s window. tokens_per_second: the token budget per window: a window holding d seconds of the clip (not
+    the 30-s padding) emits at most `window_budget(d)` = min(max_new_tokens, ceil(tokens_per_second * d) + 16)
+    new tokens, in the greedy pass and in every fallback re-decode (None: max_new_tokens only). A window that
+    reaches its budget is counted as a runaway loop (`hit_token_limit`). seed: makes the sampled fallback
     reproducible (the same clips and options give the same text); PyTorch seeds each batch, an export (CTranslate2)
     each clip, so there a clip's text does not depend on the clips decoded before it. The two runtimes draw from
     different generators: a window that falls back to sampling may differ between them.
@@ -54,6 +69,7 @@ class DecodeOptions:
     no_speech_threshold: float | None = 0.6
     condition_on_previous_text: bool = False
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    tokens_per_second: float | None = TOKENS_PER_SECOND
     initial_prompt: str | None = None
     word_timestamps: bool = False
     vad: bool = False
@@ -84,6 +100,16 @@ class DecodeOptions:
                 f"{_named('max_new_tokens')} must be between 1 and {MAX_TARGET_POSITIONS - 4}, "
                 f"got {self.max_new_tokens}"
             )
+        if self.tokens_per_second is not None and (
+            isinstance(self.tokens_per_second, bool)
+            or not isinstance(self.tokens_per_second, (int, float))
+            or not math.isfinite(self.tokens_per_second)
+            or self.tokens_per_second <= 0
+        ):
+            raise LiteWhisperError(
+                f"{_named('tokens_per_second')} must be a number > 0 (tokens per second of audio) or none "
+                f"(no budget), got {self.tokens_per_second!r}"
+            )
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise LiteWhisperError(
                 f"{_named('no_speech_threshold')} is a probability in [0, 1], got {self.no_speech_threshold}"
@@ -102,6 +128,13 @@ class DecodeOptions:
             self.compression_ratio_threshold is not None or self.logprob_threshold is not None
         )
 
+    def window_budget(self, seconds: float) -> int:
+        """New tokens allowed to a window holding `seconds` of the clip (both runtimes call this)."""
+        if self.tokens_per_second is None:
+            return self.max_new_tokens
+        seconds = min(max(seconds, 0.0), WINDOW_S)
+        return min(self.max_new_tokens, math.ceil(round(self.tokens_per_second * seconds, 6)) + BUDGET_FLOOR_TOKENS)
+
     def replace(self, **changes: Any) -> DecodeOptions:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
@@ -119,7 +152,10 @@ class DecodeOptions:
             )
         if self.no_speech_threshold is not None:
             parts.append(f"no-speech > {self.no_speech_threshold}")
-        parts += [f"at most {self.max_new_tokens} new tokens per window", f"batch {self.batch_size}"]
+        parts.append(f"at most {self.max_new_tokens} new tokens per window")
+        if self.tokens_per_second is not None:
+            parts.append(f"budget {self.tokens_per_second:g} tokens/s + {BUDGET_FLOOR_TOKENS}")
+        parts.append(f"batch {self.batch_size}")
         return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt)) if on])
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,8 +39,8 @@ class Segment:
 class Transcription:
     """The transcript of one clip; `language` is the given or detected code (e.g. "en").
 
-    n_tokens: text tokens decoded; hit_token_limit: some window reached `max_new_tokens` without an
-    end-of-text token (a runaway loop).
+    n_tokens: text tokens decoded; hit_token_limit: some window reached its token limit without an end-of-text
+    token (a runaway loop): `max_new_tokens`, or its budget (`DecodeOptions.window_budget`).
     """
 
     path: str

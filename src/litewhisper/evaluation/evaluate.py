@@ -2,7 +2,7 @@
 
 Every hypothesis is appended to a JSONL file (and flushed) as soon as its batch is decoded, so an interrupted
 run loses nothing: `resume=True` skips the (model, clip) pairs already there. Runaway loops and hallucinations
-are reported beside the WER: clips whose decoding reached `max_new_tokens` without an end-of-text token, or
+are reported beside the WER: clips with a window that reached its token limit (`max_new_tokens` or its budget), or
 whose hypothesis has a gzip compression ratio above the fallback threshold, and their share of the errors.
 """
 

@@ -15,14 +15,19 @@ Directory (written by litewhisper.export):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from litewhisper.constants import SAMPLE_RATE
 from litewhisper.cpu import free_cpus
+from litewhisper.decode.options import window_seconds
 from litewhisper.errors import LiteWhisperError, ModelSourceError
 from litewhisper.models.processor import read_ct2_config
 
@@ -144,8 +149,16 @@ class DeployedWhisper:
             features = features[None]
         return self.session.run(None, {"input_features": features})[0]
 
-    def transcribe(self, audio, **kwargs):
-        """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info)."""
+    def transcribe(
+        self, audio, *, seconds: float | None = None, budget: Callable[[float], int] | None = None, **kwargs
+    ):
+        """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info).
+
+        budget: new tokens allowed to a window given the seconds of the clip it holds (`DecodeOptions.window_budget`),
+        applied to every decode of the window (greedy and fallback); seconds: the clip's duration (default: the
+        audio's; the deployed backend pads short clips to 30 s)."""
+        self.pipeline.audio_seconds = len(audio) / SAMPLE_RATE if seconds is None else seconds
+        self.pipeline.budget = budget
         return self.pipeline.transcribe(audio, **kwargs)
 
     @property
@@ -156,8 +169,13 @@ class DeployedWhisper:
     @property
     def window_tokens(self) -> int:
         """Tokens (text and timestamps, without end-of-text) of the last window decoded: the token limit was hit
-        when they reach max_new_tokens."""
+        when they reach `window_budget`."""
         return self.pipeline.window_tokens
+
+    @property
+    def window_budget(self) -> int:
+        """The new tokens the last window decoded was allowed (its budget, at most max_new_tokens)."""
+        return self.pipeline.window_budget
 
     def reseed(self, seed: int) -> None:
         """Sampling (temperature fallback) in the next decodes draws from a generator seeded with `seed`.
@@ -199,6 +217,18 @@ class _Decoder:
         return getattr(self.model, name)
 
 
+def _window_seek(frame) -> int:
+    """The log-mel frame where the window being decoded starts: `seek` in faster-whisper's `generate_segments`,
+    which calls `generate_with_fallback` without it."""
+    seek = frame.f_locals.get("seek")
+    if not isinstance(seek, int):
+        raise LiteWhisperError(
+            "this faster-whisper version does not keep the window start as `seek` in generate_segments, which the "
+            "token budget reads: install faster-whisper 1.x or decode with --tokens-per-second none"
+        )
+    return seek
+
+
 def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
     import ctranslate2
     from faster_whisper import WhisperModel
@@ -206,7 +236,9 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
     compute = "int8" if precision == "int8" else "float32"
 
     class _Pipeline(WhisperModel):
-        window_tokens = 0
+        window_tokens = window_budget = 0
+        audio_seconds = 0.0
+        budget: Callable[[float], int] | None = None
 
         def encode(self, features):  # ours, instead of CTranslate2's encoder
             import numpy as np
@@ -215,6 +247,10 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
         def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):
+            if self.budget is not None:  # every decode of this window (greedy and fallback) gets its budget
+                seconds = window_seconds(self.audio_seconds, _window_seek(sys._getframe(1)))
+                options = dataclasses.replace(options, max_new_tokens=min(options.max_new_tokens, self.budget(seconds)))
+            self.window_budget = options.max_new_tokens
             out = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
             self.window_tokens = len(out[0].sequences_ids[0])  # the kept decode of this window
             return out

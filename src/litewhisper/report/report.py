@@ -316,7 +316,7 @@ def write_markdown(
         "`-acc/-balanced/-fast`: plain LiteASR (the paper's θ presets); `-sizeF`: litewhisper's budget "
         "method (ranks allocated across layers for F × the encoder size, weighted by measured sensitivity). "
         "Speedup: median over interleaved rounds of the original's encoder time / the variant's, one 30-s "
-        "window, batch 1, in this run. `loops`: clips that reached max_new_tokens or whose "
+        "window, batch 1, in this run. `loops`: clips that reached their token limit or whose "
         "hypothesis has a gzip compression ratio > 2.4 (runaway loops, hallucinations), with their share of "
         "the word errors.",
         "",
