@@ -38,7 +38,8 @@ def find_transformersjs() -> tuple[Path | None, str]:
 
     candidates = [os.environ.get("LITEWHISPER_TJS_DIR", "")]
     candidates += [str(Path(p).parent) for p in os.environ.get("NODE_PATH", "").split(os.pathsep) if p]
-    for candidate in [c for c in candidates if c] + [str(cache_root() / "node"), str(REPO)]:
+    installed = [cache_root() / "node", Path.home() / ".cache" / "litewhisper" / "node"]  # .ci/run installs the latter
+    for candidate in [c for c in candidates if c] + [str(p) for p in installed] + [str(REPO)]:
         if (Path(candidate) / PACKAGE).is_file():
             return Path(candidate), ""
     return None, (

@@ -14,8 +14,8 @@ from transformers import WhisperForConditionalGeneration
 
 from helpers import tiny_whisper, with_tokenizer
 from litewhisper.cli.decoding import add_decoding_args, decoding_options
-from litewhisper.constants import BUDGET_FLOOR_TOKENS, TOKENS_PER_SECOND
-from litewhisper.decode.options import DecodeOptions, window_seconds
+from litewhisper.constants import BUDGET_FLOOR_TOKENS, TOKENS_PER_SECOND, window_seconds
+from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.transcribe import transcribe
 from litewhisper.errors import LiteWhisperError
 from litewhisper.export.api import export_model

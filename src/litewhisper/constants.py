@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "window_seconds",
     "SAMPLE_RATE",
     "WINDOW_S",
     "WINDOW_SAMPLES",
@@ -36,3 +37,9 @@ FRAMES_PER_SECOND = 100  # log-mel frames per second (hop 160 at 16 kHz): a wind
 # the budget binds only on windows holding less than ~21 s of audio (short clips, a long clip's last window).
 TOKENS_PER_SECOND = 9.7
 BUDGET_FLOOR_TOKENS = 16
+
+
+def window_seconds(duration: float, seek_frames: int) -> float:
+    """Seconds of a clip of `duration` s in the window that starts at log-mel frame `seek_frames` (both runtimes
+    count a window's start in frames of 10 ms)."""
+    return max(0.0, min(WINDOW_S, duration - seek_frames / FRAMES_PER_SECOND))

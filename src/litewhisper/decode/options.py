@@ -16,23 +16,16 @@ from typing import Any
 from litewhisper.constants import (
     BUDGET_FLOOR_TOKENS,
     DEFAULT_MAX_NEW_TOKENS,
-    FRAMES_PER_SECOND,
     MAX_TARGET_POSITIONS,
     TOKENS_PER_SECOND,
     WINDOW_S,
 )
 from litewhisper.errors import LiteWhisperError
 
-__all__ = ["DecodeOptions", "PRESETS", "TASKS", "DEFAULT_TEMPERATURES", "window_seconds"]
+__all__ = ["DecodeOptions", "PRESETS", "TASKS", "DEFAULT_TEMPERATURES"]
 
 TASKS = ("transcribe", "translate")
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai-whisper / faster-whisper
-
-
-def window_seconds(duration: float, seek_frames: int) -> float:
-    """Seconds of a clip of `duration` s in the window that starts at log-mel frame `seek_frames` (both runtimes
-    count a window's start in frames of 10 ms)."""
-    return max(0.0, min(WINDOW_S, duration - seek_frames / FRAMES_PER_SECOND))
 
 
 def _named(field: str) -> str:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from litewhisper.decode.options import DecodeOptions, window_seconds
+from litewhisper.constants import window_seconds
+from litewhisper.decode.options import DecodeOptions
 
 __all__ = ["WindowBudgets"]
 

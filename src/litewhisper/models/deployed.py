@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litewhisper.constants import SAMPLE_RATE
+from litewhisper.constants import SAMPLE_RATE, window_seconds
 from litewhisper.cpu import free_cpus
-from litewhisper.decode.options import window_seconds
 from litewhisper.errors import LiteWhisperError, ModelSourceError
 from litewhisper.models.processor import read_ct2_config
 
