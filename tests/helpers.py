@@ -115,3 +115,19 @@ def run_without_litewhisper(script: str, args: list, tmp_path: Path, timeout: in
         text=True,
         timeout=timeout,
     )
+
+
+def record_exports(monkeypatch, tmp_path: Path) -> list[dict]:
+    """Replace export_model by a recorder: the CLI's `export` then returns at once, and each call's keyword
+    arguments are appended to the returned list."""
+    import litewhisper.export.api as api
+    from litewhisper.export.api import ExportResult
+
+    seen: list[dict] = []
+
+    def fake(model, out, **kwargs):
+        seen.append(kwargs)
+        return ExportResult(path=tmp_path, precision="int8", max_abs_diff={"int8": 0.1}, size_bytes=1)
+
+    monkeypatch.setattr(api, "export_model", fake)
+    return seen

@@ -12,7 +12,7 @@ import torch
 from test_attention import lowrank_like, make_lowrank
 from test_export import _bundle
 
-from helpers import tiny_whisper
+from helpers import record_exports, tiny_whisper
 from litewhisper.attention.reduced import use_reduced_attention
 from litewhisper.cli import main
 from litewhisper.errors import LiteWhisperError
@@ -157,15 +157,7 @@ def test_keep_fp32_pattern_that_matches_nothing_is_an_error(tmp_path):
 
 
 def test_cli_flags_reach_export_model(tmp_path, monkeypatch, capsys):
-    import litewhisper.export.api as api
-
-    seen = []
-
-    def fake(model, out, **kwargs):
-        seen.append(kwargs)
-        return ExportResult(path=tmp_path, precision="int8", max_abs_diff={"int8": 0.1}, size_bytes=1)
-
-    monkeypatch.setattr(api, "export_model", fake)
+    seen = record_exports(monkeypatch, tmp_path)
     assert main(["export", "m", "-o", str(tmp_path / "a")]) == 0
     former = ["--no-rotate", "--no-per-channel", "--keep-fp32", "none", "--activations", "tensor"]
     assert main(["export", "m", "-o", str(tmp_path / "b"), *former]) == 0

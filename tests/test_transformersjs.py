@@ -163,17 +163,10 @@ def test_transformersjs_in_node_gives_pytorch_greedy_tokens(request, tmp_path):
 
 
 def test_cli_int8_only_reaches_export_model_and_needs_int8(tmp_path, monkeypatch, capsys):
-    import litewhisper.export.api as api
+    from helpers import record_exports
     from litewhisper.cli import main
-    from litewhisper.export.api import ExportResult
 
-    seen = []
-
-    def fake(model, out, **kwargs):
-        seen.append(kwargs)
-        return ExportResult(path=tmp_path, precision="int8", max_abs_diff={"int8": 0.1}, size_bytes=1)
-
-    monkeypatch.setattr(api, "export_model", fake)
+    seen = record_exports(monkeypatch, tmp_path)
     assert main(["export", "m", "-o", str(tmp_path / "a"), "--int8-only"]) == 0
     assert main(["export", "m", "-o", str(tmp_path / "b")]) == 0
     assert [s["int8_only"] for s in seen] == [True, False]
