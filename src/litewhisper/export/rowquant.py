@@ -14,7 +14,7 @@ constant W (K, M) becomes
 with Wq int8 per output column (symmetric). MatMulIntegerToFloat (onnxruntime's contrib op, the one its dynamic
 quantization fuses into) applies the zero point and the column scales inside the GEMM; only the row scale is a
 separate multiply. Asymmetric rows were 10-20 % more accurate (base: relative error 0.017 vs 0.021 with layer 0
-in fp32) but 13 % slower (MatMulInteger takes one zero point per tensor, so the per-row offsets cost two more
+in fp32) but 10 % slower (MatMulInteger takes one zero point per tensor, so the per-row offsets cost two more
 passes over the output).
 """
 
