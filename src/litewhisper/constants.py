@@ -15,6 +15,10 @@ __all__ = [
     "FRAMES_PER_SECOND",
     "TOKENS_PER_SECOND",
     "BUDGET_FLOOR_TOKENS",
+    "WINDOW_POLICIES",
+    "WINDOW_FLOOR_S",
+    "WINDOW_MARGIN_S",
+    "WINDOW_FRAME_STEP",
 ]
 
 SAMPLE_RATE = 16_000  # Whisper's input rate (Hz)
@@ -43,3 +47,13 @@ def window_seconds(duration: float, seek_frames: int) -> float:
     """Seconds of a clip of `duration` s in the window that starts at log-mel frame `seek_frames` (both runtimes
     count a window's start in frames of 10 ms)."""
     return max(0.0, min(WINDOW_S, duration - seek_frames / FRAMES_PER_SECOND))
+
+
+# The encoder window policy (DecodeOptions.window): "full" encodes every window as 30 s of mel frames (Whisper's
+# padding); "auto" encodes a window holding d s of the clip as W = max(d + margin, floor) seconds of frames, rounded
+# up to a multiple of WINDOW_FRAME_STEP (at most 3000): the encoder reads frames [:W] and positions [:W/2], and the
+# decoder cross-attends those W/2 positions. Windows of long audio that hold 30 s of speech keep 30 s.
+WINDOW_POLICIES = ("auto", "full")
+WINDOW_FLOOR_S = 10.0  # shortest encoder window (seconds)
+WINDOW_MARGIN_S = 2.0  # padding kept after the clip's end (seconds)
+WINDOW_FRAME_STEP = 128  # windows are sized in steps of 128 mel frames = 64 encoder positions (1.28 s)

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from litewhisper.constants import BUDGET_FLOOR_TOKENS, TOKENS_PER_SECOND
+from litewhisper.constants import (
+    BUDGET_FLOOR_TOKENS,
+    TOKENS_PER_SECOND,
+    WINDOW_FLOOR_S,
+    WINDOW_MARGIN_S,
+    WINDOW_POLICIES,
+)
 
 __all__ = ["add_decoding_args", "decoding_options"]
 
@@ -23,6 +29,9 @@ _FIELDS = (
     "batch_size",
     "vad",
     "word_timestamps",
+    "window",
+    "window_floor",
+    "window_margin",
 )
 
 
@@ -83,6 +92,20 @@ def add_decoding_args(p: argparse.ArgumentParser, words: bool = True, batch: boo
         help="token budget per window: a window holding d s of audio emits at most min(max-new-tokens, "
         f"ceil(RATE*d) + {BUDGET_FLOOR_TOKENS}) tokens, fallback re-decodes included "
         f"(default {TOKENS_PER_SECOND:g}; none: max-new-tokens only)",
+    )
+    g.add_argument(
+        "--window",
+        choices=WINDOW_POLICIES,
+        help="encoder window: full (30 s of mel frames, Whisper's padding) or auto (a window holding d s of audio "
+        "encodes max(d + margin, floor) s: short clips cost less; default full)",
+    )
+    g.add_argument(
+        "--window-floor", type=float, help=f"shortest encoder window with --window auto (s, default {WINDOW_FLOOR_S:g})"
+    )
+    g.add_argument(
+        "--window-margin",
+        type=float,
+        help=f"seconds encoded after the audio's end with --window auto (default {WINDOW_MARGIN_S:g})",
     )
     g.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling, style)")
     if batch:

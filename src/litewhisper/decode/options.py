@@ -18,6 +18,11 @@ from litewhisper.constants import (
     DEFAULT_MAX_NEW_TOKENS,
     MAX_TARGET_POSITIONS,
     TOKENS_PER_SECOND,
+    WINDOW_FLOOR_S,
+    WINDOW_FRAME_STEP,
+    WINDOW_FRAMES,
+    WINDOW_MARGIN_S,
+    WINDOW_POLICIES,
     WINDOW_S,
 )
 from litewhisper.errors import LiteWhisperError
@@ -49,7 +54,10 @@ class DecodeOptions:
     reaches its budget is counted as a runaway loop (`hit_token_limit`). seed: makes the sampled fallback
     reproducible (the same clips and options give the same text); PyTorch seeds each batch, an export (CTranslate2)
     each clip, so there a clip's text does not depend on the clips decoded before it. The two runtimes draw from
-    different generators: a window that falls back to sampling may differ between them.
+    different generators: a window that falls back to sampling may differ between them. window: the encoder
+    window policy: "full" encodes 30 s of mel frames per window (padding included), "auto" a window holding d s of
+    the clip as `encoder_frames(d)` = max(d + window_margin, window_floor) s of frames (rounded up to 1.28-s steps,
+    at most 30 s); both runtimes apply it to every window (a long clip's full windows stay 30 s).
     """
 
     language: str | None = None
@@ -68,6 +76,9 @@ class DecodeOptions:
     vad: bool = False
     batch_size: int = 8
     seed: int = 0
+    window: str = "full"
+    window_floor: float = WINDOW_FLOOR_S
+    window_margin: float = WINDOW_MARGIN_S
 
     def __post_init__(self) -> None:
         temps = self.temperature
@@ -103,6 +114,7 @@ class DecodeOptions:
                 f"{_named('tokens_per_second')} must be a number > 0 (tokens per second of audio) or none "
                 f"(no budget), got {self.tokens_per_second!r}"
             )
+        self._check_window()
         if self.no_speech_threshold is not None and not 0 <= self.no_speech_threshold <= 1:
             raise LiteWhisperError(
                 f"{_named('no_speech_threshold')} is a probability in [0, 1], got {self.no_speech_threshold}"
@@ -113,6 +125,18 @@ class DecodeOptions:
             )
         if self.initial_prompt is not None and not self.initial_prompt.strip():
             object.__setattr__(self, "initial_prompt", None)
+
+    def _check_window(self) -> None:
+        if self.window not in WINDOW_POLICIES:
+            raise LiteWhisperError(
+                f"{_named('window')} must be one of {', '.join(WINDOW_POLICIES)}, got {self.window!r}"
+            )
+        for name, low in (("window_floor", 3.0), ("window_margin", 0.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= WINDOW_S:
+                raise LiteWhisperError(
+                    f"{_named(name)} must be a number of seconds in [{low:g}, {WINDOW_S:g}], got {value!r}"
+                )
 
     @property
     def fallback(self) -> bool:
@@ -127,6 +151,14 @@ class DecodeOptions:
             return self.max_new_tokens
         seconds = min(max(seconds, 0.0), WINDOW_S)
         return min(self.max_new_tokens, math.ceil(round(self.tokens_per_second * seconds, 6)) + BUDGET_FLOOR_TOKENS)
+
+    def encoder_frames(self, seconds: float) -> int:
+        """Mel frames the encoder reads for a window holding `seconds` of the clip (both runtimes call this)."""
+        if self.window == "full":
+            return WINDOW_FRAMES
+        wanted = max(min(max(seconds, 0.0), WINDOW_S) + self.window_margin, self.window_floor)
+        steps = math.ceil(round(wanted * WINDOW_FRAMES / WINDOW_S, 6) / WINDOW_FRAME_STEP)
+        return min(WINDOW_FRAMES, steps * WINDOW_FRAME_STEP)
 
     def replace(self, **changes: Any) -> DecodeOptions:
         """A copy with some fields changed (validated again)."""
@@ -148,6 +180,8 @@ class DecodeOptions:
         parts.append(f"at most {self.max_new_tokens} new tokens per window")
         if self.tokens_per_second is not None:
             parts.append(f"budget {self.tokens_per_second:g} tokens/s + {BUDGET_FLOOR_TOKENS}")
+        if self.window == "auto":
+            parts.append(f"encoder window clip + {self.window_margin:g} s (at least {self.window_floor:g} s)")
         parts.append(f"batch {self.batch_size}")
         return ", ".join(parts + [f for f, on in (("VAD", self.vad), ("initial prompt", self.initial_prompt)) if on])
 
