@@ -104,3 +104,84 @@ def test_an_encoder_traced_inside_the_window_follows_the_input_length(tmp_path):
             want = _reference_encoder(model, x[..., :frames]).numpy()
         assert got.shape == (1, frames // 2, model.config.d_model)
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch decoding
+
+SMALL = DecodeOptions.preset("leaderboard", max_new_tokens=8, window="auto", window_floor=5, window_margin=1)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from helpers import with_tokenizer
+    from litewhisper.models.load import WhisperBundle
+
+    model, processor = with_tokenizer(tiny_whisper(seed=11))
+    model.generation_config.suppress_tokens = list(range(50257, 50363))  # never end-of-text, never special
+    return WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
+
+
+@pytest.fixture
+def frames_read(bundle) -> list[int]:
+    """Mel frames of every encoder call (conv1's input length)."""
+    seen: list[int] = []
+    hook = bundle.model.get_encoder().conv1.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
+    yield seen
+    hook.remove()
+
+
+def _noise(*seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(int(16_000 * s)).astype(np.float32) * 0.1 for s in seconds]
+
+
+def test_pytorch_encodes_each_short_clip_in_its_own_window(bundle, frames_read):
+    from litewhisper.decode.transcribe import transcribe
+
+    # 2 s + 1 s margin < 5 s floor -> 500 -> 512 frames; 5 s + 1 -> 600 -> 640; 4 s + 1 -> 512
+    out = transcribe(bundle, _noise(2.0, 5.0, 4.0), SMALL)
+    assert sorted(frames_read) == [512, 640]  # batches group equal windows: one encoder call each
+    assert [t.duration_s for t in out] == [2.0, 5.0, 4.0]  # results in input order
+    frames_read.clear()
+    transcribe(bundle, _noise(2.0, 5.0), SMALL.replace(window="full"))
+    assert frames_read == [WINDOW_FRAMES]
+
+
+def test_pytorch_long_clip_keeps_full_windows_and_shrinks_the_last(bundle, frames_read):
+    from litewhisper.decode.transcribe import transcribe
+
+    # timestamps on: the random model's first window ends at 29.98 s (as in test_budget), the second holds
+    # 10.02 s -> 1102 -> 1152 frames
+    transcribe(bundle, _noise(40.0), SMALL.replace(timestamps=True, max_new_tokens=60))
+    assert frames_read == [WINDOW_FRAMES, 1152]
+
+
+def test_plan_batches_groups_short_clips_by_window_keeping_input_order_within():
+    from litewhisper.decode.transcribe import _Clip, plan_batches
+
+    clips = [_Clip(i, str(i), "x", d) for i, d in enumerate((9.5, 2.0, 40.0, 3.0, 12.0, 4.0))]
+    plan = [[c.index for c in batch] for _, batch in plan_batches(clips, 2, AUTO.encoder_frames)]
+    assert plan == [[1, 3], [5], [0], [4], [2]]  # 1024 x3, 1152, 1408, then long
+    assert [[c.index for c in b] for _, b in plan_batches(clips, 2, DecodeOptions().encoder_frames)] == [
+        [0, 1],
+        [3, 4],
+        [5],
+        [2],
+    ]
+
+
+@pytest.mark.real
+def test_real_short_clips_keep_their_words_and_timestamps_with_auto(real_tiny_en):
+    from helpers import require_shared_data
+    from litewhisper.audio.load import load_audio
+    from litewhisper.decode.transcribe import transcribe
+    from litewhisper.evaluation.metrics import total, word_counts
+    from litewhisper.evaluation.normalize import normalize
+
+    jfk = load_audio(require_shared_data() / "misc" / "jfk.flac")  # 11 s
+    full, auto = (transcribe(real_tiny_en, [jfk], word_timestamps=True, window=w)[0] for w in ("full", "auto"))
+    counts = total([word_counts(normalize(full.text, "english"), normalize(auto.text, "english"))])
+    assert counts.rate < 0.1, (full.text, auto.text)
+    words = [w for s in auto.segments for w in s.words]
+    assert len(words) >= 15 and all(0 <= w.start <= w.end <= auto.duration_s for w in words)
+    assert auto.segments[-1].end > 9.0  # timestamps reach the end of the speech

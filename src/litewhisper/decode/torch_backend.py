@@ -20,7 +20,7 @@ from litewhisper.decode.backend import DecodedClip
 from litewhisper.decode.languages import language_code
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import Segment, Word
-from litewhisper.decode.torch_budget import WindowBudgets
+from litewhisper.decode.torch_windows import WindowPlan
 from litewhisper.errors import LiteWhisperError
 from litewhisper.progress import quiet_transformers
 
@@ -152,8 +152,8 @@ class TorchBackend:
         inputs = {k: v.to(self.bundle.device) for k, v in features(self.bundle.processor, arrays, long_form).items()}
         inputs["input_features"] = inputs["input_features"].to(self.bundle.dtype)  # (batch, n_mels, frames)
         kwargs = self.generate_kwargs(options, long_form)
-        budgets = WindowBudgets(model, [a.size / SAMPLE_RATE for a in arrays], options)
-        kwargs["stopping_criteria"] = budgets.stopping_criteria
+        plan = WindowPlan(model, [a.size / SAMPLE_RATE for a in arrays], options)
+        kwargs["stopping_criteria"] = plan.stopping_criteria
         if long_form and on_seconds is not None and "monitor_progress" in inspect.signature(model.generate).parameters:
             # state: (batch, 2) = frames decoded so far, total frames, per clip; a frame is 10 ms
             kwargs["monitor_progress"] = lambda state: on_seconds(float(state.min(dim=1).values.sum()) / 100)
@@ -162,12 +162,12 @@ class TorchBackend:
             quiet_transformers(),
             _seeded(options.seed),
             _eager_attention(model, options.word_timestamps),
-            budgets.installed(),
+            plan.installed(),
         ):
             out = model.generate(**inputs, **kwargs)
         return [
             self._clip(segs, a.size / SAMPLE_RATE, options, hit)
-            for a, segs, hit in zip(arrays, out["segments"], budgets.hit, strict=True)
+            for a, segs, hit in zip(arrays, out["segments"], plan.hit, strict=True)
         ]
 
     # ------------------------------------------------------------------------------------------ results
@@ -182,7 +182,7 @@ class TorchBackend:
 
     def _clip(self, segments: list[dict], duration: float, options: DecodeOptions, hit_limit: bool) -> DecodedClip:
         """Text tokens of the segments inside the audio -> DecodedClip (`hit_limit`: a window of the clip reached
-        its token budget, as `WindowBudgets` saw it).
+        its token budget, as `WindowPlan` saw it).
 
         Segments that start at or after the end of the audio were decoded from the padding of the last window
         (transformers keeps decoding a short clip's padded 30 s window) and are dropped.

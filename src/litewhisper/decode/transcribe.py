@@ -1,17 +1,17 @@
 """The one decoder: audio -> `Transcription`s for transcribe, evaluate, bench and the report.
 
 `decode(model, audio, options)` reads and probes the inputs, optionally drops non-speech with a VAD, plans
-batches (clips up to 30 s in input order, then longer clips by length), shows one progress bar, and hands each
-batch to a backend (`litewhisper.decode.backend`; PyTorch / Hugging Face `generate` for a `WhisperBundle`).
-A bad input never stops the others: `decode` yields a `TranscriptionFailure` for it and carries on;
-`transcribe` raises instead.
+batches (clips up to 30 s in input order, grouped by encoder window; then longer clips by length), shows one
+progress bar, and hands each batch to a backend (`litewhisper.decode.backend`; PyTorch / Hugging Face `generate`
+for a `WhisperBundle`). A bad input never stops the others: `decode` yields a `TranscriptionFailure` for it and
+carries on; `transcribe` raises instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -90,11 +90,18 @@ def _load(clip: _Clip) -> np.ndarray:
     return samples
 
 
-def plan_batches(clips: Sequence[_Clip], batch_size: int) -> list[tuple[bool, list[_Clip]]]:
-    """(long_form, clips) batches: short clips in input order, then long clips sorted by duration."""
+def plan_batches(
+    clips: Sequence[_Clip], batch_size: int, frames: Callable[[float], int] | None = None
+) -> list[tuple[bool, list[_Clip]]]:
+    """(long_form, clips) batches: short clips in input order, then long clips sorted by duration. `frames`
+    (`DecodeOptions.encoder_frames`): short clips are grouped by their encoder window first (the clips of a batch
+    share one window; input order within a group)."""
     short = [c for c in clips if c.duration_s <= CHUNK_S]
+    groups: dict[int, list[_Clip]] = {}
+    for clip in short:
+        groups.setdefault(frames(clip.duration_s) if frames is not None else 0, []).append(clip)
     long = sorted((c for c in clips if c.duration_s > CHUNK_S), key=lambda c: c.duration_s)
-    return [(False, short[i : i + batch_size]) for i in range(0, len(short), batch_size)] + [
+    return [(False, g[i : i + batch_size]) for _, g in sorted(groups.items()) for i in range(0, len(g), batch_size)] + [
         (True, long[i : i + batch_size]) for i in range(0, len(long), batch_size)
     ]
 
@@ -146,7 +153,7 @@ def _run(
     batched = [c for c in clips if not _streamed(c)]
     known = None if any(c.duration_s is None for c in clips) else round(sum(c.duration_s for c in clips), 1)
     with progress_bar(total=known, unit="audio-s", desc="transcribing") as bar:
-        for _, batch in plan_batches(batched, options.batch_size):
+        for _, batch in plan_batches(batched, options.batch_size, options.encoder_frames):
             yield from _decode_batch(backend, batch, options, vad, bar)
         for clip in streamed:
             yield clip.index, _decode_streamed(backend, clip, options, vad, bar)
