@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
     "window_seconds",
+    "encoder_window_frames",
     "SAMPLE_RATE",
     "WINDOW_S",
     "WINDOW_SAMPLES",
@@ -57,3 +60,11 @@ WINDOW_POLICIES = ("auto", "full")
 WINDOW_FLOOR_S = 10.0  # shortest encoder window (seconds)
 WINDOW_MARGIN_S = 2.0  # padding kept after the clip's end (seconds)
 WINDOW_FRAME_STEP = 128  # windows are sized in steps of 128 mel frames = 64 encoder positions (1.28 s)
+
+
+def encoder_window_frames(seconds: float, floor: float = WINDOW_FLOOR_S, margin: float = WINDOW_MARGIN_S) -> int:
+    """Mel frames the "auto" policy encodes for a window holding `seconds` of audio: max(seconds + margin, floor)
+    seconds, rounded up to a multiple of WINDOW_FRAME_STEP, at most WINDOW_FRAMES."""
+    wanted = max(min(max(seconds, 0.0), WINDOW_S) + margin, floor)
+    steps = math.ceil(round(wanted * FRAMES_PER_SECOND, 6) / WINDOW_FRAME_STEP)
+    return min(WINDOW_FRAMES, steps * WINDOW_FRAME_STEP)

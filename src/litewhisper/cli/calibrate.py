@@ -35,9 +35,10 @@ def add_calibration_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--max-clips", type=int, help="use at most this many clips (default all)")
     p.add_argument(
         "--windows",
-        choices=("clip", "pack"),
+        choices=("clip", "pack", "short"),
         default=None,
-        help="one clip per 30-s window (clip, as the paper) or clips packed end to end (pack); "
+        help="one clip per 30-s window (clip, as the paper), clips packed end to end (pack), or one clip per "
+        "window encoded as --window auto decodes it (short: clip + 2 s, at least 10 s); "
         "default: pack for compress's budget method, clip otherwise",
     )
     p.add_argument(

@@ -1,8 +1,10 @@
 """Calibration: run speech through the ENCODER ONLY and stream each linear layer's output moments.
 
-Whisper always encodes 30-s windows (3000 mel frames -> 1500 positions). Windows are built either one clip per
-window ("clip", as the LiteASR paper) or by packing clips end to end into full windows ("pack"). With
-frames="audio" only positions that carry audio are counted; frames="all" counts the padding too.
+Whisper encodes 30-s windows (3000 mel frames -> 1500 positions). Windows are built either one clip per
+window ("clip", as the LiteASR paper), by packing clips end to end into full windows ("pack"), or one clip per
+window encoded as the decoder's short-window policy encodes it ("short": `encoder_window_frames`, clip + 2 s, at
+least 10 s, as `--window auto` decodes). With frames="audio" only positions that carry audio are counted;
+frames="all" counts the padding too (for "short", the padding the window keeps).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from torch import nn
 
 from litewhisper.audio.load import audio_seconds, load_audio
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
-from litewhisper.constants import SAMPLE_RATE, WINDOW_SAMPLES
+from litewhisper.constants import SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, encoder_window_frames
 from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.errors import CalibrationError
+from litewhisper.models.encoder_window import encoder_window
 from litewhisper.models.linears import (
     SHARED_INPUT,
     encoder_linears,
@@ -50,13 +53,15 @@ __all__ = [
 ]
 
 SAMPLES_PER_POSITION = 320  # hop 160 samples per mel frame x conv2 stride 2
+WINDOWINGS = ("clip", "pack", "short")
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     """How calibration windows are built and which frames are counted.
 
-    windowing: "clip" (one clip per 30-s window; longer clips are cut into several) or "pack" (clips end to end).
+    windowing: "clip" (one clip per 30-s window; longer clips are cut into several), "pack" (clips end to end) or
+    "short" (as "clip", each window encoded at the length `--window auto` gives it).
     frames: "all" (every encoder position, padding included) or "audio" (positions carrying audio only).
     share_inputs: collect q/k/v input moments once per block (and fc1's, the narrower side) and derive outputs.
     """
@@ -70,8 +75,8 @@ class CalibrationConfig:
     shard_seconds: float = SHARD_SECONDS  # clips are calibrated in shards of about this much audio
 
     def __post_init__(self) -> None:
-        if self.windowing not in ("clip", "pack"):
-            raise CalibrationError(f"windowing must be 'clip' or 'pack', got {self.windowing!r}")
+        if self.windowing not in WINDOWINGS:
+            raise CalibrationError(f"windowing must be one of {', '.join(WINDOWINGS)}, got {self.windowing!r}")
         if self.frames not in ("all", "audio"):
             raise CalibrationError(f"frames must be 'all' or 'audio', got {self.frames!r}")
         if self.max_clips is not None and (not isinstance(self.max_clips, int) or self.max_clips < 1):
@@ -101,12 +106,12 @@ def load_samples(source) -> np.ndarray:
 
 
 def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
-    """30-s windows from clips, one clip per window ("clip") or packed end to end ("pack")."""
+    """30-s windows from clips, one clip per window ("clip", "short") or packed end to end ("pack")."""
     pending: list[np.ndarray] = []
     pending_len = 0
     for source in sources:
         samples = load_samples(source)
-        if windowing == "clip":
+        if windowing != "pack":
             for start in range(0, len(samples), WINDOW_SAMPLES):
                 chunk = samples[start : start + WINDOW_SAMPLES]
                 yield Window(chunk, len(chunk))
@@ -255,15 +260,26 @@ def _encode_shard(
 ) -> int:
     """Stream one shard's windows through the encoder into fresh `collector.moments`; returns its windows."""
     collector.moments = collector.zeros()
-    positions = encoder.config.max_source_positions
     n_windows = 0
-    for batch in batched(iter_windows(_advancing(sources, bar), config.windowing), config.batch_size):
-        feats = extractor([w.samples for w in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        mel = feats.input_features.to(device, dtype)  # (B, n_mels, 3000)
-        collector.mask = position_mask(batch, positions, config.frames, device)
-        encoder(mel)
-        n_windows += len(batch)
+    with encoder_window(encoder) as window:
+        for batch in batched(iter_windows(_advancing(sources, bar), config.windowing), config.batch_size):
+            for frames, group in _by_frames(batch, config.windowing):
+                feats = extractor([w.samples for w in group], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                window.frames = frames  # "short": the first `frames` of the padded 30 s
+                mel = feats.input_features.to(device, dtype)  # (B, n_mels, 3000)
+                collector.mask = position_mask(group, frames // 2, config.frames, device)
+                encoder(mel)
+            n_windows += len(batch)
     return n_windows
+
+
+def _by_frames(batch: list[Window], windowing: str) -> list[tuple[int, list[Window]]]:
+    """The batch split into windows encoded at the same length (all 3000 frames unless "short")."""
+    groups: dict[int, list[Window]] = {}
+    for w in batch:
+        frames = encoder_window_frames(w.audio_samples / SAMPLE_RATE) if windowing == "short" else WINDOW_FRAMES
+        groups.setdefault(frames, []).append(w)
+    return sorted(groups.items())
 
 
 def _advancing(sources: Sequence, bar) -> Iterator:

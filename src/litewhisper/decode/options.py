@@ -19,11 +19,11 @@ from litewhisper.constants import (
     MAX_TARGET_POSITIONS,
     TOKENS_PER_SECOND,
     WINDOW_FLOOR_S,
-    WINDOW_FRAME_STEP,
     WINDOW_FRAMES,
     WINDOW_MARGIN_S,
     WINDOW_POLICIES,
     WINDOW_S,
+    encoder_window_frames,
 )
 from litewhisper.errors import LiteWhisperError
 
@@ -156,9 +156,7 @@ class DecodeOptions:
         """Mel frames the encoder reads for a window holding `seconds` of the clip (both runtimes call this)."""
         if self.window == "full":
             return WINDOW_FRAMES
-        wanted = max(min(max(seconds, 0.0), WINDOW_S) + self.window_margin, self.window_floor)
-        steps = math.ceil(round(wanted * WINDOW_FRAMES / WINDOW_S, 6) / WINDOW_FRAME_STEP)
-        return min(WINDOW_FRAMES, steps * WINDOW_FRAME_STEP)
+        return encoder_window_frames(seconds, self.window_floor, self.window_margin)
 
     def replace(self, **changes: Any) -> DecodeOptions:
         """A copy with some fields changed (validated again)."""
