@@ -9,7 +9,10 @@ files the runtime reads), and ratios against faster-whisper int8 on the same ori
 Rows (each needs its export directory, made with `litewhisper export`):
   faster-whisper int8     the original checkpoint's CTranslate2 model, compute_type int8 (the reference)
   PyTorch fp32            `litewhisper transcribe` of the original (batch 8): the WER reference
-  litewhisper fp32/int8   `litewhisper transcribe EXPORT_DIR` (onnxruntime encoder + CTranslate2 decoder)
+  litewhisper fp32/int8   `litewhisper transcribe EXPORT_DIR` (onnxruntime encoder + CTranslate2 decoder);
+                          NAME:PRECISION:auto decodes with `--window auto` (issue 31: the encoder reads the clip +
+                          2 s, at least 10 s; its encoder ms is then the mean over the clips' windows)
+--max-seconds 10 keeps the English dev clips up to 10 s (short clips), in manifest order.
 
     PYTHONPATH=src nice -n 5 python benchmarks/deploy.py --threads 2 --clips 30 --rounds 2 \
         --row base=base --row base@0.8=/tmp/lite-base-08 \
@@ -35,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "src"))
 
+from litewhisper.constants import WINDOW_FRAMES, encoder_window_frames  # noqa: E402
 from litewhisper.evaluation.metrics import corpus_score, score_utterance  # noqa: E402
 from litewhisper.evaluation.normalize import normalize  # noqa: E402
 
@@ -68,7 +72,7 @@ json.dump(texts, open(out, "w"))
 ENC_SCRIPT = """
 import json, sys, time, statistics
 import numpy as np
-kind, path, threads, reps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+kind, path, threads, reps, frames = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = np.random.default_rng(0)
 if kind == "ct2":
     import ctranslate2
@@ -82,7 +86,7 @@ elif kind == "onnx":
     marker = read_marker(Path(path))
     sess = encoder_session(Path(path) / marker["encoders"][marker["precision"]], threads)
     n_mels = sess.get_inputs()[0].shape[1]
-    feats = rng.standard_normal((1, n_mels, 3000)).astype(np.float32)
+    feats = rng.standard_normal((1, n_mels, frames)).astype(np.float32)
     run = lambda: sess.run(None, {"input_features": feats})
 else:
     import torch
@@ -111,6 +115,7 @@ class Row:
     path: str
     size: int
     reference: str  # model name of the faster-whisper row to compare with
+    window: str = "full"  # --window of `litewhisper transcribe`
     walls: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     encoder: list[float] = field(default_factory=list)
@@ -160,12 +165,13 @@ def build_rows(args, work: Path) -> list[Row]:
             rows.append(
                 Row(name, "PyTorch (batch 8)", "fp32", "torch", source, dir_size([src / "model.safetensors"]), base)
             )
-    for spec in args.export:  # NAME:PRECISION=DIR
+    for spec in args.export:  # NAME:PRECISION[:WINDOW]=DIR
         key, path = spec.split("=", 1)
-        name, precision = key.split(":")
-        rows.append(
-            Row(name, "litewhisper (ORT+CT2)", precision, "onnx", path, export_size(Path(path)), name.split("@")[0])
-        )
+        name, precision, *window = key.split(":")
+        runtime = "litewhisper (ORT+CT2)" + (f", window {window[0]}" if window else "")
+        row = Row(name, runtime, precision, "onnx", path, export_size(Path(path)), name.split("@")[0])
+        row.window = window[0] if window else "full"
+        rows.append(row)
     for spec in args.whispercpp:  # NAME=GGML_FILE
         name, path = spec.split("=", 1)
         rows.append(Row(name, "whisper.cpp (pywhispercpp)", "fp16", "wcpp", path, Path(path).stat().st_size, name))
@@ -180,6 +186,7 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float
     else:
         cmd = [sys.executable, "-m", "litewhisper", "transcribe", row.path, *clips, "--format", "json", "--quiet"]
         cmd += ["--threads", str(threads)] if row.kind == "onnx" else []
+        cmd += ["--window", row.window] if row.window != "full" else []
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
     timefile = work / "time.txt"
     start = time.perf_counter()
@@ -205,13 +212,22 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float
     return [json.loads(line)["text"] for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def encoder_ms(row: Row, threads: int, reps: int) -> float | None:
+def encoder_ms(row: Row, threads: int, reps: int, durations: list[float]) -> float | None:
     if row.kind == "wcpp":
         return None  # pywhispercpp has no encoder-only call
     kind = {"fw": "ct2", "onnx": "onnx", "torch": "torch"}[row.kind]
+    if row.window == "auto":  # the mean over the clips of one window at the length the policy gives each
+        frames = [encoder_window_frames(s) for s in durations]
+        return statistics.mean(
+            _encoder_run(kind, row.path, threads, reps, f) for f in frames[:: max(1, len(frames) // 5)]
+        )
+    return _encoder_run(kind, row.path, threads, reps, WINDOW_FRAMES)
+
+
+def _encoder_run(kind: str, path: str, threads: int, reps: int, frames: int) -> float:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(
-        [sys.executable, "-c", ENC_SCRIPT, kind, row.path, str(threads), str(reps)],
+        [sys.executable, "-c", ENC_SCRIPT, kind, path, str(threads), str(reps), str(frames)],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -261,13 +277,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--row-timeout", type=float, help="leave out a row whose run takes longer (seconds)")
     p.add_argument("--clips", type=int, default=30, help="first N English dev clips")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="only clips up to this long (e.g. 10: short)")
     p.add_argument("--rounds", type=int, default=1, help="end-to-end repetitions (interleaved)")
     p.add_argument("--encoder-reps", type=int, default=5)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "litewhisper-deploy-bench")
     p.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = p.parse_args()
     manifest = [json.loads(line) for line in (DATA / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    picked = [r for r in manifest if r["split"] == "dev" and r["lang"] == "en"][: args.clips]
+    picked = [r for r in manifest if r["split"] == "dev" and r["lang"] == "en" and r["duration_s"] <= args.max_seconds]
+    picked = picked[: args.clips]
     clips, refs = [str(DATA / r["path"]) for r in picked], [r["text"] for r in picked]
     args.work.mkdir(parents=True, exist_ok=True)
     rows = build_rows(args, args.work)
@@ -278,7 +296,7 @@ def main() -> None:
                 rows.remove(row)
                 continue
             row.wer = wer(refs, hyps) if row.wer is None else row.wer
-            row.encoder.append(encoder_ms(row, args.threads, args.encoder_reps))
+            row.encoder.append(encoder_ms(row, args.threads, args.encoder_reps, [r["duration_s"] for r in picked]))
             print(
                 f"round {rnd + 1}: {row.model} {row.runtime} {row.precision}: {row.walls[-1]:.1f} s, "
                 f"WER {row.wer:.2f} %, peak {row.rss[-1]:.0f} MiB, encoder {row.encoder[-1]} ms",

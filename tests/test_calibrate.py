@@ -113,14 +113,14 @@ def test_windows_clip_and_pack():
 
 def test_short_windows_encode_each_clip_at_the_policy_length(tiny_model):
     """Issue 31 item 3: windows as `--window auto` encodes them (clip + 2 s, at least 10 s, in 128-frame steps):
-    3 s -> 1024 frames (512 positions), 12 s -> 1408 (704), 40 s -> 3000 (1500) + 10 s -> 1280 (640)."""
+    3 s -> 1024 frames (512 positions), 12 s -> 1408 (704); a 40-s clip stays 3000 + 3000 (long audio: full)."""
     seen: list[int] = []
     hook = tiny_model.model.encoder.conv1.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
     try:
         stats = calibrate(tiny_model, clips((3, 12, 40)), CalibrationConfig(windowing="short", batch_size=8))
     finally:
         hook.remove()
-    assert sorted(seen) == [1024, 1280, 1408, 3000] and stats.frames == 512 + 640 + 704 + 1500
+    assert sorted(seen) == [1024, 1408, 3000, 3000] and stats.frames == 512 + 704 + 1500 + 1500
     audio = calibrate(tiny_model, clips((3,)), CalibrationConfig(windowing="short", frames="audio"))
     assert audio.frames == 150  # positions carrying audio only
     assert tiny_model.model.encoder(torch.zeros(1, 80, 3000)).last_hidden_state.shape[1] == 1500  # hook removed

@@ -147,13 +147,18 @@ def test_pytorch_encodes_each_short_clip_in_its_own_window(bundle, frames_read):
     assert frames_read == [WINDOW_FRAMES]
 
 
-def test_pytorch_long_clip_keeps_full_windows_and_shrinks_the_last(bundle, frames_read):
+def test_pytorch_long_audio_keeps_full_windows_its_last_one_too(bundle, frames_read):
     from litewhisper.decode.transcribe import transcribe
 
-    # timestamps on: the random model's first window ends at 29.98 s (as in test_budget), the second holds
-    # 10.02 s -> 1102 -> 1152 frames
+    # timestamps on: the random model's first window ends at 29.98 s (as in test_budget); the second holds 10 s
     transcribe(bundle, _noise(40.0), SMALL.replace(timestamps=True, max_new_tokens=60))
-    assert frames_read == [WINDOW_FRAMES, 1152]
+    assert frames_read == [WINDOW_FRAMES, WINDOW_FRAMES]
+
+
+def test_a_short_clips_second_window_is_sized_by_what_it_holds():
+    # a 29-s clip whose first window ended at 20 s: the second holds 9 s -> 11 s -> 1152 frames
+    assert AUTO.encoder_frames(29.0, 2000) == 1152 and AUTO.encoder_frames(29.0) == 3000
+    assert AUTO.encoder_frames(30.5, 3000) == WINDOW_FRAMES  # long audio: full, its last window too
 
 
 def test_plan_batches_groups_short_clips_by_window_keeping_input_order_within():

@@ -91,6 +91,7 @@ class CalibrationConfig:
 class Window:
     samples: np.ndarray  # (<= WINDOW_SAMPLES,) float32; the feature extractor pads it to 30 s
     audio_samples: int  # how many samples carry audio
+    long_clip: bool = False  # cut from a clip longer than one window
 
 
 def load_samples(source) -> np.ndarray:
@@ -114,7 +115,7 @@ def iter_windows(sources: Iterable, windowing: str) -> Iterator[Window]:
         if windowing != "pack":
             for start in range(0, len(samples), WINDOW_SAMPLES):
                 chunk = samples[start : start + WINDOW_SAMPLES]
-                yield Window(chunk, len(chunk))
+                yield Window(chunk, len(chunk), long_clip=len(samples) > WINDOW_SAMPLES)
             continue
         pending.append(samples)
         pending_len += len(samples)
@@ -274,10 +275,12 @@ def _encode_shard(
 
 
 def _by_frames(batch: list[Window], windowing: str) -> list[tuple[int, list[Window]]]:
-    """The batch split into windows encoded at the same length (all 3000 frames unless "short")."""
+    """The batch split into windows encoded at the same length (all 3000 frames unless "short"; a window cut
+    from a clip longer than 30 s stays 3000, as `--window auto` decodes long audio)."""
     groups: dict[int, list[Window]] = {}
     for w in batch:
-        frames = encoder_window_frames(w.audio_samples / SAMPLE_RATE) if windowing == "short" else WINDOW_FRAMES
+        short = windowing == "short" and not w.long_clip
+        frames = encoder_window_frames(w.audio_samples / SAMPLE_RATE) if short else WINDOW_FRAMES
         groups.setdefault(frames, []).append(w)
     return sorted(groups.items())
 

@@ -24,6 +24,7 @@ from litewhisper.constants import (
     WINDOW_POLICIES,
     WINDOW_S,
     encoder_window_frames,
+    window_seconds,
 )
 from litewhisper.errors import LiteWhisperError
 
@@ -56,8 +57,8 @@ class DecodeOptions:
     each clip, so there a clip's text does not depend on the clips decoded before it. The two runtimes draw from
     different generators: a window that falls back to sampling may differ between them. window: the encoder
     window policy: "full" encodes 30 s of mel frames per window (padding included), "auto" a window holding d s of
-    the clip as `encoder_frames(d)` = max(d + window_margin, window_floor) s of frames (rounded up to 1.28-s steps,
-    at most 30 s); both runtimes apply it to every window (a long clip's full windows stay 30 s).
+    a clip of at most 30 s as max(d + window_margin, window_floor) s of frames (rounded up to 1.28-s steps, at most
+    30 s; `encoder_frames`); audio longer than 30 s keeps full windows (its transcript does not change).
     """
 
     language: str | None = None
@@ -152,11 +153,13 @@ class DecodeOptions:
         seconds = min(max(seconds, 0.0), WINDOW_S)
         return min(self.max_new_tokens, math.ceil(round(self.tokens_per_second * seconds, 6)) + BUDGET_FLOOR_TOKENS)
 
-    def encoder_frames(self, seconds: float) -> int:
-        """Mel frames the encoder reads for a window holding `seconds` of the clip (both runtimes call this)."""
-        if self.window == "full":
+    def encoder_frames(self, clip_seconds: float, seek_frames: int = 0) -> int:
+        """Mel frames the encoder reads for the window starting at frame `seek_frames` of a clip of `clip_seconds`
+        (both runtimes call this). Audio longer than one window keeps Whisper's 30-s windows, its last one too, so
+        long-form transcripts are the same with "auto" and "full"."""
+        if self.window == "full" or clip_seconds > WINDOW_S:
             return WINDOW_FRAMES
-        return encoder_window_frames(seconds, self.window_floor, self.window_margin)
+        return encoder_window_frames(window_seconds(clip_seconds, seek_frames), self.window_floor, self.window_margin)
 
     def replace(self, **changes: Any) -> DecodeOptions:
         """A copy with some fields changed (validated again)."""

@@ -51,8 +51,9 @@ def _shift(seg: Segment, offset: float) -> Segment:
 
 
 def _window_options(backend: Backend, options: DecodeOptions, previous: str) -> DecodeOptions:
-    """Timestamps on (segments place the cut); the previous text as prompt when conditioning is asked."""
-    base = options.replace(timestamps=True)
+    """Timestamps on (segments place the cut), full encoder windows (a long recording's transcript does not depend
+    on `window`); the previous text as prompt when conditioning is asked."""
+    base = options.replace(timestamps=True, window="full")
     if not (options.condition_on_previous_text and options.initial_prompt is None and previous):
         return base
     prompted = base.replace(initial_prompt=previous[-PROMPT_CHARS:])

@@ -66,7 +66,7 @@ class WindowPlan:
 
     def encoder_frames(self, clips: list[int], seeks: list[int]) -> int:
         """Mel frames the encoder reads for a pass over `clips` whose windows start at frames `seeks`."""
-        return max(self.options.encoder_frames(s) for s in self.seconds(clips, seeks))
+        return max(self.options.encoder_frames(self.durations[c], s) for c, s in zip(clips, seeks, strict=True))
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[WindowPlan]:
