@@ -8,6 +8,10 @@ as a dense Whisper: linears and convolutions ~ W, attention ~ W²). For an int8 
 `int8 err` is ‖int8 − fp32‖ / ‖fp32‖ of the encoder output at that W. Timings are ratios within one run.
 
     PYTHONPATH=src python benchmarks/encoder_window.py /tmp/lw31/base-int8 --threads 2 --rounds 7
+
+Seen (7 Dec, 2 busy cores, int8 exports): base 655 ms at 3000 frames; ratios at 2304/1536/1024/512 frames
+0.71/0.40/0.25/0.11 (ideal 0.71/0.43/0.27/0.13); tiny.en 360 ms, 0.69/0.37/0.24/0.10. int8 error vs fp32 ~0.027
+at every length.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ from litewhisper.models.load import WhisperBundle, load_model
 SR = 16_000
 GREEDY = DecodeOptions.preset("leaderboard", max_new_tokens=8)  # greedy, no timestamps, no fallback
 AUTO = GREEDY.replace(window="auto")
+# every window fails the log-probability test, so each is decoded at 0.5 then 1.0 (tests/test_deployed_decoding.py)
+FALLBACK = AUTO.replace(temperature=(0.5, 1.0), logprob_threshold=0.0, no_speech_threshold=None)
 
 
 def _noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -73,6 +75,21 @@ def test_exported_encoder_has_a_dynamic_time_axis_and_matches_pytorch(exported, 
         np.testing.assert_allclose(got, want, rtol=0, atol=atol)
 
 
+def test_a_rotated_lite_encoder_with_reduced_attention_exports_dynamic_too(tmp_path):
+    """Low-rank factors (rotated for int8) and reduced-dimension attention trace with the dynamic time axis."""
+    from test_export_int8 import _lite_model
+
+    model, processor = with_tokenizer(_lite_model())
+    bundle = WhisperBundle(model=model, processor=processor, name="lite-random", path=None)
+    result = export_model(bundle, tmp_path / "int8", quantize="int8", onnx_decoder=False, int8_only=True)
+    deployed = load_deployed(result.path, threads=1)
+    x = torch.randn(1, 80, WINDOW_FRAMES, generator=torch.Generator().manual_seed(3)).clamp(-1.5, 1.5)
+    with torch.no_grad(), encoder_window(model):
+        want = model.get_encoder()(x[..., :1024]).last_hidden_state.numpy()  # (1, 512, 128)
+    got = deployed.encode(x[..., :1024].numpy())
+    assert got.shape == want.shape and np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02  # seen 0.003
+
+
 def test_auto_encodes_a_short_clip_as_its_window_not_30_seconds(exported, monkeypatch):
     model = load_model(exported[1], threads=1)
     seen = _spy(monkeypatch, model)
@@ -81,6 +98,7 @@ def test_auto_encodes_a_short_clip_as_its_window_not_30_seconds(exported, monkey
         (GREEDY, 3000),
         (AUTO, 1024),  # 3.5 s + 2 s margin < 10 s floor: 1000 frames -> 1024
         (AUTO.replace(window_floor=3, window_margin=1), 512),  # 4.5 s: 450 -> 512
+        (FALLBACK, 1024),  # re-decoded at 0.5 and 1.0 from the same encoder output
     ):
         seen.clear()
         (out,) = transcribe(model, [clip], options)
