@@ -66,6 +66,7 @@ class DeployedBackend:
         self.is_multilingual = model.is_multilingual
 
     def check(self, options: DecodeOptions) -> None:
+        self.model.check_window(options.window)
         code = _language(options)
         if not self.is_multilingual and (code not in (None, "en") or options.task == "translate"):
             raise LiteWhisperError(
@@ -90,7 +91,10 @@ class DeployedBackend:
         self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
         duration, eot = samples.size / SAMPLE_RATE, self.model.eot
         budget = options.window_budget if options.tokens_per_second is not None else None
-        segments, info = self.model.transcribe(window_audio(samples), seconds=duration, budget=budget, **kwargs)
+        frames = options.encoder_frames if options.window != "full" else None  # None: 3000 (old exports too)
+        segments, info = self.model.transcribe(
+            window_audio(samples), seconds=duration, budget=budget, frames=frames, **kwargs
+        )
         out, texts, n_tokens, hit_limit = [], [], 0, False
         for s in segments:  # lazily decoded: the window of `s` is the last one decoded
             hit_limit = hit_limit or self.model.window_tokens >= self.model.window_budget

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from litewhisper.atomic import atomic_directory, check_output_dir
+from litewhisper.constants import WINDOW_FRAMES
 from litewhisper.errors import LiteWhisperError
 from litewhisper.export.ct2 import export_ct2_decoder
 from litewhisper.export.layout import write_marker, write_metadata, write_transformersjs_config
@@ -27,12 +28,14 @@ from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names
 from litewhisper.export.rotate import count_low_rank, rotated_copy
 from litewhisper.export.rowquant import quantize_rows
 from litewhisper.models.deployed import CT2_DIR, ONNX_DIR, encoder_session, is_export, require_onnx_extra
+from litewhisper.models.encoder_window import encoder_window
 
 __all__ = ["ExportError", "ExportResult", "export_model", "verify_encoder", "verify_decoder"]
 
 log = logging.getLogger("litewhisper")
 
 FP32_TOLERANCE = 1e-3  # max |Δ| of the fp32 encoder vs PyTorch (seen: ~1e-6)
+VERIFY_FRAMES = (WINDOW_FRAMES, 1024)  # encoder windows checked against PyTorch (mel frames)
 DECODER_TOLERANCE = 1e-2  # max |Δ| of the fp32 merged decoder's logits vs PyTorch (seen: ~1e-5)
 
 
@@ -61,26 +64,35 @@ def _check_exportable(bundle) -> None:
 
 
 def verify_encoder(model, onnx_path: Path, seed: int = 0) -> float:
-    """max |Δ| between the ONNX encoder and PyTorch on one fixed 30-s window of log-mel-like features."""
+    """max |Δ| between the ONNX encoder and PyTorch on one fixed window of log-mel-like features, read whole
+    (3000 frames) and cut to VERIFY_FRAMES[1] (the dynamic time axis that DecodeOptions.window="auto" uses)."""
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(1, model.config.num_mel_bins, 3000, generator=gen).clamp(-1.5, 1.5)  # (1, n_mels, 3000)
-    with torch.inference_mode():
-        ref = model.get_encoder()(features.to(model.dtype)).last_hidden_state.float().numpy()
-    out = encoder_session(onnx_path, threads=1).run(None, {"input_features": features.numpy()})[0]
-    return float(np.abs(out - ref).max())
+    session, diffs = encoder_session(onnx_path, threads=1), []
+    with torch.inference_mode(), encoder_window(model):
+        for frames in VERIFY_FRAMES:
+            x = features[..., :frames]  # (1, n_mels, W)
+            ref = model.get_encoder()(x.to(model.dtype)).last_hidden_state.float().numpy()  # (1, W/2, d)
+            out = session.run(None, {"input_features": x.numpy()})[0]
+            diffs.append(float(np.abs(out - ref).max()))
+    return max(diffs)
 
 
 def verify_decoder(model, merged: Path, seed: int = 0) -> float:
     """max |Δ| between the logits of the merged ONNX decoder (a 2-token prompt without cache, then 3 cached steps,
-    as transformers.js runs it) and PyTorch's decoder on the same tokens and random encoder states."""
+    as transformers.js runs it) and PyTorch's decoder on the same tokens and random encoder states, of a 30-s
+    window (1500 positions) and of a shortened one (VERIFY_FRAMES[1] / 2 positions)."""
     cfg = model.config
     gen = torch.Generator().manual_seed(seed)
-    states = torch.randn(1, cfg.max_source_positions, cfg.d_model, generator=gen)  # (1, 1500, d)
     ids = torch.tensor([[cfg.decoder_start_token_id, *torch.randint(0, 256, (4,), generator=gen).tolist()]])
-    with torch.inference_mode():
-        ref = model(encoder_outputs=(states,), decoder_input_ids=ids).logits.float().numpy()  # (1, 5, vocab)
-    out = run_merged(encoder_session(merged, threads=1), states.numpy(), ids.numpy(), prompt=2)
-    return float(np.abs(out - ref).max())
+    session, diffs = encoder_session(merged, threads=1), []
+    for frames in VERIFY_FRAMES:
+        states = torch.randn(1, frames // 2, cfg.d_model, generator=gen)  # (1, W/2, d)
+        with torch.inference_mode():
+            ref = model(encoder_outputs=(states,), decoder_input_ids=ids).logits.float().numpy()  # (1, 5, vocab)
+        out = run_merged(session, states.numpy(), ids.numpy(), prompt=2)
+        diffs.append(float(np.abs(out - ref).max()))
+    return max(diffs)
 
 
 def _size(path: Path) -> int:

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from litewhisper.models.deployed import CT2_DIR, EXPORT_FORMAT, EXPORT_MARKER
+from litewhisper.models.deployed import CT2_DIR, ENCODER_WINDOW, EXPORT_FORMAT, EXPORT_MARKER
 
 __all__ = ["write_metadata", "write_marker", "write_transformersjs_config", "CT2_SIDE_FILES", "TJS_DTYPES"]
 
@@ -72,7 +72,8 @@ def write_marker(
     check: dict[str, Any],
     int8: dict[str, Any] | None = None,
 ) -> None:
-    """litewhisper_export.json; int8: the int8 settings (rotate, per_channel, keep_fp32, ...), None for fp32."""
+    """litewhisper_export.json; int8: the int8 settings (rotate, per_channel, keep_fp32, ...), None for fp32.
+    encoder_window "dynamic": the encoders read any even number of mel frames <= 3000 (export/onnx.py)."""
     marker = {
         "format": EXPORT_FORMAT,
         "name": name,
@@ -80,5 +81,6 @@ def write_marker(
         "encoders": encoders,
         "verify": check,
         "int8": int8,
+        "encoder_window": ENCODER_WINDOW,
     }
     (out / EXPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
 """Trace a Whisper (or lite-whisper) model into the three ONNX graphs Hugging Face's ONNX ecosystem uses.
 
-    onnx/encoder_model.onnx            input_features (b, n_mels, 3000) -> last_hidden_state (b, 1500, d)
+    onnx/encoder_model.onnx            input_features (b, n_mels, W) -> last_hidden_state (b, W/2, d), any even
+                                       W <= 3000 (traced inside models/encoder_window.py; W = 3000 is Whisper's)
     onnx/decoder_model.onnx            input_ids (b, t), encoder_hidden_states -> logits (b, t, vocab),
                                        present.{i}.decoder.key/value (b, h, t, d_head),
                                        present.{i}.encoder.key/value (b, h, 1500, d_head)
@@ -27,9 +28,18 @@ import torch
 from torch import nn
 
 from litewhisper.constants import WINDOW_FRAMES
+from litewhisper.models.encoder_window import encoder_window
 from litewhisper.progress import foreign_noise_silenced
 
-__all__ = ["OPSET", "per_head_attention", "export_encoder", "export_decoder", "export_decoder_with_past", "export_all"]
+__all__ = [
+    "OPSET",
+    "ENCODER_AXES",
+    "per_head_attention",
+    "export_encoder",
+    "export_decoder",
+    "export_decoder_with_past",
+    "export_all",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -80,7 +90,7 @@ class _Encoder(nn.Module):
         self.encoder = model.get_encoder()
 
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_features).last_hidden_state  # (b, 1500, d)
+        return self.encoder(input_features).last_hidden_state  # (b, W/2, d)
 
 
 def _cache_tensors(cache, layers: int, cross: bool) -> list[torch.Tensor]:
@@ -170,17 +180,17 @@ def _export(
         )
 
 
+ENCODER_AXES = {
+    "input_features": {0: "batch_size", 2: "encoder_frames"},
+    "last_hidden_state": {0: "batch_size", 1: "encoder_sequence_length"},
+}
+
+
 def export_encoder(model: nn.Module, path: Path) -> None:
+    """The encoder with a dynamic time axis: it reads any even number of frames <= 3000 (DecodeOptions.window)."""
     features = torch.zeros(1, model.config.num_mel_bins, WINDOW_FRAMES)  # (1, n_mels, 3000)
-    with per_head_attention(model):
-        _export(
-            _Encoder(model),
-            (features,),
-            path,
-            ["input_features"],
-            ["last_hidden_state"],
-            {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}},
-        )
+    with per_head_attention(model), encoder_window(model):
+        _export(_Encoder(model), (features,), path, ["input_features"], ["last_hidden_state"], ENCODER_AXES)
 
 
 def _kv_axes(names: list[str], seq: str) -> dict[str, dict[int, str]]:

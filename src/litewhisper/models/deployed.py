@@ -3,8 +3,11 @@
 faster-whisper's pipeline (its numpy log-mel, tokenizer, timestamps, temperature fallback, VAD) runs with
 `WhisperModel.encode` replaced by the exported encoder, whose output is handed to CTranslate2 as a `StorageView`,
 and the decoder asked for the length PyTorch decodes (`_Decoder`); decode/deployed_backend.py pads short clips and
-passes the model's suppression lists so that the loop transcribes as PyTorch does. Nothing here imports torch or
-transformers, so a deployed model costs what faster-whisper costs.
+passes the model's suppression lists so that the loop transcribes as PyTorch does. With the encoder window policy
+(`DecodeOptions.window="auto"`) the encoder reads only a window's first W frames; CTranslate2's decoder
+cross-attends the W/2 positions as they come (it tells encoder outputs from features by shape), and its word
+alignment (`align`) clamps faster-whisper's `num_frames` (3000 for a padded short clip) to them. Nothing here
+imports torch or transformers, so a deployed model costs what faster-whisper costs.
 
 Directory (written by litewhisper.export):
     litewhisper_export.json     marker: format, precision, which encoder file the runtime uses
@@ -33,6 +36,7 @@ from litewhisper.models.processor import read_ct2_config
 __all__ = [
     "EXPORT_MARKER",
     "EXPORT_FORMAT",
+    "ENCODER_WINDOW",
     "CT2_DIR",
     "ONNX_DIR",
     "EXTRA_HINT",
@@ -48,6 +52,7 @@ log = logging.getLogger("litewhisper")
 
 EXPORT_MARKER = "litewhisper_export.json"
 EXPORT_FORMAT = 1
+ENCODER_WINDOW = "dynamic"  # the marker's `encoder_window`: the encoder reads any even number of frames <= 3000
 ONNX_DIR = "onnx"
 CT2_DIR = "ctranslate2"
 EXTRA_HINT = 'install the "onnx" extra: pip install "litewhisper[onnx]" (onnxruntime, ctranslate2, faster-whisper)'
@@ -123,6 +128,16 @@ class DeployedWhisper:
     runtime: str = "deployed"  # decode.backend_for picks the deployed backend by this
     suppress_tokens: tuple[int, ...] | None = None  # the model's own lists (None: faster-whisper's defaults)
     begin_suppress_tokens: tuple[int, ...] | None = None
+    fixed_frames: int | None = None  # an encoder exported before issue 31 reads exactly this many frames
+
+    def check_window(self, window: str) -> None:
+        """A clear error if the encoder cannot read the windows of policy `window` (DecodeOptions.window)."""
+        if window != "full" and self.fixed_frames is not None:
+            raise LiteWhisperError(
+                f"{self.path} has an encoder that reads exactly {self.fixed_frames} mel frames (exported by an "
+                f"older litewhisper), so it cannot encode shorter windows (window {window!r}); re-export it with "
+                f"`litewhisper export MODEL -o {self.path} --overwrite`, or decode with --window full"
+            )
 
     @property
     def suppression(self) -> dict[str, Any]:
@@ -140,7 +155,8 @@ class DeployedWhisper:
         return bool(self.pipeline.model.is_multilingual)
 
     def encode(self, features):
-        """(b, n_mels, 3000) float32 log-mel -> (b, 1500, d) float32 encoder output (numpy)."""
+        """(b, n_mels, W) float32 log-mel -> (b, W/2, d) float32 encoder output (numpy); W = 3000, or any even
+        W <= 3000 unless `fixed_frames`."""
         import numpy as np
 
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -149,15 +165,24 @@ class DeployedWhisper:
         return self.session.run(None, {"input_features": features})[0]
 
     def transcribe(
-        self, audio, *, seconds: float | None = None, budget: Callable[[float], int] | None = None, **kwargs
+        self,
+        audio,
+        *,
+        seconds: float | None = None,
+        budget: Callable[[float], int] | None = None,
+        frames: Callable[[float], int] | None = None,
+        **kwargs,
     ):
         """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info).
 
         budget: new tokens allowed to a window given the seconds of the clip it holds (`DecodeOptions.window_budget`),
-        applied to every decode of the window (greedy and fallback); seconds: the clip's duration (default: the
+        applied to every decode of the window (greedy and fallback); frames: the mel frames the encoder reads for
+        such a window (`DecodeOptions.encoder_frames`; None: all 3000); seconds: the clip's duration (default: the
         audio's; the deployed backend pads short clips to 30 s)."""
+        if frames is not None:
+            self.check_window("auto")
         self.pipeline.audio_seconds = len(audio) / SAMPLE_RATE if seconds is None else seconds
-        self.pipeline.budget = budget
+        self.pipeline.budget, self.pipeline.frames = budget, frames
         return self.pipeline.transcribe(audio, **kwargs)
 
     @property
@@ -216,16 +241,22 @@ class _Decoder:
         return getattr(self.model, name)
 
 
-def _window_seek(frame) -> int:
+def _window_seek(frame, reader: str) -> int:
     """The log-mel frame where the window being decoded starts: `seek` in faster-whisper's `generate_segments`,
-    which calls `generate_with_fallback` without it."""
+    which calls `encode` and `generate_with_fallback` without it; `frame` is their caller's. Language detection
+    (`detect_language`, called from faster-whisper's `transcribe`) encodes the first window: 0."""
+    if frame.f_code.co_name == "detect_language":
+        return 0
     seek = frame.f_locals.get("seek")
     if not isinstance(seek, int):
         raise LiteWhisperError(
-            "this faster-whisper version does not keep the window start as `seek` in generate_segments, which the "
-            "token budget reads: install faster-whisper 1.x or decode with --tokens-per-second none"
+            "this faster-whisper version does not keep the window start as `seek` in generate_segments, which "
+            f"{reader} reads: install faster-whisper 1.x or decode with {_READER_FLAGS[reader]}"
         )
     return seek
+
+
+_READER_FLAGS = {"the token budget": "--tokens-per-second none", "the encoder window": "--window full"}
 
 
 def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
@@ -238,16 +269,21 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
         window_tokens = window_budget = 0
         audio_seconds = 0.0
         budget: Callable[[float], int] | None = None
+        frames: Callable[[float], int] | None = None
 
         def encode(self, features):  # ours, instead of CTranslate2's encoder
             import numpy as np
 
-            features = np.ascontiguousarray(features[None] if features.ndim == 2 else features, dtype=np.float32)
+            features = features[None] if features.ndim == 2 else features  # (b, n_mels, 3000): padded window
+            if self.frames is not None:  # the window policy: its first W frames
+                seek = _window_seek(sys._getframe(1), "the encoder window")
+                features = features[..., : self.frames(window_seconds(self.audio_seconds, seek))]  # (b, n_mels, W)
+            features = np.ascontiguousarray(features, dtype=np.float32)
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
         def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):
             if self.budget is not None:  # every decode of this window (greedy and fallback) gets its budget
-                seconds = window_seconds(self.audio_seconds, _window_seek(sys._getframe(1)))
+                seconds = window_seconds(self.audio_seconds, _window_seek(sys._getframe(1), "the token budget"))
                 options = dataclasses.replace(options, max_new_tokens=min(options.max_new_tokens, self.budget(seconds)))
             self.window_budget = options.max_new_tokens
             out = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
@@ -302,7 +338,14 @@ def load_deployed(path: str | os.PathLike, threads: int | None = None, precision
         pipeline=pipeline,
         suppress_tokens=_ids(ct2_config.get("suppress_ids")),
         begin_suppress_tokens=_ids(ct2_config.get("suppress_ids_begin")),
+        fixed_frames=_fixed_frames(session),
     )
+
+
+def _fixed_frames(session) -> int | None:
+    """The frame count an encoder graph's input is fixed to (exports before issue 31: 3000), None if dynamic."""
+    frames = session.get_inputs()[0].shape[-1]  # a name ("encoder_frames") for a dynamic axis
+    return frames if isinstance(frames, int) else None
 
 
 def _ids(value) -> tuple[int, ...] | None:
