@@ -170,14 +170,15 @@ class DeployedWhisper:
         *,
         seconds: float | None = None,
         budget: Callable[[float], int] | None = None,
-        frames: Callable[[float], int] | None = None,
+        frames: Callable[[float, int], int] | None = None,
         **kwargs,
     ):
         """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info).
 
         budget: new tokens allowed to a window given the seconds of the clip it holds (`DecodeOptions.window_budget`),
         applied to every decode of the window (greedy and fallback); frames: the mel frames the encoder reads for
-        such a window (`DecodeOptions.encoder_frames`; None: all 3000); seconds: the clip's duration (default: the
+        the window starting at a frame of a clip of so many seconds (`DecodeOptions.encoder_frames(seconds, seek)`;
+        None: all 3000); seconds: the clip's duration (default: the
         audio's; the deployed backend pads short clips to 30 s)."""
         if frames is not None:
             self.check_window("auto")
@@ -269,7 +270,7 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
         window_tokens = window_budget = 0
         audio_seconds = 0.0
         budget: Callable[[float], int] | None = None
-        frames: Callable[[float], int] | None = None
+        frames: Callable[[float, int], int] | None = None
 
         def encode(self, features):  # ours, instead of CTranslate2's encoder
             import numpy as np
@@ -277,7 +278,7 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             features = features[None] if features.ndim == 2 else features  # (b, n_mels, 3000): padded window
             if self.frames is not None:  # the window policy: its first W frames
                 seek = _window_seek(sys._getframe(1), "the encoder window")
-                features = features[..., : self.frames(window_seconds(self.audio_seconds, seek))]  # (b, n_mels, W)
+                features = features[..., : self.frames(self.audio_seconds, seek)]  # (b, n_mels, W)
             features = np.ascontiguousarray(features, dtype=np.float32)
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
