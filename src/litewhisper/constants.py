@@ -22,6 +22,7 @@ __all__ = [
     "WINDOW_FLOOR_S",
     "WINDOW_MARGIN_S",
     "WINDOW_FRAME_STEP",
+    "CALIBRATION_WINDOWS",
 ]
 
 SAMPLE_RATE = 16_000  # Whisper's input rate (Hz)
@@ -68,3 +69,8 @@ def encoder_window_frames(seconds: float, floor: float = WINDOW_FLOOR_S, margin:
     wanted = max(min(max(seconds, 0.0), WINDOW_S) + margin, floor)
     steps = math.ceil(round(wanted * FRAMES_PER_SECOND, 6) / WINDOW_FRAME_STEP)
     return min(WINDOW_FRAMES, steps * WINDOW_FRAME_STEP)
+
+
+# How calibration builds encoder windows: one clip per 30-s window, clips packed end to end, or one clip per window
+# encoded at the length the "auto" policy gives it (compression/calibration.py).
+CALIBRATION_WINDOWS = ("clip", "pack", "short")

@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+from litewhisper.constants import CALIBRATION_WINDOWS
+
 __all__ = ["DTYPES", "add_model_args", "add_calibration_args", "add_parser", "calibration_config", "load_bundle", "run"]
 
 log = logging.getLogger("litewhisper")
@@ -35,7 +37,7 @@ def add_calibration_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--max-clips", type=int, help="use at most this many clips (default all)")
     p.add_argument(
         "--windows",
-        choices=("clip", "pack", "short"),
+        choices=CALIBRATION_WINDOWS,
         default=None,
         help="one clip per 30-s window (clip, as the paper), clips packed end to end (pack), or one clip per "
         "window encoded as --window auto decodes it (short: clip + 2 s, at least 10 s); "

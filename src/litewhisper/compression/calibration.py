@@ -22,7 +22,13 @@ from torch import nn
 
 from litewhisper.audio.load import audio_seconds, load_audio
 from litewhisper.compression.stats import ActivationStats, LayerStats, Moments
-from litewhisper.constants import SAMPLE_RATE, WINDOW_FRAMES, WINDOW_SAMPLES, encoder_window_frames
+from litewhisper.constants import (
+    CALIBRATION_WINDOWS,
+    SAMPLE_RATE,
+    WINDOW_FRAMES,
+    WINDOW_SAMPLES,
+    encoder_window_frames,
+)
 from litewhisper.distributed import SHARD_SECONDS, World, add_in_rank_order, exchange, my_rounds, plan_shards
 from litewhisper.errors import CalibrationError
 from litewhisper.models.encoder_window import encoder_window
@@ -53,7 +59,6 @@ __all__ = [
 ]
 
 SAMPLES_PER_POSITION = 320  # hop 160 samples per mel frame x conv2 stride 2
-WINDOWINGS = ("clip", "pack", "short")
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,8 @@ class CalibrationConfig:
     shard_seconds: float = SHARD_SECONDS  # clips are calibrated in shards of about this much audio
 
     def __post_init__(self) -> None:
-        if self.windowing not in WINDOWINGS:
-            raise CalibrationError(f"windowing must be one of {', '.join(WINDOWINGS)}, got {self.windowing!r}")
+        if self.windowing not in CALIBRATION_WINDOWS:
+            raise CalibrationError(f"windowing must be one of {', '.join(CALIBRATION_WINDOWS)}, got {self.windowing!r}")
         if self.frames not in ("all", "audio"):
             raise CalibrationError(f"frames must be 'all' or 'audio', got {self.frames!r}")
         if self.max_clips is not None and (not isinstance(self.max_clips, int) or self.max_clips < 1):

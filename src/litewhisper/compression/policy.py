@@ -13,6 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from litewhisper.compression.refine import RefineConfig
+from litewhisper.constants import CALIBRATION_WINDOWS
 from litewhisper.errors import PlanError
 from litewhisper.models.linears import layer_kind
 
@@ -22,7 +23,6 @@ __all__ = ["RankPolicy", "SizeBudget", "Policy", "PRESETS", "BUDGET_PRESETS"]
 PRESETS = {"acc": (0.999, 0.999), "balanced": (0.99, 0.999), "fast": (0.99, 0.995)}
 # --preset for the budget method: target encoder size (fraction of the original parameters)
 BUDGET_PRESETS = {"acc": 0.9, "balanced": 0.8, "fast": 0.7}
-WINDOWINGS = ("clip", "pack")
 
 
 def _check_multiple_of(value) -> None:
@@ -120,8 +120,8 @@ class SizeBudget:
             raise PlanError(
                 f"target size must be a fraction in (0, 1] of the encoder's parameters (e.g. 0.8), got {size!r}"
             )
-        if self.windows not in WINDOWINGS:
-            raise PlanError(f"windows must be 'clip' or 'pack', got {self.windows!r}")
+        if self.windows not in CALIBRATION_WINDOWS:
+            raise PlanError(f"windows must be one of {', '.join(CALIBRATION_WINDOWS)}, got {self.windows!r}")
         _check_multiple_of(self.multiple_of)
         if not 0.0 <= self.min_kept < 1.0:
             raise PlanError(f"min_kept must be a fraction in [0, 1), got {self.min_kept!r}")
