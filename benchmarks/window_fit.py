@@ -14,24 +14,11 @@ calibrated on packed 30-s windows (the default) with one calibrated on policy wi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def dev_clips(data: Path, n: int) -> list[dict]:
-    from litewhisper.evaluation.evaluate import spread_over_domains
-
-    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["split"] == "dev" and r["lang"] == "en"]
-
-    class Item(dict):
-        domain = property(lambda self: self["domain"])
-
-    return [dict(r) for r in spread_over_domains([Item(r) for r in rows], n)]
 
 
 def states(bundle, features: torch.Tensor, frames: int) -> torch.Tensor:
@@ -50,6 +37,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "manifest.jsonl")
     p.add_argument("--clips", type=int, default=60)
     args = p.parse_args()
+
+    from token_budget import clips as dev_clips  # English dev clips spread over the domains (this folder)
 
     from litewhisper.audio.load import load_audio
     from litewhisper.constants import SAMPLE_RATE, WINDOW_FRAMES
