@@ -190,3 +190,16 @@ def test_real_short_clips_keep_their_words_and_timestamps_with_auto(real_tiny_en
     words = [w for s in auto.segments for w in s.words]
     assert len(words) >= 15 and all(0 <= w.start <= w.end <= auto.duration_s for w in words)
     assert auto.segments[-1].end > 9.0  # timestamps reach the end of the speech
+
+
+@pytest.mark.real
+def test_real_no_speech_rule_still_silences_noise_with_auto(real_tiny_en):
+    """5 s of faint white noise: without the no-speech rule tiny.en hallucinates in both windows; with it (the
+    default) both give nothing."""
+    from litewhisper.decode.transcribe import transcribe
+
+    noise = (np.random.default_rng(0).standard_normal(5 * 16_000) * 0.01).astype(np.float32)
+    for window in ("full", "auto"):
+        (bare,) = transcribe(real_tiny_en, [noise], DecodeOptions.preset("leaderboard", window=window))
+        (ruled,) = transcribe(real_tiny_en, [noise], DecodeOptions(window=window))
+        assert bare.text and ruled.text == "" and ruled.segments == [], window
