@@ -33,7 +33,12 @@ def calib_audio(data: Path, n: int) -> list:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", action="append", required=True, help="original model(s), e.g. tiny.en, base")
-    p.add_argument("--variant", action="append", default=[], help="NAME=PATH:REL_WER (REL_WER in %% vs original)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=PATH:REL_WER (REL_WER in %% vs original; NAME starts with its teacher's name)",
+    )
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "manifest.jsonl")
     p.add_argument("--clips", type=int, default=32)
     args = p.parse_args()
@@ -53,7 +58,7 @@ def main() -> None:
         name, rest = spec.split("=", 1)
         path, rel = rest.rsplit(":", 1)
         model = load_model(path)
-        teacher = next(t for t in teachers if path and name.startswith(t)) if len(teachers) > 1 else args.teacher[0]
+        teacher = next((t for t in teachers if name.startswith(t)), args.teacher[0])  # by name prefix
         start = time.perf_counter()
         result = proxy_kl(references[teacher], model)
         rows.append((name, teacher, result.kl, float(rel), time.perf_counter() - start))

@@ -32,6 +32,7 @@ class _Positions(nn.Module):
         super().__init__()
         self.table = table
         self.length: int | torch.Tensor = table.num_embeddings
+        self.window: EncoderWindow | None = None  # the handle of the encoder_window that installed this
 
     @property
     def num_embeddings(self) -> int | torch.Tensor:
@@ -79,7 +80,7 @@ def encoder_window(model: nn.Module) -> Iterator[EncoderWindow]:
         return
     window, table, config = EncoderWindow(encoder), encoder.embed_positions, encoder.config
     positions = _Positions(table)
-    positions.window = window  # lets a nested encoder_window find the handle
+    positions.window = window  # a nested encoder_window finds the handle here
     original = encoder.forward
 
     def forward(input_features: torch.Tensor, *args, **kwargs):
