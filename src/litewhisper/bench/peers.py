@@ -54,7 +54,7 @@ class CT2Peer:
             import ctranslate2
         except ImportError as exc:
             raise PeerUnavailable("ctranslate2 is not installed (pip install ctranslate2 or faster-whisper)") from exc
-        from litewhisper.models.processor import build_processor
+        from litewhisper.models.processor import build_processor, english_prompt_ids
 
         path, files, meta = ct2_files(first)
         self.ct2 = ctranslate2
@@ -63,10 +63,7 @@ class CT2Peer:
         )
         self.processor = build_processor(meta, num_mel_bins=self.model.n_mels)
         tok = self.processor.tokenizer
-        prompt = ["<|startoftranscript|>"]
-        if self.model.is_multilingual:
-            prompt += ["<|en|>", "<|transcribe|>"]
-        self.prompt = [tok.convert_tokens_to_ids(t) for t in prompt + ["<|notimestamps|>"]]
+        self.prompt = english_prompt_ids(tok, self.model.is_multilingual)
         self.eot = tok.convert_tokens_to_ids("<|endoftext|>")
 
     def _features(self, arrays: list[np.ndarray]):

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.errors import LiteWhisperError
+from litewhisper.models.processor import english_prompt_ids
 
 __all__ = ["ProxyResult", "Reference", "teacher_reference", "proxy_kl", "rank_correlation"]
 
@@ -47,12 +49,10 @@ class ProxyResult:
 def _decoder_inputs(bundle, texts: Sequence[str]) -> tuple[list[torch.Tensor], int]:
     """Prompt (start of transcript [, en, transcribe], no timestamps) + text tokens + end-of-text, per text."""
     tokenizer = bundle.processor.tokenizer
-    if bundle.is_multilingual:
-        tokenizer.set_prefix_tokens(language="en", task="transcribe", predict_timestamps=False)
-    else:
-        tokenizer.set_prefix_tokens(predict_timestamps=False)
-    prompt_len = len(tokenizer("").input_ids) - 1  # the prefix alone (without end-of-text)
-    return [torch.tensor([tokenizer(" " + t.strip()).input_ids]) for t in texts], prompt_len
+    prompt = english_prompt_ids(tokenizer, bundle.is_multilingual)
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    encode = partial(tokenizer.encode, add_special_tokens=False)
+    return [torch.tensor([prompt + encode(" " + t.strip()) + [eot]]) for t in texts], len(prompt)
 
 
 def _log_probs(bundle, features: torch.Tensor, ids: torch.Tensor, prompt_len: int) -> torch.Tensor:

@@ -26,6 +26,7 @@ __all__ = [
     "read_ct2_config",
     "generation_config_from_ct2",
     "build_processor",
+    "english_prompt_ids",
 ]
 
 logger = logging.getLogger("litewhisper")
@@ -167,3 +168,10 @@ def build_processor(
     tokenizer = build_tokenizer(model_dir_or_tokenizer_json, vocab_size=vocab_size)
     feature_extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def english_prompt_ids(tokenizer, multilingual: bool) -> list[int]:
+    """The decoder prompt for English transcription without timestamps: <|startoftranscript|> [<|en|>
+    <|transcribe|>] <|notimestamps|> (English-only models take no language and task tokens)."""
+    tokens = ["<|startoftranscript|>", *(["<|en|>", "<|transcribe|>"] if multilingual else []), "<|notimestamps|>"]
+    return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
