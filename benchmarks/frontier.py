@@ -11,7 +11,8 @@ fast θ pairs), liteasr-pack / liteasr-pack-preset (same θ, packed windows),
 budget (packed windows, ranks allocated for a target size), budget-refine (+ light distillation of the
 factors), budget-seq (+ sequential calibration), budget-seq-refine (both), budget-sens (layers weighted by
 measured sensitivity), budget-sens-refine, budget-sens-distill (+ decoder-aware distillation: next-token KL
-and cross-entropy on the original model's transcripts of the calibration clips); "-clip": statistics from one clip
+and cross-entropy on the original model's transcripts of the calibration clips), budget-sens-refit (+ closed-form
+refit of the factors on the compressed model's own inputs, `compress --refit`); "-clip": statistics from one clip
 per window instead of packed.
 """
 
@@ -35,6 +36,7 @@ from litewhisper.compression.calibration import CalibrationConfig, calibrate
 from litewhisper.compression.policy import RankPolicy, SizeBudget
 from litewhisper.compression.refine import RefineConfig, relative_mse
 from litewhisper.compression.stats import ActivationStats
+from litewhisper.constants import REFIT_RIDGE
 from litewhisper.decode.options import PRESETS, DecodeOptions
 from litewhisper.evaluation.evaluate import (
     EvalConfig,
@@ -64,6 +66,7 @@ VARIANTS = (
     "budget-sens-clip",
     "budget-sens-clip-refine",
     "budget-sens-distill",
+    "budget-sens-refit",
 )
 
 
@@ -111,6 +114,7 @@ def _compressed(bundle, variant: str, knob: float, stats: dict, calib: list, ref
         sensitivity="-sens" in variant,
         windows=windows,
         sequential="-seq" in variant,
+        refit=REFIT_RIDGE if "-refit" in variant else None,
         refine=_refinement(variant, refine_cfg),
         min_kept=min_kept,
     )

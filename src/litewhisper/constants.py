@@ -23,6 +23,7 @@ __all__ = [
     "WINDOW_MARGIN_S",
     "WINDOW_FRAME_STEP",
     "CALIBRATION_WINDOWS",
+    "REFIT_RIDGE",
 ]
 
 SAMPLE_RATE = 16_000  # Whisper's input rate (Hz)
@@ -74,3 +75,7 @@ def encoder_window_frames(seconds: float, floor: float = WINDOW_FLOOR_S, margin:
 # How calibration builds encoder windows: one clip per 30-s window, clips packed end to end, or one clip per window
 # encoded at the length the "auto" policy gives it (compression/calibration.py).
 CALIBRATION_WINDOWS = ("clip", "pack", "short")
+
+# `compress --refit`: ridge strength of the closed-form refit (compression/refit.py), as a fraction of the mean
+# input variance; it pulls each refitted map toward the factorization's own. Chosen with the proxy on `calib`.
+REFIT_RIDGE = 0.1

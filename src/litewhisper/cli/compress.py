@@ -8,6 +8,7 @@ from pathlib import Path
 
 from litewhisper.cli.calibrate import add_calibration_args, add_model_args, calibration_config, load_bundle
 from litewhisper.cli.plan import add_policy_args, policy_from_args
+from litewhisper.constants import REFIT_RIDGE
 
 __all__ = ["add_parser", "add_budget_args", "compress_policy", "run"]
 
@@ -61,6 +62,17 @@ def add_budget_args(p) -> None:
         "--sequential",
         action="store_true",
         help="budget: fit each layer on the outputs of the already compressed layers before it",
+    )
+    p.add_argument(
+        "--refit",
+        type=float,
+        nargs="?",
+        const=REFIT_RIDGE,
+        default=None,
+        metavar="RIDGE",
+        help="budget: after factorizing, refit each low-rank layer in closed form (ridge least squares) on the "
+        "compressed model's own inputs against the original's outputs; RIDGE pulls the fit toward the "
+        f"factors (default {REFIT_RIDGE})",
     )
     p.add_argument(
         "--no-sensitivity",
@@ -121,6 +133,7 @@ def compress_policy(args):
         sensitivity=args.sensitivity,
         windows=args.windows or "pack",
         sequential=args.sequential,
+        refit=args.refit,
         refine=refine,
         multiple_of=args.multiple_of,
     )
@@ -203,5 +216,6 @@ def _stages(policy, stats) -> list[str]:
         ([] if stats is not None else ["calibrate"])
         + (["sensitivity"] if budget and policy.sensitivity else [])
         + ["plan", "sequential" if budget and policy.sequential else "factorize"]
+        + (["refit"] if budget and policy.refit is not None else [])
         + (["refine"] if budget and policy.refine is not None else [])
     )

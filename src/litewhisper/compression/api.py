@@ -19,6 +19,7 @@ from litewhisper.compression.factorize import apply_plan
 from litewhisper.compression.plan import RankPlan, plan_ranks
 from litewhisper.compression.policy import Policy, RankPolicy, SizeBudget
 from litewhisper.compression.refine import refine
+from litewhisper.compression.refit import refit_factors
 from litewhisper.compression.sensitivity import PROBE_WINDOWS, layer_sensitivities
 from litewhisper.compression.sequential import compress_sequential
 from litewhisper.compression.stats import ActivationStats
@@ -188,14 +189,19 @@ def _budget_student(
     inplace: bool,
     timings: dict[str, float],
 ):
-    """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refine."""
-    teacher = copy.deepcopy(model) if inplace and policy.refine is not None else model
+    """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refit,
+    refine."""
+    needs_teacher = policy.refine is not None or policy.refit is not None
+    teacher = copy.deepcopy(model) if inplace and needs_teacher else model
     plan = _timed(timings, "plan", plan_budget, stats, policy, encoder_params(model), weights)
     if policy.sequential:
         student = model if inplace else copy.deepcopy(model)
         plan, stats = _timed(timings, "sequential", compress_sequential, student, audio, plan, config)
     else:
         student = _factorized(model, stats, plan, inplace, timings)
+    if policy.refit is not None:
+        source = bundle if teacher is model else teacher  # the bundle's feature extractor
+        _timed(timings, "refit", refit_factors, student, source, audio, config, ridge=policy.refit)
     if policy.refine is not None:
         _timed(
             timings,

@@ -13,7 +13,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from litewhisper.compression.refine import RefineConfig
-from litewhisper.constants import CALIBRATION_WINDOWS
+from litewhisper.constants import CALIBRATION_WINDOWS, REFIT_RIDGE
 from litewhisper.errors import PlanError
 from litewhisper.models.linears import layer_kind
 
@@ -102,6 +102,8 @@ class SizeBudget:
     windows: how calibration packs clips into 30-s windows when `compress` calibrates ("pack": end to end,
       measured better for this method; "clip": one clip per window, as the paper).
     sequential: fit each layer's basis on the outputs of the already compressed layers before it.
+    refit: after factorizing, refit each low-rank layer in closed form on the compressed model's own inputs
+      against the original's outputs (`compression.refit`); the value is the ridge strength (None: off).
     refine: encoder feature distillation of the factors afterwards (a RefineConfig, or a step count; 0/None: off).
     min_kept: a floor on each low-rank layer's kept variance.
     """
@@ -110,6 +112,7 @@ class SizeBudget:
     sensitivity: bool = True
     windows: str = "pack"
     sequential: bool = False
+    refit: float | None = None
     refine: RefineConfig | None = None
     multiple_of: int = 16
     min_kept: float = 0.0
@@ -123,6 +126,10 @@ class SizeBudget:
         if self.windows not in CALIBRATION_WINDOWS:
             raise PlanError(f"windows must be one of {', '.join(CALIBRATION_WINDOWS)}, got {self.windows!r}")
         _check_multiple_of(self.multiple_of)
+        if self.refit is not None and (
+            isinstance(self.refit, bool) or not isinstance(self.refit, (int, float)) or not self.refit >= 0
+        ):
+            raise PlanError(f"refit is a ridge strength ≥ 0 (e.g. {REFIT_RIDGE}) or None (off), got {self.refit!r}")
         if not 0.0 <= self.min_kept < 1.0:
             raise PlanError(f"min_kept must be a fraction in [0, 1), got {self.min_kept!r}")
         refine = self.refine
@@ -142,7 +149,7 @@ class SizeBudget:
     @property
     def needs_audio(self) -> bool:
         """Whether calibration audio is needed even when statistics are given."""
-        return self.sensitivity or self.sequential or self.refine is not None
+        return self.sensitivity or self.sequential or self.refit is not None or self.refine is not None
 
     def describe(self) -> str:
         return f"fixed rank per layer (budget allocation), multiple_of={self.multiple_of}"

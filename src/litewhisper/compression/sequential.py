@@ -34,7 +34,7 @@ from litewhisper.models.linears import encoder_signature, find_encoder, model_na
 from litewhisper.progress import progress_bar
 from litewhisper.swap import swap_modules
 
-__all__ = ["GROUPS", "compress_sequential"]
+__all__ = ["GROUPS", "compress_sequential", "prepare_windows", "run_block"]
 
 log = logging.getLogger("litewhisper")
 
@@ -69,7 +69,7 @@ def _block_inputs(encoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     return captured[0]
 
 
-def _run_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def run_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     out = block(hidden, None)
     return out[0] if isinstance(out, tuple) else out
 
@@ -96,11 +96,11 @@ def _group_stats(
     with moment_hooks(_view(index, block, names), config.share_inputs) as collector:
         for batch in batches:
             collector.mask = batch.mask
-            _run_block(block, batch.hidden)
+            run_block(block, batch.hidden)
         return ActivationStats(collector.layer_stats())
 
 
-def _prepare(encoder: nn.Module, extractor, sources: Sequence, config: CalibrationConfig) -> list[_Batch]:
+def prepare_windows(encoder: nn.Module, extractor, sources: Sequence, config: CalibrationConfig) -> list[_Batch]:
     positions = encoder.config.max_source_positions
     param = next(encoder.parameters())
     batches = []
@@ -136,7 +136,7 @@ def compress_sequential(
     was_training = encoder.training
     encoder.eval()
     try:
-        batches = _prepare(encoder, feature_extractor(bundle_or_model, encoder), sources, config)
+        batches = prepare_windows(encoder, feature_extractor(bundle_or_model, encoder), sources, config)
         entries, layers = [], {}
         for index, block in enumerate(progress_bar(encoder.layers, desc="sequential", unit="block")):
             for group in GROUPS:
@@ -154,7 +154,7 @@ def compress_sequential(
                     entries.append(entry)
                     layers[full] = stats.layers[full]
             for batch in batches:
-                batch.hidden = _run_block(block, batch.hidden)
+                batch.hidden = run_block(block, batch.hidden)
     finally:
         encoder.train(was_training)
     meta = {
