@@ -188,3 +188,29 @@ def test_flags_reach_export_and_bad_values_fail_early(tmp_path, monkeypatch, cap
     ):
         with pytest.raises(LiteWhisperError, match=message):
             Int8Options(**bad)
+
+
+def test_cost_model_sums_measured_int8_time_beside_flops():
+    from litewhisper.models.cost import int8_linear_cost
+
+    cost = int8_linear_cost(list(TABLE), table_source(TABLE), margin=0.05)
+    assert (cost.layers, cost.merged) == (3, 2)  # 128x256 k96 slower, 128x128 k64 within the margin
+    assert cost.dense_ms == 3.0 and cost.factored_ms == pytest.approx(2.67) and cost.exported_ms == 2.5
+    assert cost.dense_flops == 2 * 1500 * (2 * 128 * 256 + 128 * 128)
+    assert cost.factored_flops == 2 * 1500 * (96 * 384 + 32 * 384 + 64 * 256)
+    assert "3 linears: dense 3.0 ms, factorised 2.7 ms" in cost.describe()
+    assert "as exported 2.5 ms (2 merged back to dense)" in cost.describe()
+
+
+def test_plan_prints_the_int8_time_of_its_factorised_linears(capsys):
+    from test_plan import _two_layer_plan
+
+    from litewhisper.cli.plan import int8_time
+
+    line = int8_time(_two_layer_plan(), threads=2)  # conftest's timings: every pair twice as fast as dense
+    assert line.startswith("int8 time (") and "threads 2; layer 0 stays fp32)" in line
+    assert "1 linears: dense 2.0 ms, factorised 1.0 ms (2.00×; FLOPs" in line and "(0 merged back" in line
+    with pytest.raises(SystemExit):
+        main(["plan", "stats.safetensors", "--int8-time", "--timing-threads", "x"])
+    assert main(["plan", "stats.safetensors", "--int8-time", "--timing-threads", "0"]) == 2
+    assert "timing_threads must be a positive integer" in capsys.readouterr().err

@@ -19,9 +19,18 @@ from torch import nn
 
 from litewhisper.attention.reduced import ReducedDimSelfAttention
 from litewhisper.export.layer_timing import PairShape, TimingSource
+from litewhisper.models.cost import int8_linear_cost
 from litewhisper.models.linears import LowRankLinear, find_encoder
 
-__all__ = ["MERGE_MARGIN", "FactorDecision", "node_prefix", "mergeable", "decide_merges", "merge_factors"]
+__all__ = [
+    "MERGE_MARGIN",
+    "FactorDecision",
+    "node_prefix",
+    "kept_fp32",
+    "mergeable",
+    "decide_merges",
+    "merge_factors",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -51,6 +60,11 @@ def node_prefix(name: str) -> str:
     return f"/encoder/layers.{layer}/{rest.replace('.', '/')}/"
 
 
+def kept_fp32(name: str, keep_fp32: str | None) -> bool:
+    """Whether the export keeps encoder linear `name`'s MatMuls fp32 (the regex `keep_fp32` finds its nodes)."""
+    return keep_fp32 is not None and re.search(keep_fp32, node_prefix(name)) is not None
+
+
 def _read_by_reduced_attention(encoder: nn.Module) -> set[str]:
     """Names of q/k/v linears whose factors a reduced-dimension attention module uses directly."""
     names = set()
@@ -67,13 +81,11 @@ def mergeable(model: nn.Module, keep_fp32: str | None) -> dict[str, LowRankLinea
     """The encoder's LowRankLinears that trace as an int8 MatMul pair: not kept fp32 by the `keep_fp32` regex
     (searched in their node-name prefix) and not read by reduced attention; by name (layers.3.fc1)."""
     encoder = find_encoder(model)
-    skip, regex = _read_by_reduced_attention(encoder), re.compile(keep_fp32) if keep_fp32 else None
+    skip = _read_by_reduced_attention(encoder)
     return {
         name: m
         for name, m in encoder.named_modules()
-        if isinstance(m, LowRankLinear)
-        and name not in skip
-        and not (regex is not None and regex.search(node_prefix(name)))
+        if isinstance(m, LowRankLinear) and name not in skip and not kept_fp32(name, keep_fp32)
     }
 
 
@@ -83,20 +95,12 @@ def decide_merges(
     """One decision per `mergeable` layer: merged unless factored_ms < (1 - margin) · dense_ms."""
     decisions = []
     for name, layer in mergeable(model, keep_fp32).items():
-        t = timings(PairShape(layer.in_features, layer.out_features, layer.rank))
-        merged = not t.factored_ms < (1 - margin) * t.dense_ms
-        decisions.append(
-            FactorDecision(name, layer.in_features, layer.out_features, layer.rank, t.dense_ms, t.factored_ms, merged)
-        )
-    merged = [d for d in decisions if d.merged]
-    log.info(
-        "int8 timing: %d of %d factorised linears are not faster than dense and are merged (%.1f -> %.1f ms of "
-        "linears per window)",
-        len(merged),
-        len(decisions),
-        sum(d.factored_ms for d in decisions),
-        sum(d.dense_ms if d.merged else d.factored_ms for d in decisions),
-    )
+        shape = (layer.in_features, layer.out_features, layer.rank)
+        t = timings(PairShape(*shape))
+        decisions.append(FactorDecision(name, *shape, t.dense_ms, t.factored_ms, t.merged(margin)))
+    if decisions:
+        cost = int8_linear_cost([(d.d_in, d.d_out, d.rank) for d in decisions], timings, margin)
+        log.info("int8 timing of the factorised linears: %s", cost.describe())
     return decisions
 
 

@@ -80,6 +80,14 @@ class PairTiming:
         """dense / factorised time: > 1 where the factors pay."""
         return self.dense_ms / self.factored_ms
 
+    def merged(self, margin: float) -> bool:
+        """Whether the int8 export merges the pair back to dense: unless it is at least `margin` faster."""
+        return not self.factored_ms < (1 - margin) * self.dense_ms
+
+    def exported_ms(self, margin: float) -> float:
+        """The time of the form the int8 export writes (`merged`: dense, else factorised)."""
+        return self.dense_ms if self.merged(margin) else self.factored_ms
+
 
 TimingSource = Callable[[PairShape], PairTiming]
 
@@ -134,10 +142,14 @@ def write_pair_graphs(shape: PairShape, out_dir: Path, seed: int = 0) -> tuple[P
     w1 = rng.standard_normal((shape.d_in, shape.rank)) / shape.d_in**0.5  # (Din, k)
     w2 = rng.standard_normal((shape.rank, shape.d_out)) / shape.rank**0.5  # (k, Dout)
     bias = rng.standard_normal(shape.d_out)  # (Dout,)
-    paths = []
-    for name, weights in (("dense", [w1 @ w2]), ("factored", [w1, w2])):
-        _linear_graph(weights, bias, out_dir / f"{name}_fp32.onnx")
-        paths.append(quantize_rows(out_dir / f"{name}_fp32.onnx", out_dir / f"{name}.onnx"))
+    paths, level = [], log.level
+    log.setLevel(max(level, logging.WARNING))  # quantize_rows' report of each one-linear graph is noise here
+    try:
+        for name, weights in (("dense", [w1 @ w2]), ("factored", [w1, w2])):
+            _linear_graph(weights, bias, out_dir / f"{name}_fp32.onnx")
+            paths.append(quantize_rows(out_dir / f"{name}_fp32.onnx", out_dir / f"{name}.onnx"))
+    finally:
+        log.setLevel(level)
     return paths[0], paths[1]
 
 

@@ -13,13 +13,24 @@ and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
 from torch import nn
 
 from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs
 from litewhisper.constants import ENCODER_POSITIONS
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder
 
-__all__ = ["linear_params", "linear_macs", "encoder_params", "encoder_macs", "encoder_flops"]
+__all__ = [
+    "linear_params",
+    "linear_macs",
+    "encoder_params",
+    "encoder_macs",
+    "encoder_flops",
+    "Int8LinearCost",
+    "int8_linear_cost",
+]
 
 CONV_KERNEL = 3  # Whisper's two encoder convolutions (conv2 has stride 2)
 
@@ -100,3 +111,44 @@ def encoder_flops(model_or_config, frames: int = ENCODER_POSITIONS) -> int:
     """Encoder FLOPs (2 per multiply-add) for one window of `frames` positions, dense, low-rank or with
     reduced-dimension attention."""
     return 2 * encoder_macs(model_or_config, frames)
+
+
+@dataclass(frozen=True)
+class Int8LinearCost:
+    """Measured int8 time (ms per 30-s window, on one CPU) and FLOPs of a set of factorised linears."""
+
+    layers: int
+    merged: int  # those the int8 export merges back to dense (not faster factorised: export/densify.py)
+    dense_ms: float  # all of them dense
+    factored_ms: float  # all of them factorised
+    exported_ms: float  # as the int8 export writes them: factorised, or dense where merged
+    dense_flops: int
+    factored_flops: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.layers} linears: dense {self.dense_ms:.1f} ms, factorised {self.factored_ms:.1f} ms "
+            f"({self.dense_ms / max(self.factored_ms, 1e-9):.2f}×; FLOPs "
+            f"{self.dense_flops / max(self.factored_flops, 1):.2f}×), as exported {self.exported_ms:.1f} ms "
+            f"({self.merged} merged back to dense) per 30-s window"
+        )
+
+
+def int8_linear_cost(
+    shapes: Iterable[tuple[int, int, int]], timings: Callable, margin: float, positions: int = ENCODER_POSITIONS
+) -> Int8LinearCost:
+    """Int8 time and FLOPs of factorised linears (Din, Dout, rank) over `positions`; `timings`: a TimingSource
+    (export/layer_timing.py: PairShape -> PairTiming, measured on this CPU and cached, or a fixed table)."""
+    from litewhisper.export.layer_timing import PairShape
+
+    shapes = list(shapes)
+    times = [timings(PairShape(d_in, d_out, rank, positions)) for d_in, d_out, rank in shapes]
+    return Int8LinearCost(
+        layers=len(shapes),
+        merged=sum(t.merged(margin) for t in times),
+        dense_ms=sum(t.dense_ms for t in times),
+        factored_ms=sum(t.factored_ms for t in times),
+        exported_ms=sum(t.exported_ms(margin) for t in times),
+        dense_flops=2 * sum(linear_macs(d_in, d_out, None, positions) for d_in, d_out, _ in shapes),
+        factored_flops=2 * sum(linear_macs(d_in, d_out, rank, positions) for d_in, d_out, rank in shapes),
+    )
