@@ -76,22 +76,24 @@ def variants(fp32: Path, out: Path, layers: int) -> dict[str, Path]:
     return graphs
 
 
-def time_sessions(sessions: dict, window: np.ndarray, rounds: int) -> dict[str, list[float]]:
-    """Seconds per run of each session on one window (1, n_mels, 3000): rounds interleaved, after one warm-up."""
+def time_sessions(sessions: dict, window: np.ndarray, rounds: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per run of each session on one window (1, n_mels, 3000): rounds interleaved, after one warm-up;
+    clock: wall time, or time.process_time (one thread: the work's CPU time, robust to other jobs)."""
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for session in sessions.values():
         session.run(None, {"input_features": window})
     for _ in range(rounds):
         for name, session in sessions.items():
-            start = time.perf_counter()
+            start = clock()
             session.run(None, {"input_features": window})
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return times
 
 
-def report_times(graphs: dict[str, Path], window: np.ndarray, threads: int, rounds: int) -> None:
+def report_times(graphs: dict[str, Path], window: np.ndarray, threads: int, rounds: int, clock) -> None:
     """Print each graph's size and time per window (interleaved rounds), median ratio to the first graph's."""
-    times = time_sessions({name: encoder_session(path, threads) for name, path in graphs.items()}, window, rounds)
+    sessions = {name: encoder_session(path, threads) for name, path in graphs.items()}
+    times = time_sessions(sessions, window, rounds, clock)
     first = np.array(next(iter(times.values())))
     print("| encoder | graph MB | ms/window min | ms/window median | first / this (median) | per round, median |")
     print("|---|---|---|---|---|---|")
@@ -130,7 +132,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--layers", action="store_true", help="also each other encoder layer kept fp32 alone")
     p.add_argument("--graph", action="append", default=[], metavar="LABEL=PATH", help="time these graphs instead")
+    p.add_argument("--cpu-time", action="store_true", help="with --graph: CPU time of one thread, not wall time")
     args = p.parse_args()
+    if args.cpu_time:
+        args.threads = 1  # a process's CPU time is its one thread's work
 
     from litewhisper.export.onnx import export_encoder
     from litewhisper.export.rotate import rotated_copy
@@ -140,7 +145,8 @@ def main() -> None:
     feats, want = speech_windows(model, args.clips, args.data)
     if args.graph:
         graphs = dict(g.split("=", 1) for g in args.graph)
-        return report_times({k: Path(v) for k, v in graphs.items()}, feats[:1], args.threads, args.rounds)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        return report_times({k: Path(v) for k, v in graphs.items()}, feats[:1], args.threads, args.rounds, clock)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder_model.onnx"
         export_encoder(model if args.no_rotate else rotated_copy(model)[0], fp32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +31,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--keep-fp32", default=KEEP_FP32_AUTO, help="regex of linears kept fp32 ('none': every one)")
+    p.add_argument("--cpu-time", action="store_true", help="CPU time of one thread instead of wall time")
     args = p.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    if args.cpu_time:
+        args.threads = 1  # a process's CPU time is its one thread's work
 
     from litewhisper.models.load import load_model
 
@@ -40,7 +45,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     totals = [0.0, 0.0, 0.0]
     for name, m in layers.items():
-        t = measure_pair(PairShape(m.in_features, m.out_features, m.rank), args.threads, args.rounds)
+        t = measure_pair(PairShape(m.in_features, m.out_features, m.rank), args.threads, args.rounds, clock)
         d_in, d_out = m.in_features, m.out_features
         flops = linear_macs(d_in, d_out, None, 1) / linear_macs(d_in, d_out, m.rank, 1)
         merged = t.merged(MERGE_MARGIN)

@@ -153,16 +153,19 @@ def write_pair_graphs(shape: PairShape, out_dir: Path, seed: int = 0) -> tuple[P
     return paths[0], paths[1]
 
 
-def _time(session, feed: dict[str, np.ndarray], repeats: int) -> float:
-    start = time.perf_counter()
+def _time(session, feed: dict[str, np.ndarray], repeats: int, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(repeats):
         session.run(None, feed)
-    return (time.perf_counter() - start) / repeats
+    return (clock() - start) / repeats
 
 
-def measure_pair(shape: PairShape, threads: int, rounds: int = ROUNDS) -> PairTiming:
+def measure_pair(
+    shape: PairShape, threads: int, rounds: int = ROUNDS, clock: Callable[[], float] = time.perf_counter
+) -> PairTiming:
     """Time the dense and the factorised int8 form of `shape` with `threads` intra-op threads (interleaved
-    rounds, the order alternating; medians, ms)."""
+    rounds, the order alternating; medians, ms). clock: wall time; time.process_time with threads=1 counts the
+    CPU time of the work, which other jobs on the machine hardly change (benchmarks on a busy machine)."""
     from litewhisper.models.deployed import encoder_session
 
     x = np.random.default_rng(1).standard_normal((1, shape.tokens, shape.d_in)).astype(np.float32)
@@ -171,10 +174,10 @@ def measure_pair(shape: PairShape, threads: int, rounds: int = ROUNDS) -> PairTi
         sessions = [encoder_session(path, threads) for path in graphs]  # (dense, factorised)
     feed, times = {"x": x}, ([], [])
     for session in sessions:
-        _time(session, feed, WARMUP)
+        _time(session, feed, WARMUP, clock)
     for r in range(rounds):
         for i in (0, 1) if r % 2 == 0 else (1, 0):
-            times[i].append(_time(sessions[i], feed, REPEATS))
+            times[i].append(_time(sessions[i], feed, REPEATS, clock))
     dense, factored = (1000 * float(np.median(t)) for t in times)
     log.debug("%s, %d threads: dense %.3f ms, factorised %.3f ms", shape.key, threads, dense, factored)
     return PairTiming(dense_ms=dense, factored_ms=factored)
