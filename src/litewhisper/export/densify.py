@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from litewhisper.attention.reduced import ReducedDimSelfAttention
-from litewhisper.export.layer_timing import PairShape, TimingSource
-from litewhisper.models.cost import int8_linear_cost
+from litewhisper.models.cost import PairShape, TimingSource, int8_linear_cost
 from litewhisper.models.linears import LowRankLinear, find_encoder
 
 __all__ = [

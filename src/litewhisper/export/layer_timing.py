@@ -7,8 +7,8 @@ MatMul of W = W1·W2. `measure_pair` times both as the export writes them: a one
 bias added) put through `quantize_rows`, run by onnxruntime with the given intra-op threads, the two sessions
 interleaved over rounds, medians. `cached_source(threads)` answers from a JSON cache (`layer_timing.json` in
 the cache root, ~/.cache/litewhisper) keyed by CPU model, onnxruntime version, threads and shape, measuring
-(and saving) what it has not seen. A `TimingSource` is any callable PairShape -> PairTiming, so callers (and
-tests) can pass a fixed table instead (`table_source`).
+(and saving) what it has not seen. A `TimingSource` (models/cost.py) is any callable PairShape -> PairTiming, so
+callers (and tests) can pass a fixed table instead (`table_source`).
 """
 
 from __future__ import annotations
@@ -18,20 +18,17 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from litewhisper.atomic import atomic_write_text
-from litewhisper.constants import ENCODER_POSITIONS
 from litewhisper.errors import LiteWhisperError
+from litewhisper.models.cost import PairShape, PairTiming, TimingSource
 
 __all__ = [
     "CACHE_NAME",
-    "PairShape",
-    "PairTiming",
-    "TimingSource",
     "runtime_key",
     "cache_path",
     "write_pair_graphs",
@@ -48,48 +45,6 @@ CACHE_FORMAT = 1
 ROUNDS = 15  # interleaved rounds per measurement
 REPEATS = 3  # runs of each graph per round (a round's time is their mean)
 WARMUP = 3  # untimed runs of each graph first
-
-
-@dataclass(frozen=True)
-class PairShape:
-    """A factorised linear Din -> k -> Dout over `tokens` positions (1500: one 30-s window)."""
-
-    d_in: int
-    d_out: int
-    rank: int
-    tokens: int = ENCODER_POSITIONS
-
-    def __post_init__(self) -> None:
-        if min(self.d_in, self.d_out, self.rank, self.tokens) < 1:
-            raise LiteWhisperError(f"a linear's shape must be positive, got {self}")
-
-    @property
-    def key(self) -> str:
-        return f"{self.d_in}x{self.d_out} k{self.rank} tokens {self.tokens}"
-
-
-@dataclass(frozen=True)
-class PairTiming:
-    """Median ms of one run: the dense int8 MatMul of W1·W2 and the factorised pair, both with bias."""
-
-    dense_ms: float
-    factored_ms: float
-
-    @property
-    def speedup(self) -> float:
-        """dense / factorised time: > 1 where the factors pay."""
-        return self.dense_ms / self.factored_ms
-
-    def merged(self, margin: float) -> bool:
-        """Whether the int8 export merges the pair back to dense: unless it is at least `margin` faster."""
-        return not self.factored_ms < (1 - margin) * self.dense_ms
-
-    def exported_ms(self, margin: float) -> float:
-        """The time of the form the int8 export writes (`merged`: dense, else factorised)."""
-        return self.dense_ms if self.merged(margin) else self.factored_ms
-
-
-TimingSource = Callable[[PairShape], PairTiming]
 
 
 def runtime_key(threads: int) -> str:

@@ -9,6 +9,10 @@ Q Kᵀ and A V per head in the standard path, or the reduced-dimension paths of 
 the q/k/v second factors and the L² products by products in the rank dimensions).
 Not counted (all O(T·D) or smaller): layer norms, GELU, softmax, scaling, bias adds, the positional-embedding add,
 and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
+
+Measured: the int8 time of factorised linears against their dense int8 forms (`PairShape` -> `PairTiming`, from a
+`TimingSource`: export/layer_timing.py times them on this CPU and caches them), with the rule by which the int8
+export merges a pair back to dense (`PairTiming.merged`) and the sum over a plan's linears (`int8_linear_cost`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs
 from litewhisper.constants import ENCODER_POSITIONS
+from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder
 
 __all__ = [
@@ -28,6 +33,9 @@ __all__ = [
     "encoder_params",
     "encoder_macs",
     "encoder_flops",
+    "PairShape",
+    "PairTiming",
+    "TimingSource",
     "Int8LinearCost",
     "int8_linear_cost",
 ]
@@ -114,6 +122,48 @@ def encoder_flops(model_or_config, frames: int = ENCODER_POSITIONS) -> int:
 
 
 @dataclass(frozen=True)
+class PairShape:
+    """A factorised linear Din -> k -> Dout over `tokens` positions (1500: one 30-s window)."""
+
+    d_in: int
+    d_out: int
+    rank: int
+    tokens: int = ENCODER_POSITIONS
+
+    def __post_init__(self) -> None:
+        if min(self.d_in, self.d_out, self.rank, self.tokens) < 1:
+            raise LiteWhisperError(f"a linear's shape must be positive, got {self}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.d_in}x{self.d_out} k{self.rank} tokens {self.tokens}"
+
+
+@dataclass(frozen=True)
+class PairTiming:
+    """Median ms of one run: the dense int8 MatMul of W1·W2 and the factorised pair, both with bias."""
+
+    dense_ms: float
+    factored_ms: float
+
+    @property
+    def speedup(self) -> float:
+        """dense / factorised time: > 1 where the factors pay."""
+        return self.dense_ms / self.factored_ms
+
+    def merged(self, margin: float) -> bool:
+        """Whether the int8 export merges the pair back to dense: unless it is at least `margin` faster."""
+        return not self.factored_ms < (1 - margin) * self.dense_ms
+
+    def exported_ms(self, margin: float) -> float:
+        """The time of the form the int8 export writes (`merged`: dense, else factorised)."""
+        return self.dense_ms if self.merged(margin) else self.factored_ms
+
+
+TimingSource = Callable[[PairShape], PairTiming]
+
+
+@dataclass(frozen=True)
 class Int8LinearCost:
     """Measured int8 time (ms per 30-s window, on one CPU) and FLOPs of a set of factorised linears."""
 
@@ -135,12 +185,10 @@ class Int8LinearCost:
 
 
 def int8_linear_cost(
-    shapes: Iterable[tuple[int, int, int]], timings: Callable, margin: float, positions: int = ENCODER_POSITIONS
+    shapes: Iterable[tuple[int, int, int]], timings: TimingSource, margin: float, positions: int = ENCODER_POSITIONS
 ) -> Int8LinearCost:
     """Int8 time and FLOPs of factorised linears (Din, Dout, rank) over `positions`; `timings`: a TimingSource
-    (export/layer_timing.py: PairShape -> PairTiming, measured on this CPU and cached, or a fixed table)."""
-    from litewhisper.export.layer_timing import PairShape
-
+    (export/layer_timing.py measures one on this CPU and caches it; or a fixed table)."""
     shapes = list(shapes)
     times = [timings(PairShape(d_in, d_out, rank, positions)) for d_in, d_out, rank in shapes]
     return Int8LinearCost(
