@@ -10,6 +10,13 @@ as the runtime pads it), the graph's size, and its time per 30-s window (batch 1
 
     PYTHONPATH=src python benchmarks/int8_encoder.py base --clips 8 --threads 1 --rounds 8
     PYTHONPATH=src python benchmarks/int8_encoder.py base --layers   # + each layer kept fp32 alone
+
+--graph LABEL=ENCODER.onnx (repeatable) times those encoder graphs instead (e.g. the int8 encoders of exports of
+different models; MODEL then only computes the features), interleaved, each against the first:
+
+    PYTHONPATH=src python benchmarks/int8_encoder.py base --clips 1 --threads 2 --rounds 30 \\
+      --graph base=base-int8/onnx/encoder_model_quantized.onnx \\
+      --graph lite=lite-base-int8/onnx/encoder_model_quantized.onnx
 """
 
 from __future__ import annotations
@@ -69,15 +76,39 @@ def variants(fp32: Path, out: Path, layers: int) -> dict[str, Path]:
     return graphs
 
 
+def time_sessions(sessions: dict, window: np.ndarray, rounds: int, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per run of each session on one window (1, n_mels, 3000): rounds interleaved, after one warm-up;
+    clock: wall time, or time.process_time (one thread: the work's CPU time, robust to other jobs)."""
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():
+        session.run(None, {"input_features": window})
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            start = clock()
+            session.run(None, {"input_features": window})
+            times[name].append(clock() - start)
+    return times
+
+
+def report_times(graphs: dict[str, Path], window: np.ndarray, threads: int, rounds: int, clock) -> None:
+    """Print each graph's size and time per window (interleaved rounds), median ratio to the first graph's."""
+    sessions = {name: encoder_session(path, threads) for name, path in graphs.items()}
+    times = time_sessions(sessions, window, rounds, clock)
+    first = np.array(next(iter(times.values())))
+    print("| encoder | graph MB | ms/window min | ms/window median | first / this (median) | per round, median |")
+    print("|---|---|---|---|---|---|")
+    for name, seconds in times.items():
+        ms = 1000 * np.array(seconds)
+        print(
+            f"| {name} | {graphs[name].stat().st_size / 1e6:.1f} | {ms.min():.0f} | {np.median(ms):.0f} | "
+            f"{np.median(first) * 1000 / np.median(ms):.3f}× | {np.median(first / np.array(seconds)):.3f}× |"
+        )
+
+
 def report(graphs: dict[str, Path], feats: np.ndarray, want: np.ndarray, threads: int, rounds: int) -> None:
     """Print each graph's relative error, size and time per window (interleaved rounds)."""
     sessions = {name: encoder_session(path, threads) for name, path in graphs.items()}
-    times: dict[str, list[float]] = {name: [] for name in graphs}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, {"input_features": feats[:1]})
-            times[name].append(time.perf_counter() - start)
+    times = time_sessions(sessions, feats[:1], rounds)
     print("| encoder | rel. error | graph MB | ms/window min | ms/window median | vs per-tensor + layer 0 |")
     print("|---|---|---|---|---|---|")
     ref = np.median(times.get("per-tensor + layer 0 fp32", times["fp32"]))
@@ -100,7 +131,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--layers", action="store_true", help="also each other encoder layer kept fp32 alone")
+    p.add_argument("--graph", action="append", default=[], metavar="LABEL=PATH", help="time these graphs instead")
+    p.add_argument("--cpu-time", action="store_true", help="with --graph: CPU time of one thread, not wall time")
     args = p.parse_args()
+    if args.cpu_time:
+        args.threads = 1  # a process's CPU time is its one thread's work
 
     from litewhisper.export.onnx import export_encoder
     from litewhisper.export.rotate import rotated_copy
@@ -108,6 +143,10 @@ def main() -> None:
 
     model = load_model(args.model).model.float().eval()
     feats, want = speech_windows(model, args.clips, args.data)
+    if args.graph:
+        graphs = dict(g.split("=", 1) for g in args.graph)
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        return report_times({k: Path(v) for k, v in graphs.items()}, feats[:1], args.threads, args.rounds, clock)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "encoder_model.onnx"
         export_encoder(model if args.no_rotate else rotated_copy(model)[0], fp32)

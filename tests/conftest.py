@@ -8,6 +8,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def no_layer_timing(monkeypatch):
+    """int8 exports in tests never time linears on the CPU nor write ~/.cache: every factorised linear counts as
+    twice as fast as dense (none merged). Tests of the timing pass their own table or patch this back."""
+    from litewhisper.export import layer_timing
+
+    def fixed(threads: int, path=None, rounds: int = 0):
+        return lambda shape: layer_timing.PairTiming(dense_ms=2.0, factored_ms=1.0)
+
+    monkeypatch.setattr(layer_timing, "cached_source", fixed)
+
+
 @pytest.fixture
 def tiny_model():
     """A tiny random WhisperForConditionalGeneration (d_model 32, 2 layers, 4 heads)."""

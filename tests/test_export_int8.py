@@ -147,12 +147,16 @@ def test_keep_fp32_pattern_that_matches_nothing_is_an_error(tmp_path):
         "per_channel": True,
         "keep_fp32": KEEP_FP32_AUTO,
         "activations": "row",
+        "merge_slow_factors": True,  # automatic: on with per-row scales
+        "timing_threads": 2,
     }
     assert Int8Options(per_channel=False, keep_fp32="fc1", activations="tensor").resolved().as_dict() == {
         "rotate": True,
         "per_channel": False,
         "keep_fp32": "fc1",
         "activations": "tensor",
+        "merge_slow_factors": False,  # automatic: off with per-tensor scales
+        "timing_threads": 2,
     }
 
 

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-__all__ = ["available_cpus", "busy_cpus", "free_cpus", "cpu_threads"]
+__all__ = ["available_cpus", "cpu_model", "busy_cpus", "free_cpus", "cpu_threads"]
 
 log = logging.getLogger("litewhisper")
 
@@ -30,6 +30,20 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name"), else platform.processor() or the machine type."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def _cpu_times() -> tuple[float, float] | None:

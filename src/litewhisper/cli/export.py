@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 
 from litewhisper.errors import LiteWhisperError
-from litewhisper.export.quantize import ACTIVATIONS, KEEP_FP32_VALUES, QUANTIZATIONS, check_keep_fp32
+from litewhisper.export.quantize import (
+    ACTIVATIONS,
+    DEFAULT_TIMING_THREADS,
+    KEEP_FP32_VALUES,
+    QUANTIZATIONS,
+    Int8Options,
+    check_keep_fp32,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -51,6 +58,21 @@ def add_parser(subparsers) -> None:
         "tensor (onnxruntime's dynamic quantization: faster, less accurate)",
     )
     p.add_argument(
+        "--merge-slow-factors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8: merge each factorised linear back to one dense MatMul where its int8 pair is not faster on "
+        "this CPU (timed once per shape, cached in ~/.cache/litewhisper/layer_timing.json; default: on with "
+        "--activations row)",
+    )
+    p.add_argument(
+        "--timing-threads",
+        type=int,
+        metavar="N",
+        default=DEFAULT_TIMING_THREADS,
+        help=f"int8: intra-op threads the factorised linears are timed with (default {DEFAULT_TIMING_THREADS})",
+    )
+    p.add_argument(
         "--int8-only",
         action="store_true",
         help="int8: leave out the fp32 ONNX graphs (kept by default for transformers.js dtype 'fp32'); smaller DIR",
@@ -72,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     check_keep_fp32(args.keep_fp32, "--keep-fp32")
     if args.activations == "row" and args.per_channel is False:
         raise LiteWhisperError("--no-per-channel needs --activations tensor (per-row scales use per-channel weights)")
+    Int8Options(  # its own checks of the timing options (messages name the flags)
+        activations=args.activations, merge_slow_factors=args.merge_slow_factors, timing_threads=args.timing_threads
+    )
     if args.int8_only and args.quantize != "int8":
         raise LiteWhisperError("--int8-only needs --quantize int8 (the default)")
     check_output_dir(args.output, args.overwrite, flag="--overwrite")  # the CLI names its flag
@@ -88,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         keep_fp32=args.keep_fp32,
         activations=args.activations,
         int8_only=args.int8_only,
+        merge_slow_factors=args.merge_slow_factors,
+        timing_threads=args.timing_threads,
     )
     diffs = ", ".join(f"{k} max |Δ| {v:.2e}" for k, v in result.max_abs_diff.items())
     print(

@@ -60,6 +60,20 @@ def add_parser(subparsers) -> None:
     add_policy_args(p)
     add_budget_args(p)
     p.add_argument("--json", type=Path, metavar="OUT", help="also save the plan as JSON")
+    p.add_argument(
+        "--int8-time",
+        action="store_true",
+        help="also time the plan's factorised linears in int8 on this CPU against their dense int8 form, as the "
+        "int8 export runs them (onnxruntime; cached in ~/.cache/litewhisper/layer_timing.json; a few seconds a "
+        "new shape)",
+    )
+    p.add_argument(
+        "--timing-threads",
+        type=int,
+        metavar="N",
+        default=2,
+        help="intra-op threads for --int8-time (default 2, as the int8 export times them)",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,9 +117,24 @@ def _preview(args, policy):
     return plan_budget(stats, policy, encoder_params(unwrap_model(bundle)), weights), stats
 
 
+def int8_time(plan, threads: int) -> str:
+    """One line: the measured int8 time (ms per 30-s window) of the plan's factorised linears that the default
+    int8 export quantizes (encoder layer 0 stays fp32), dense vs factorised vs as exported, beside their FLOPs."""
+    from litewhisper.export import layer_timing
+    from litewhisper.export.densify import MERGE_MARGIN, kept_fp32
+    from litewhisper.export.quantize import KEEP_FP32_AUTO
+    from litewhisper.models.cost import int8_linear_cost
+
+    shapes = [(e.d_in, e.d_out, e.rank) for e in plan.low_rank if not kept_fp32(e.name, KEEP_FP32_AUTO)]
+    cost = int8_linear_cost(shapes, layer_timing.cached_source(threads), MERGE_MARGIN)
+    return f"int8 time ({layer_timing.runtime_key(threads)}; layer 0 stays fp32): {cost.describe()}"
+
+
 def run(args) -> int:
     from litewhisper.cli.compress import compress_policy
+    from litewhisper.export.quantize import Int8Options
 
+    Int8Options(timing_threads=args.timing_threads)  # its check of --timing-threads
     policy = compress_policy(args)  # validated before anything loads
     plan, stats = _preview(args, policy)
     print(
@@ -113,6 +142,8 @@ def run(args) -> int:
         f"windowing {stats.metadata.get('windowing', '?')}, frames {stats.metadata.get('frames_mode', '?')}"
     )
     print(plan.table())
+    if args.int8_time:
+        print(int8_time(plan, args.timing_threads))
     if args.json:
         plan.save(args.json)
         print(f"wrote {args.json}")

@@ -4,11 +4,14 @@ verified after writing (encoder output of every written precision against PyTorc
 int8: the encoder's MatMuls get one activation scale per token (rowquant.py, as CTranslate2 quantizes) and one
 weight scale per output channel; the graphs of a compressed model are traced from a copy whose low-rank factors are
 rotated (rotate.py: exact in fp32, equalises the intermediate's channels); encoder layer 0's MatMuls stay fp32
-(any model); see `Int8Options`. The ONNX decoders get onnxruntime's dynamic quantization.
+(any model); a factorised linear whose int8 pair is not faster than its dense int8 form on this CPU (timed once,
+cached: layer_timing.py) is merged back to dense in the int8 encoder only (densify.py); see `Int8Options`. The ONNX
+decoders get onnxruntime's dynamic quantization.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -20,11 +23,20 @@ import torch
 from litewhisper.atomic import atomic_directory, check_output_dir
 from litewhisper.constants import WINDOW_FRAMES
 from litewhisper.errors import LiteWhisperError
+from litewhisper.export import layer_timing
 from litewhisper.export.ct2 import export_ct2_decoder
+from litewhisper.export.densify import MERGE_MARGIN, decide_merges, merge_factors
 from litewhisper.export.layout import write_marker, write_metadata, write_transformersjs_config
 from litewhisper.export.merge import merge_export_decoders, run_merged
-from litewhisper.export.onnx import export_all
-from litewhisper.export.quantize import QUANTIZATIONS, Int8Options, matmul_names, quantize_graph, quantized_name
+from litewhisper.export.onnx import export_all, export_encoder
+from litewhisper.export.quantize import (
+    DEFAULT_TIMING_THREADS,
+    QUANTIZATIONS,
+    Int8Options,
+    matmul_names,
+    quantize_graph,
+    quantized_name,
+)
 from litewhisper.export.rotate import count_low_rank, rotated_copy
 from litewhisper.export.rowquant import quantize_rows
 from litewhisper.models.deployed import CT2_DIR, ONNX_DIR, encoder_session, is_export, require_onnx_extra
@@ -37,6 +49,7 @@ log = logging.getLogger("litewhisper")
 FP32_TOLERANCE = 1e-3  # max |Δ| of the fp32 encoder vs PyTorch (seen: ~1e-6)
 VERIFY_FRAMES = (WINDOW_FRAMES, 1024)  # encoder windows checked against PyTorch (mel frames)
 DECODER_TOLERANCE = 1e-2  # max |Δ| of the fp32 merged decoder's logits vs PyTorch (seen: ~1e-5)
+DENSIFIED_NAME = "encoder_model_densified.onnx"  # fp32 encoder with slow factors merged (the int8 one's source)
 
 
 class ExportError(LiteWhisperError):
@@ -110,6 +123,9 @@ def export_model(
     keep_fp32: str | None = "auto",
     activations: str = "row",
     int8_only: bool = False,
+    merge_slow_factors: bool | None = None,
+    timing_threads: int = DEFAULT_TIMING_THREADS,
+    layer_timings: layer_timing.TimingSource | None = None,
 ) -> ExportResult:
     """Export `source` (anything load_model accepts, or a loaded bundle) into `out_dir`; see export/onnx.py.
 
@@ -118,13 +134,22 @@ def export_model(
     graphs beside the int8 ones (transformers.js dtype "fp32" and "q8") unless int8_only.
     int8 only: rotate the low-rank factors; per_channel (None: automatic, on); keep_fp32
     ("auto": encoder layer 0, "none"/None, or a regex on the encoder graph's node names) MatMuls left in fp32;
-    activations: the encoder's int8 activation scales, "row" (one per token) or "tensor" (one per tensor).
+    activations: the encoder's int8 activation scales, "row" (one per token) or "tensor" (one per tensor);
+    merge_slow_factors (None: automatic, on with per-row scales): merge factorised linears whose int8 pair is not
+    faster than dense, timed on this CPU with timing_threads threads (cached), or by `layer_timings` if given.
     """
     from litewhisper.models.load import load_model
 
     if quantize not in QUANTIZATIONS:
         raise LiteWhisperError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
-    options = Int8Options(rotate=rotate, per_channel=per_channel, keep_fp32=keep_fp32, activations=activations)
+    options = Int8Options(
+        rotate=rotate,
+        per_channel=per_channel,
+        keep_fp32=keep_fp32,
+        activations=activations,
+        merge_slow_factors=merge_slow_factors,
+        timing_threads=timing_threads,
+    )
     if not isinstance(int8_only, bool) or (int8_only and quantize != "int8"):
         raise LiteWhisperError(f"int8_only must be True (with quantize='int8') or False, got {int8_only!r}")
     require_onnx_extra("litewhisper export")
@@ -140,16 +165,15 @@ def export_model(
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         traced, rotated = rotated_copy(model) if rotate_now else (model, 0)  # the user's model is never rotated
         encoder, *decoders = export_all(traced, tmp / ONNX_DIR, decoders=onnx_decoder)
+        diffs = {"fp32": _verified(model, encoder)}  # against the unrotated model
+        source, factors = encoder, None
+        if quantize == "int8" and options.merge_slow_factors:
+            source, factors = _densified(model, traced, encoder, options, layer_timings)
         del traced  # a rotated copy: free it before the int8 pass
-        diffs = {"fp32": verify_encoder(model, encoder)}  # against the unrotated model
-        if diffs["fp32"] > FP32_TOLERANCE:
-            raise ExportError(
-                f"exported encoder differs from PyTorch by {diffs['fp32']:.2e} (> {FP32_TOLERANCE}); "
-                "the model uses an operation the ONNX export does not reproduce"
-            )
         encoders, settings = {"fp32": f"{ONNX_DIR}/{encoder.name}"}, None
         if quantize == "int8":
-            q_encoder, settings = _quantize_all(encoder, decoders, options, rotated)
+            q_encoder, settings = _quantize_all(encoder, source, decoders, options, rotated)
+            settings["factor_timing"] = factors
             diffs["int8"] = verify_encoder(model, q_encoder)
             encoders = {"int8": f"{ONNX_DIR}/{q_encoder.name}", **({} if int8_only else encoders)}
         check = {"encoder_max_abs_diff": diffs, **_merge_decoders(model, tmp / ONNX_DIR)}
@@ -163,6 +187,39 @@ def export_model(
     for name, diff in diffs.items():
         log.info("verified %s encoder: max |Δ| vs PyTorch %.2e", name, diff)
     return ExportResult(path=Path(out_dir), precision=precision, max_abs_diff=diffs, size_bytes=size)
+
+
+def _verified(model, onnx_path: Path) -> float:
+    """verify_encoder for an fp32 graph: its max |Δ|, or ExportError above FP32_TOLERANCE."""
+    diff = verify_encoder(model, onnx_path)
+    if diff > FP32_TOLERANCE:
+        raise ExportError(
+            f"exported encoder {onnx_path.name} differs from PyTorch by {diff:.2e} (> {FP32_TOLERANCE}); "
+            "the model uses an operation the ONNX export does not reproduce"
+        )
+    return diff
+
+
+def _densified(
+    model, traced, encoder: Path, options: Int8Options, timings: layer_timing.TimingSource | None
+) -> tuple[Path, dict]:
+    """(the fp32 encoder graph to quantize, the timing record for the marker). The graph is `encoder`, or where
+    factorised linears are not faster in int8 (densify.py), a trace of `traced` with them merged (beside it,
+    verified against PyTorch like the export, removed once quantized). `traced` is changed only if it is a copy."""
+    threads = options.timing_threads
+    decisions = decide_merges(
+        traced, timings or layer_timing.cached_source(threads), options.keep_fp32, margin=MERGE_MARGIN
+    )
+    runtime = layer_timing.runtime_key(threads) if timings is None else "given timings"
+    record = {"runtime": runtime, "margin": MERGE_MARGIN, "layers": [d.as_dict() for d in decisions]}
+    names = [d.name for d in decisions if d.merged]
+    if not names:
+        return encoder, record
+    twin = copy.deepcopy(traced) if traced is model else traced  # the user's model is never changed
+    merge_factors(twin, names)
+    export_encoder(twin, encoder.with_name(DENSIFIED_NAME))
+    record["densified_max_abs_diff"] = _verified(model, encoder.with_name(DENSIFIED_NAME))
+    return encoder.with_name(DENSIFIED_NAME), record
 
 
 def _merge_decoders(model, onnx_dir: Path) -> dict[str, float]:
@@ -189,9 +246,12 @@ def _drop_fp32_graphs(onnx_dir: Path) -> None:
             path.unlink()
 
 
-def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rotated: int) -> tuple[Path, dict]:
-    """int8 twins of the graphs (beside the fp32 ones); returns (int8 encoder, settings for the marker)."""
-    keep = matmul_names(encoder, options.keep_fp32)
+def _quantize_all(
+    encoder: Path, source: Path, decoders: list[Path], options: Int8Options, rotated: int
+) -> tuple[Path, dict]:
+    """int8 twins of the graphs (beside the fp32 ones; the encoder's made from `source`, its fp32 graph or the
+    densified one, which is then removed); returns (int8 encoder, settings for the marker)."""
+    keep = matmul_names(source, options.keep_fp32)
     if options.keep_fp32 is not None and not keep:
         raise ExportError(
             f"keep_fp32 pattern {options.keep_fp32!r} matches no MatMul node of the encoder graph; "
@@ -205,9 +265,13 @@ def _quantize_all(encoder: Path, decoders: list[Path], options: Int8Options, rot
         len(keep),
     )
     if options.activations == "row":
-        q_encoder = quantize_rows(encoder, quantized_name(encoder), exclude=keep)
+        q_encoder = quantize_rows(source, quantized_name(encoder), exclude=keep)
     else:
-        q_encoder = quantize_graph(encoder, per_channel=bool(options.per_channel), exclude=keep)
+        q_encoder = quantize_graph(
+            source, per_channel=bool(options.per_channel), exclude=keep, dst=quantized_name(encoder)
+        )
+    if source != encoder:
+        source.unlink()
     for path in decoders:
         quantize_graph(path, per_channel=bool(options.per_channel), embeddings=True)
     return q_encoder, {**options.as_dict(), "rotated_layers": rotated, "fp32_matmuls": keep}

@@ -24,6 +24,7 @@ __all__ = [
     "ACTIVATIONS",
     "KEEP_FP32_AUTO",
     "KEEP_FP32_VALUES",
+    "DEFAULT_TIMING_THREADS",
     "check_keep_fp32",
     "Int8Options",
     "quantized_name",
@@ -39,6 +40,9 @@ QUANTIZATIONS = ("int8", "none")
 ACTIVATIONS = ("row", "tensor")
 # ONNX node names of encoder layer 0 (/encoder/layers.0/fc1/MatMul, /encoder/layers.0/self_attn/MatMul_1, ...)
 KEEP_FP32_AUTO = r"/layers\.0/"
+# intra-op threads the int8 export times factorised linears with (the deployed runtime's --threads is not known
+# at export time; the README's timings are at 2)
+DEFAULT_TIMING_THREADS = 2
 # what keep_fp32 accepts, as its errors and the CLI's --help say it
 KEEP_FP32_VALUES = (
     f"'auto' (the default: encoder layer 0, {KEEP_FP32_AUTO}), 'none' (every MatMul int8) or a regular "
@@ -64,12 +68,17 @@ class Int8Options:
     """rotate: rotate low-rank factors (export/rotate.py); per_channel: None = automatic, on (it lowered the
     int8 encoder's error and WER of both the original and the compressed base); keep_fp32: "auto" (encoder
     layer 0), "none"/None, or a regex on the encoder graph's node names; activations: the encoder's activation
-    scales, "row" (per token, export/rowquant.py; weights then always per channel) or "tensor"."""
+    scales, "row" (per token, export/rowquant.py; weights then always per channel) or "tensor";
+    merge_slow_factors: merge each factorised linear whose int8 pair is not faster than its dense int8 form
+    (export/densify.py; timed with timing_threads intra-op threads), None = automatic (on with per-row scales,
+    the form the timings measure)."""
 
     rotate: bool = True
     per_channel: bool | None = None
     keep_fp32: str | None = "auto"
     activations: str = "row"
+    merge_slow_factors: bool | None = None
+    timing_threads: int = DEFAULT_TIMING_THREADS
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATIONS:
@@ -84,6 +93,19 @@ class Int8Options:
         if self.per_channel is not None and not isinstance(self.per_channel, bool):
             raise LiteWhisperError(f"per_channel must be True, False or None (automatic), got {self.per_channel!r}")
         check_keep_fp32(self.keep_fp32)
+        if self.merge_slow_factors is not None and not isinstance(self.merge_slow_factors, bool):
+            raise LiteWhisperError(
+                f"merge_slow_factors must be True, False or None (automatic), got {self.merge_slow_factors!r}"
+            )
+        if self.merge_slow_factors and self.activations != "row":
+            raise LiteWhisperError(
+                "merge_slow_factors times the per-row int8 form (activations='row'); with activations='tensor' "
+                "leave it off (CLI: --no-merge-slow-factors)"
+            )
+        if isinstance(self.timing_threads, bool) or not isinstance(self.timing_threads, int) or self.timing_threads < 1:
+            raise LiteWhisperError(
+                f"timing_threads must be a positive integer (CLI: --timing-threads N), got {self.timing_threads!r}"
+            )
 
     @property
     def pattern(self) -> str | None:
@@ -96,7 +118,8 @@ class Int8Options:
     def resolved(self) -> Int8Options:
         """per_channel decided (automatic: on), keep_fp32 as its regex (or None)."""
         per_channel = True if self.per_channel is None else self.per_channel
-        return dataclasses.replace(self, per_channel=per_channel, keep_fp32=self.pattern)
+        merge = self.activations == "row" if self.merge_slow_factors is None else self.merge_slow_factors
+        return dataclasses.replace(self, per_channel=per_channel, keep_fp32=self.pattern, merge_slow_factors=merge)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,17 +9,36 @@ Q Kᵀ and A V per head in the standard path, or the reduced-dimension paths of 
 the q/k/v second factors and the L² products by products in the rank dimensions).
 Not counted (all O(T·D) or smaller): layer norms, GELU, softmax, scaling, bias adds, the positional-embedding add,
 and the reduced key-side path's per-key bias (B u_iᵀ, L·k_K per head).
+
+Measured: the int8 time of factorised linears against their dense int8 forms (`PairShape` -> `PairTiming`, from a
+`TimingSource`: export/layer_timing.py times them on this CPU and caches them), with the rule by which the int8
+export merges a pair back to dense (`PairTiming.merged`) and the sum over a plan's linears (`int8_linear_cost`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from torch import nn
 
 from litewhisper.attention.reduced import ReducedDimSelfAttention, attention_macs
 from litewhisper.constants import ENCODER_POSITIONS
+from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, encoder_linears, find_encoder
 
-__all__ = ["linear_params", "linear_macs", "encoder_params", "encoder_macs", "encoder_flops"]
+__all__ = [
+    "linear_params",
+    "linear_macs",
+    "encoder_params",
+    "encoder_macs",
+    "encoder_flops",
+    "PairShape",
+    "PairTiming",
+    "TimingSource",
+    "Int8LinearCost",
+    "int8_linear_cost",
+]
 
 CONV_KERNEL = 3  # Whisper's two encoder convolutions (conv2 has stride 2)
 
@@ -100,3 +119,84 @@ def encoder_flops(model_or_config, frames: int = ENCODER_POSITIONS) -> int:
     """Encoder FLOPs (2 per multiply-add) for one window of `frames` positions, dense, low-rank or with
     reduced-dimension attention."""
     return 2 * encoder_macs(model_or_config, frames)
+
+
+@dataclass(frozen=True)
+class PairShape:
+    """A factorised linear Din -> k -> Dout over `tokens` positions (1500: one 30-s window)."""
+
+    d_in: int
+    d_out: int
+    rank: int
+    tokens: int = ENCODER_POSITIONS
+
+    def __post_init__(self) -> None:
+        if min(self.d_in, self.d_out, self.rank, self.tokens) < 1:
+            raise LiteWhisperError(f"a linear's shape must be positive, got {self}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.d_in}x{self.d_out} k{self.rank} tokens {self.tokens}"
+
+
+@dataclass(frozen=True)
+class PairTiming:
+    """Median ms of one run: the dense int8 MatMul of W1·W2 and the factorised pair, both with bias."""
+
+    dense_ms: float
+    factored_ms: float
+
+    @property
+    def speedup(self) -> float:
+        """dense / factorised time: > 1 where the factors pay."""
+        return self.dense_ms / self.factored_ms
+
+    def merged(self, margin: float) -> bool:
+        """Whether the int8 export merges the pair back to dense: unless it is at least `margin` faster."""
+        return not self.factored_ms < (1 - margin) * self.dense_ms
+
+    def exported_ms(self, margin: float) -> float:
+        """The time of the form the int8 export writes (`merged`: dense, else factorised)."""
+        return self.dense_ms if self.merged(margin) else self.factored_ms
+
+
+TimingSource = Callable[[PairShape], PairTiming]
+
+
+@dataclass(frozen=True)
+class Int8LinearCost:
+    """Measured int8 time (ms per 30-s window, on one CPU) and FLOPs of a set of factorised linears."""
+
+    layers: int
+    merged: int  # those the int8 export merges back to dense (not faster factorised: export/densify.py)
+    dense_ms: float  # all of them dense
+    factored_ms: float  # all of them factorised
+    exported_ms: float  # as the int8 export writes them: factorised, or dense where merged
+    dense_flops: int
+    factored_flops: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.layers} linears: dense {self.dense_ms:.1f} ms, factorised {self.factored_ms:.1f} ms "
+            f"({self.dense_ms / max(self.factored_ms, 1e-9):.2f}×; FLOPs "
+            f"{self.dense_flops / max(self.factored_flops, 1):.2f}×), as exported {self.exported_ms:.1f} ms "
+            f"({self.merged} merged back to dense) per 30-s window"
+        )
+
+
+def int8_linear_cost(
+    shapes: Iterable[tuple[int, int, int]], timings: TimingSource, margin: float, positions: int = ENCODER_POSITIONS
+) -> Int8LinearCost:
+    """Int8 time and FLOPs of factorised linears (Din, Dout, rank) over `positions`; `timings`: a TimingSource
+    (export/layer_timing.py measures one on this CPU and caches it; or a fixed table)."""
+    shapes = list(shapes)
+    times = [timings(PairShape(d_in, d_out, rank, positions)) for d_in, d_out, rank in shapes]
+    return Int8LinearCost(
+        layers=len(shapes),
+        merged=sum(t.merged(margin) for t in times),
+        dense_ms=sum(t.dense_ms for t in times),
+        factored_ms=sum(t.factored_ms for t in times),
+        exported_ms=sum(t.exported_ms(margin) for t in times),
+        dense_flops=2 * sum(linear_macs(d_in, d_out, None, positions) for d_in, d_out, _ in shapes),
+        factored_flops=2 * sum(linear_macs(d_in, d_out, rank, positions) for d_in, d_out, rank in shapes),
+    )
