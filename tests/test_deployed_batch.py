@@ -82,7 +82,9 @@ def _same(batched, alone) -> None:
     ]
 
 
-@pytest.mark.parametrize("options", [DEFAULT, GREEDY, DEFAULT.replace(window="auto")], ids=["default", "greedy", "auto"])
+@pytest.mark.parametrize(
+    "options", [DEFAULT, GREEDY, DEFAULT.replace(window="auto")], ids=["default", "greedy", "auto"]
+)
 def test_batched_clips_decode_as_each_clip_alone(deployed, monkeypatch, options):
     clips = _clips()
     seen = _calls(monkeypatch, deployed)
