@@ -177,3 +177,12 @@ def test_real_tiny_en_export_batched_equals_per_clip(real_tiny_en, tmp_path, mon
         _same(batched, alone)
         assert all(t.text for t in batched)
         assert max(seen["generate"]) > 1 and len(seen["generate"]) <= calls_alone - 4
+
+
+@pytest.mark.parametrize("options", [GREEDY.replace(beam_size=2), FALLBACK.replace(temperature=(0.5, 1.0))])
+def test_a_beam_or_a_sampled_first_pass_decodes_alone_after_a_batched_encoder(deployed, monkeypatch, options):
+    clips = _clips((2.0, 3.5, 6.0), seed=4)
+    alone = _alone(deployed, clips, options)
+    seen = _calls(monkeypatch, deployed)
+    _same(transcribe(deployed, clips, options), alone)
+    assert seen["encode"][0] == (2, 80, 3000) and set(seen["generate"]) == {1}
