@@ -1,7 +1,7 @@
-"""Clips batched across files in the deployed runtime (issue 29): the first window of several clips encoded in one
-onnxruntime batch, their language detected and their greedy temperature-0 pass decoded in one CTranslate2 call
-each; then every clip is decoded by faster-whisper's loop exactly as alone, which is handed those results in place
-of the calls it makes.
+"""Clips batched across files in the deployed runtime (issue 29): the first windows of several clips encoded in
+onnxruntime batches, their languages detected and their greedy temperature-0 passes decoded in one CTranslate2 call
+per window length; then every clip is decoded by faster-whisper's loop exactly as alone, which is handed those
+results in place of the calls it makes.
 
 faster-whisper decides everything, as for a clip decoded alone. Each clip's loop is run twice up to a call and
 stopped there (`Captured`): once at its first encoder call (the window's features, cut to the encoder window), once
