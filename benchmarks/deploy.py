@@ -9,15 +9,22 @@ files the runtime reads), and ratios against faster-whisper int8 on the same ori
 Rows (each needs its export directory, made with `litewhisper export`):
   faster-whisper int8     the original checkpoint's CTranslate2 model, compute_type int8 (the reference)
   PyTorch fp32            `litewhisper transcribe` of the original (batch 8): the WER reference
-  litewhisper fp32/int8   `litewhisper transcribe EXPORT_DIR` (onnxruntime encoder + CTranslate2 decoder);
+  litewhisper fp32/int8   `litewhisper transcribe EXPORT_DIR` (onnxruntime encoder + CTranslate2 decoder), the
+                          clips as one folder: first windows batched across files (issue 29; --batch-size 8);
                           NAME:PRECISION:auto decodes with `--window auto` (issue 31: the encoder reads the clip +
-                          2 s, at least 10 s; its encoder ms is then the mean over the clips' windows)
+                          2 s, at least 10 s; its encoder ms is then the mean over the clips' windows);
+                          NAME:PRECISION:WINDOW:b1 with `--batch-size 1`: file by file, as before issue 29
 --max-seconds 10 keeps the English dev clips up to 10 s (short clips), in manifest order.
 
     PYTHONPATH=src nice -n 5 python benchmarks/deploy.py --threads 2 --clips 30 --rounds 2 \
         --row base=base --row base@0.8=/tmp/lite-base-08 \
         --export base:fp32=/tmp/wt14-base-fp32 --export base:int8=/tmp/wt14-base-int8 \
         --export base@0.8:fp32=/tmp/wt14-lite-base-fp32 --export base@0.8:int8=/tmp/wt14-lite-base-int8
+
+    # a folder batched across files vs file by file (issue 29)
+    PYTHONPATH=src python benchmarks/deploy.py --threads 2 --clips 30 --rounds 2 --row base=base \
+        --export base:int8=EXP/base-int8 --export base:int8:full:b1=EXP/base-int8 \
+        --export base:int8:auto=EXP/base-int8 --export base:int8:auto:b1=EXP/base-int8
 """
 
 from __future__ import annotations
@@ -116,6 +123,7 @@ class Row:
     size: int
     reference: str  # model name of the faster-whisper row to compare with
     window: str = "full"  # --window of `litewhisper transcribe`
+    batch: int | None = None  # its --batch-size (None: the default)
     walls: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     encoder: list[float] = field(default_factory=list)
@@ -165,12 +173,14 @@ def build_rows(args, work: Path) -> list[Row]:
             rows.append(
                 Row(name, "PyTorch (batch 8)", "fp32", "torch", source, dir_size([src / "model.safetensors"]), base)
             )
-    for spec in args.export:  # NAME:PRECISION[:WINDOW]=DIR
+    for spec in args.export:  # NAME:PRECISION[:WINDOW[:bN]]=DIR
         key, path = spec.split("=", 1)
         name, precision, *window = key.split(":")
+        batch = int(window.pop()[1:]) if window and window[-1].startswith("b") else None
         runtime = "litewhisper (ORT+CT2)" + (f", window {window[0]}" if window else "")
+        runtime += ", file by file" if batch == 1 else f", batch {batch}" if batch else ", folder batched"
         row = Row(name, runtime, precision, "onnx", path, export_size(Path(path)), name.split("@")[0])
-        row.window = window[0] if window else "full"
+        row.window, row.batch = (window[0] if window else "full"), batch
         rows.append(row)
     for spec in args.whispercpp:  # NAME=GGML_FILE
         name, path = spec.split("=", 1)
@@ -187,6 +197,7 @@ def run_e2e(row: Row, clips: list[str], threads: int, work: Path, timeout: float
         cmd = [sys.executable, "-m", "litewhisper", "transcribe", row.path, *clips, "--format", "json", "--quiet"]
         cmd += ["--threads", str(threads)] if row.kind == "onnx" else []
         cmd += ["--window", row.window] if row.window != "full" else []
+        cmd += ["--batch-size", str(row.batch)] if row.batch is not None and row.kind == "onnx" else []
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": str(threads)}
     timefile = work / "time.txt"
     start = time.perf_counter()

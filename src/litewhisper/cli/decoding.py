@@ -109,7 +109,7 @@ def add_decoding_args(p: argparse.ArgumentParser, words: bool = True, batch: boo
     )
     g.add_argument("--initial-prompt", help="text to condition the first window on (names, spelling, style)")
     if batch:
-        g.add_argument("--batch-size", type=int, help="clips decoded together (default 8)")
+        g.add_argument("--batch-size", type=int, help="clips decoded together (default 8; 1: one at a time)")
     g.add_argument(
         "--vad",
         action="store_true",

@@ -5,7 +5,7 @@ the decoder's shared steps (inputs, VAD, batching, results) stay in decode/trans
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -15,6 +15,7 @@ from litewhisper.decode.backend import DecodedClip
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import Segment, Word
 from litewhisper.errors import LiteWhisperError
+from litewhisper.models.deployed_batch import FirstWindow, prefetch_first_windows
 
 __all__ = ["DeployedBackend", "transcribe_kwargs"]
 
@@ -58,7 +59,8 @@ def window_audio(samples: np.ndarray) -> np.ndarray:
 
 
 class DeployedBackend:
-    """Backend over a `DeployedWhisper` (clips decoded one after another; each is one faster-whisper call)."""
+    """Backend over a `DeployedWhisper`: each clip is one faster-whisper call, its first window batched with the
+    other clips' (`decode_batch`)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -78,23 +80,59 @@ class DeployedBackend:
     def decode_batch(
         self, arrays: list[np.ndarray], options: DecodeOptions, on_seconds: Callable[[float], None] | None = None
     ) -> list[DecodedClip]:
+        """Each clip decoded by faster-whisper's loop; with several clips, the first windows of those up to 30 s
+        are encoded and decoded (greedy pass) in batches first (models/deployed_batch.py), same results."""
         kwargs, out, done = transcribe_kwargs(options, self.is_multilingual) | self.model.suppression, [], 0.0
-        for samples in arrays:
-            out.append(self._clip(samples, kwargs, options))
-            done += samples.size / SAMPLE_RATE
-            if on_seconds is not None:
-                on_seconds(done)
+        audios = [window_audio(samples) for samples in arrays]
+        with self.model.pipeline.feature_extractor.remember():
+            firsts = self._prefetch(arrays, audios, kwargs, options)
+            for samples, audio, first in zip(arrays, audios, firsts, strict=True):
+                out.append(self._clip(samples, audio, kwargs, options, first))
+                done += samples.size / SAMPLE_RATE
+                if on_seconds is not None:
+                    on_seconds(done)
         return out
 
-    def _clip(self, samples: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions) -> DecodedClip:
+    def _prefetch(
+        self, arrays: list[np.ndarray], audios: list[np.ndarray], kwargs: dict[str, Any], options: DecodeOptions
+    ) -> list[FirstWindow | None]:
+        """The batch's first windows of the clips up to 30 s (None for the others), when there are several."""
+        short = [i for i, samples in enumerate(arrays) if samples.size <= WINDOW_SAMPLES]
+        firsts: list[FirstWindow | None] = [None] * len(arrays)
+        if len(short) < 2:
+            return firsts
+
+        def starter(i: int) -> Callable[[FirstWindow], None]:
+            return lambda first: next(iter(self._start(arrays[i], audios[i], kwargs, options, first)[0]), None)
+
+        detect = self.is_multilingual and kwargs["language"] is None
+        for i, first in zip(
+            short, prefetch_first_windows(self.model, [starter(i) for i in short], detect), strict=True
+        ):
+            firsts[i] = first
+        return firsts
+
+    def _start(
+        self, samples: np.ndarray, audio: np.ndarray, kwargs: dict[str, Any], options: DecodeOptions, first
+    ) -> tuple[Iterator, Any]:
+        """faster-whisper's (segments, info) for one clip (`audio`: `samples` as `window_audio` pads them)."""
+        budget = options.window_budget if options.tokens_per_second is not None else None
+        frames = options.encoder_frames if options.window != "full" else None  # None: 3000 (old exports too)
+        seconds = samples.size / SAMPLE_RATE
+        return self.model.transcribe(audio, seconds=seconds, budget=budget, frames=frames, first=first, **kwargs)
+
+    def _clip(
+        self,
+        samples: np.ndarray,
+        audio: np.ndarray,
+        kwargs: dict[str, Any],
+        options: DecodeOptions,
+        first: FirstWindow | None,
+    ) -> DecodedClip:
         """One clip; text, token count and token-limit hits counted as the PyTorch backend counts them."""
         self.model.reseed(options.seed)  # each clip samples from `seed`, whatever came before it
         duration, eot = samples.size / SAMPLE_RATE, self.model.eot
-        budget = options.window_budget if options.tokens_per_second is not None else None
-        frames = options.encoder_frames if options.window != "full" else None  # None: 3000 (old exports too)
-        segments, info = self.model.transcribe(
-            window_audio(samples), seconds=duration, budget=budget, frames=frames, **kwargs
-        )
+        segments, info = self._start(samples, audio, kwargs, options, first)
         out, texts, n_tokens, hit_limit = [], [], 0, False
         for s in segments:  # lazily decoded: the window of `s` is the last one decoded
             hit_limit = hit_limit or self.model.window_tokens >= self.model.window_budget

@@ -59,6 +59,8 @@ class DecodeOptions:
     window policy: "full" encodes 30 s of mel frames per window (padding included), "auto" a window holding d s of
     a clip of at most 30 s as max(d + window_margin, window_floor) s of frames (rounded up to 1.28-s steps, at most
     30 s; `encoder_frames`); audio longer than 30 s keeps full windows (its transcript does not change).
+    batch_size: clips decoded together; an export (deployed runtime) batches the first window of clips up to 30 s
+    (encoder, language detection, greedy pass) and gives each clip the result it gives alone; 1: clip by clip.
     """
 
     language: str | None = None

@@ -31,6 +31,7 @@ from typing import Any
 from litewhisper.constants import SAMPLE_RATE, window_seconds
 from litewhisper.cpu import free_cpus
 from litewhisper.errors import LiteWhisperError, ModelSourceError
+from litewhisper.models.deployed_batch import FeatureMemo, FirstWindow
 from litewhisper.models.processor import read_ct2_config
 
 __all__ = [
@@ -171,6 +172,7 @@ class DeployedWhisper:
         seconds: float | None = None,
         budget: Callable[[float], int] | None = None,
         frames: Callable[[float, int], int] | None = None,
+        first: FirstWindow | None = None,
         **kwargs,
     ):
         """faster-whisper's `transcribe(audio, **kwargs)` -> (segments generator, info).
@@ -179,11 +181,13 @@ class DeployedWhisper:
         applied to every decode of the window (greedy and fallback); frames: the mel frames the encoder reads for
         the window starting at a frame of a clip of so many seconds (`DecodeOptions.encoder_frames(seconds, seek)`;
         None: all 3000); seconds: the clip's duration (default: the
-        audio's; the deployed backend pads short clips to 30 s)."""
+        audio's; the deployed backend pads short clips to 30 s); first: what a batch computed for this clip's first
+        window (models/deployed_batch.py), used for the identical calls only."""
         if frames is not None:
             self.check_window("auto")
         self.pipeline.audio_seconds = len(audio) / SAMPLE_RATE if seconds is None else seconds
         self.pipeline.budget, self.pipeline.frames = budget, frames
+        self.pipeline.model.first = first
         return self.pipeline.transcribe(audio, **kwargs)
 
     @property
@@ -218,25 +222,33 @@ class DeployedWhisper:
 
 
 class _Decoder:
-    """The CTranslate2 Whisper model as faster-whisper calls it, with two changes.
+    """The CTranslate2 Whisper model as faster-whisper calls it, with three changes.
 
     Length: faster-whisper asks for `max_length = len(prompt) + max_new_tokens`, but CTranslate2 decodes at most
     min(max_length // 2, max_length - len(prompt) + 1) tokens (CTranslate2 issue #1856), so a window stopped at
     ~113 tokens where PyTorch (and openai-whisper) allow 224; it is given the max_length that yields exactly
     max_new_tokens. Sampling: `sampled` notes whether a call drew random numbers (faster-whisper samples with
     `sampling_topk=0` on a fallback and decodes greedily, top-1, otherwise) — see `DeployedWhisper.reseed`.
+    Batches: `first` (models/deployed_batch.py) answers the clip's first-window calls that a batch made already.
     """
 
-    def __init__(self, model) -> None:
-        self.model, self.sampled = model, False
+    def __init__(self, model, first: FirstWindow | None = None) -> None:
+        self.model, self.sampled, self.first = model, False, first
 
     def generate(self, features, prompts, *, max_length: int | None = None, **kwargs):
+        if self.first is not None and (done := self.first.generated(prompts, max_length, kwargs)) is not None:
+            return [done]  # the batch decoded this very call (models/deployed_batch.py)
         self.sampled = self.sampled or kwargs.get("sampling_topk", 1) != 1
         if max_length is not None:
             prompt = max(len(p) for p in prompts)
             new = max_length - prompt  # max_new_tokens
             kwargs["max_length"] = max(2 * new, new + prompt - 1)
         return self.model.generate(features, prompts, **kwargs)
+
+    def detect_language(self, features):
+        if self.first is not None and self.first.language is not None:  # detected in the batch
+            return [self.first.language]
+        return self.model.detect_language(features)
 
     def __getattr__(self, name: str):
         return getattr(self.model, name)
@@ -280,6 +292,9 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
                 seek = _window_seek(sys._getframe(1), "the encoder window")
                 features = features[..., : self.frames(self.audio_seconds, seek)]  # (b, n_mels, W)
             features = np.ascontiguousarray(features, dtype=np.float32)
+            first = self.model.first
+            if first is not None and (states := first.encoded(features)) is not None:
+                return ctranslate2.StorageView.from_array(states)  # encoded in the batch
             return ctranslate2.StorageView.from_array(session.run(None, {"input_features": features})[0])
 
         def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):
@@ -293,11 +308,13 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
 
         def reload_decoder(self) -> None:
             """The CTranslate2 model loaded again (the old one freed first): a new worker thread."""
+            first = self.model.first
             self.model.unload_model()
             self.model = None  # freed before the new one loads (else both live at once: base int8, 30 short
             # clips of which 7 sampled: whole-process peak RSS 805-1003 -> 591-597 MiB, same time)
             self.model = _Decoder(
-                ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute, intra_threads=threads)
+                ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type=compute, intra_threads=threads),
+                first,
             )
 
     if not (ct2_dir / "model.bin").is_file():  # else faster-whisper takes the path for a hub repo id
@@ -314,6 +331,7 @@ def _pipeline(ct2_dir: Path, session, threads: int, precision: str):
             f"cannot load the CTranslate2 decoder in {ct2_dir}: {str(e)[:200]}; re-export the model with --overwrite"
         ) from e
     pipeline.model = _Decoder(pipeline.model)
+    pipeline.feature_extractor = FeatureMemo(pipeline.feature_extractor)
     return pipeline
 
 
