@@ -104,3 +104,11 @@ def test_compress_with_refit_and_its_validation(tiny_model):
     assert compress_policy(parse(["compress", "tiny.en", "-o", "x", "--refit"])).refit == REFIT_RIDGE
     assert compress_policy(parse(["compress", "tiny.en", "-o", "x", "--refit", "0.5"])).refit == 0.5
     assert compress_policy(parse(["compress", "tiny.en", "-o", "x"])).refit is None
+
+
+def test_reduced_attention_is_refused_with_a_clear_error(tiny_model):
+    from litewhisper.attention.reduced import use_reduced_attention
+
+    student = use_reduced_attention(_compressed(tiny_model, (("*q_proj", 4), ("*k_proj", 4), ("*", None))), "reduced")
+    with pytest.raises(CalibrationError, match="attention='standard'"):
+        refit_factors(student, tiny_model, _clips(), CONFIG)

@@ -116,7 +116,8 @@ def test_merged_decoder_in_onnxruntime_gives_pytorch_greedy_tokens(exported):
     assert cached == want and uncached == want and len(set(want[2:])) > 3  # not one token repeated
     ids = np.array([want])
     reference = _pytorch_logits(model, features)(ids)
-    np.testing.assert_allclose(run_merged(merged, states, ids, prompt=2), reference, atol=1e-4)
+    # fp32 kernels differ across CPUs (one logit of ~3.8 off by 1.01e-4 on an AVX-512 machine): relative tolerance too
+    np.testing.assert_allclose(run_merged(merged, states, ids, prompt=2), reference, atol=1e-4, rtol=1e-4)
     quantized = _session(path / "onnx" / "decoder_model_merged_quantized.onnx")
     q_logits = run_merged(quantized, states, ids, prompt=2)  # both branches of the int8 graph run
     assert q_logits.shape == reference.shape and np.isfinite(q_logits).all()

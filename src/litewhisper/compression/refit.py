@@ -121,6 +121,11 @@ def _refit_group(index: int, student: nn.Module, teacher: nn.Module, names, batc
     for t_hidden, batch in batches:
         ys = _capture(teacher, low, t_hidden, "out")
         xs = _capture(student, low[:1], batch.hidden, "in")  # the group's linears share their input
+        if low[0] not in xs:
+            raise CalibrationError(
+                f"layers.{index}.{low[0]} was not called as a module (reduced-dimension attention reads its factors "
+                "directly): refit a model loaded with attention='standard'"
+            )
         m.add(_rows(xs[low[0]], batch.mask), {n: _rows(y, batch.mask) for n, y in ys.items()})
     for name in low:
         _solve(m, name, student.get_submodule(name), ridge, basis)
