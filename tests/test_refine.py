@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -128,3 +129,16 @@ def test_decoder_objective_needs_whole_model(setup):
         refine(student, teacher, features, RefineConfig(objective="decoder"))
     with pytest.raises(LiteWhisperError, match="objective"):
         RefineConfig(objective="logits")
+
+
+def test_warmup_and_gradient_clipping_settings():
+    from litewhisper.compression.refine import _lr_factor
+
+    config = RefineConfig(max_steps=100, warmup=0.1, max_grad_norm=1.0)
+    factors = [_lr_factor(s, config) for s in range(100)]
+    assert factors[0] == 0.1 and factors[9] == 1.0 and factors[:10] == sorted(factors[:10])  # linear warm-up
+    assert factors[10] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1))) and factors[99] < 0.01  # then cosine
+    assert _lr_factor(0, RefineConfig(max_steps=100)) == 1.0  # no warm-up: the former schedule
+    for bad in (dict(warmup=1.0), dict(warmup=-0.1), dict(max_grad_norm=0.0)):
+        with pytest.raises(LiteWhisperError, match="warmup must be in"):
+            RefineConfig(**bad)

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -60,6 +61,8 @@ class RefineConfig:
     ce_weight: float = 1.0  # decoder objective: weight of the pseudo-labels' cross-entropy beside the KL
     windows: int = 48  # calibration clips used (one clip per window)
     max_label_tokens: int = DEFAULT_MAX_NEW_TOKENS  # decoder objective: token limit of the pseudo-labels
+    warmup: float = 0.0  # fraction of max_steps with a linear learning-rate warm-up (recipes: ~0.1)
+    max_grad_norm: float | None = None  # gradient clipping (recipes: 1.0); None: none
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -75,6 +78,10 @@ class RefineConfig:
             raise LiteWhisperError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.objective not in OBJECTIVES:
             raise LiteWhisperError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.warmup < 1.0 or (self.max_grad_norm is not None and not self.max_grad_norm > 0):
+            raise LiteWhisperError(
+                f"warmup must be in [0, 1) and max_grad_norm > 0 or None, got {self.warmup}, {self.max_grad_norm}"
+            )
         if self.ce_weight < 0 or self.windows < 2 or self.max_label_tokens < 1:
             raise LiteWhisperError(
                 f"ce_weight must be ≥ 0, windows ≥ 2 and max_label_tokens ≥ 1, got "
@@ -218,6 +225,14 @@ def refine(
     return result
 
 
+def _lr_factor(step: int, config: RefineConfig) -> float:
+    """Linear warm-up over the first `warmup` of the steps, then cosine decay over the step budget."""
+    warm = round(config.warmup * config.max_steps)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
+
+
 def _train(
     objective,
     train_idx: list[int],
@@ -227,9 +242,7 @@ def _train(
     start: float,
 ) -> RefineResult:
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # cosine decay over the step budget
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.max_steps) / config.max_steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, config=config))
     gen = torch.Generator().manual_seed(config.seed)
     best_val = initial_val = distillation_loss(objective, val_idx)
     best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -242,6 +255,8 @@ def _train(
         loss = objective.loss(idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
         optimizer.step()
         schedule.step()
         train_losses.append(float(loss.detach()))
