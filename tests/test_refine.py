@@ -142,3 +142,16 @@ def test_warmup_and_gradient_clipping_settings():
     for bad in (dict(warmup=1.0), dict(warmup=-0.1), dict(max_grad_norm=0.0)):
         with pytest.raises(LiteWhisperError, match="warmup must be in"):
             RefineConfig(**bad)
+
+
+def test_compress_flags_set_the_recipe():
+    from litewhisper.cli import build_parser
+    from litewhisper.cli.compress import compress_policy
+
+    argv = ["compress", "tiny.en", "-o", "x", "--refine-steps", "100", "--refine-objective", "decoder"]
+    argv += ["--refine-lr", "1e-5", "--refine-warmup", "0.1", "--refine-clip", "1.0", "--refine-windows", "66"]
+    refine_config = compress_policy(build_parser().parse_args(argv)).refine
+    assert (refine_config.lr, refine_config.warmup, refine_config.max_grad_norm) == (1e-5, 0.1, 1.0)
+    assert (refine_config.windows, refine_config.max_steps, refine_config.objective) == (66, 100, "decoder")
+    plain = compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-steps", "5"]))
+    assert plain.refine == RefineConfig(max_steps=5, objective="decoder")  # the former defaults otherwise

@@ -87,6 +87,17 @@ def add_budget_args(p) -> None:
         default=0,
         help="budget: steps of distillation of the low-rank factors from the original model (0: none)",
     )
+    p.add_argument("--refine-lr", type=float, default=1e-4, help="with --refine-steps: peak learning rate")
+    p.add_argument(
+        "--refine-warmup",
+        type=float,
+        default=0.0,
+        help="with --refine-steps: fraction of the steps with a linear learning-rate warm-up (e.g. 0.1)",
+    )
+    p.add_argument(
+        "--refine-clip", type=float, default=None, help="with --refine-steps: gradient-norm clipping (e.g. 1.0)"
+    )
+    p.add_argument("--refine-windows", type=int, default=48, help="with --refine-steps: calibration clips trained on")
     p.add_argument(
         "--refine-objective",
         choices=("decoder", "encoder"),
@@ -127,7 +138,18 @@ def compress_policy(args):
 
     if args.refine_steps < 0:
         raise LiteWhisperError(f"--refine-steps must be ≥ 0, got {args.refine_steps}")
-    refine = RefineConfig(max_steps=args.refine_steps, objective=args.refine_objective) if args.refine_steps else None
+    refine = (
+        RefineConfig(
+            max_steps=args.refine_steps,
+            objective=args.refine_objective,
+            lr=args.refine_lr,
+            warmup=args.refine_warmup,
+            max_grad_norm=args.refine_clip,
+            windows=args.refine_windows,
+        )
+        if args.refine_steps
+        else None
+    )
     return SizeBudget(
         target_size=target,
         sensitivity=args.sensitivity,
