@@ -25,6 +25,7 @@ from torch import nn
 
 from litewhisper.compression.calibration import CalibrationConfig, feature_extractor
 from litewhisper.compression.sequential import GROUPS, prepare_windows, run_block
+from litewhisper.constants import REFIT_RIDGE
 from litewhisper.errors import CalibrationError
 from litewhisper.models.linears import LowRankLinear, find_encoder
 from litewhisper.progress import progress_bar
@@ -138,7 +139,7 @@ def refit_factors(
     teacher,
     audio: Sequence,
     config: CalibrationConfig = CalibrationConfig(),
-    ridge: float = 1e-3,
+    ridge: float = REFIT_RIDGE,
     basis: str = "refit",
 ) -> int:
     """Refit every low-rank linear of `student`'s encoder IN PLACE against `teacher` (the original); returns how
