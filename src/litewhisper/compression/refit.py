@@ -156,7 +156,7 @@ def refit_factors(
     s_enc.eval(), t_enc.eval()
     try:
         batches = [
-            (b.hidden.clone(), b) for b in prepare_windows(s_enc, feature_extractor(student, s_enc), sources, config)
+            (b.hidden.clone(), b) for b in prepare_windows(s_enc, feature_extractor(teacher, t_enc), sources, config)
         ]
         done = 0
         blocks = zip(s_enc.layers, t_enc.layers, strict=True)
