@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -42,23 +42,21 @@ class _Moments:
     """Sums over the counted positions of one group: inputs (shared) and each linear's targets."""
 
     n: int = 0
-    sx: torch.Tensor | None = None  # (D_in,)
-    sxx: torch.Tensor | None = None  # (D_in, D_in)
-    sy: dict[str, torch.Tensor] | None = None  # name -> (D_out,)
-    sxy: dict[str, torch.Tensor] | None = None  # name -> (D_in, D_out)
+    sx: torch.Tensor | float = 0.0  # (D_in,)
+    sxx: torch.Tensor | float = 0.0  # (D_in, D_in)
+    sy: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (D_out,)
+    sxy: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (D_in, D_out)
 
     def add(self, x: torch.Tensor, ys: dict[str, torch.Tensor]) -> None:
         """Add one batch of rows: products in float32 (a batch is a few thousand rows), sums in float64."""
         x = x.float()  # (N, D_in)
-        if self.sx is None:
-            self.sx, self.sxx, self.sy, self.sxy = 0, 0, {}, {}
         self.n += x.shape[0]
         self.sx = self.sx + x.sum(0, dtype=torch.float64)
         self.sxx = self.sxx + (x.T @ x).double()
         for name, y in ys.items():
             y = y.float()  # (N, D_out)
-            self.sy[name] = self.sy.get(name, 0) + y.sum(0, dtype=torch.float64)
-            self.sxy[name] = self.sxy.get(name, 0) + (x.T @ y).double()
+            self.sy[name] = self.sy.get(name, 0.0) + y.sum(0, dtype=torch.float64)
+            self.sxy[name] = self.sxy.get(name, 0.0) + (x.T @ y).double()
 
 
 def _rows(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
