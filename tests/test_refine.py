@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -6,7 +7,14 @@ import torch
 
 from helpers import with_tokenizer
 from litewhisper.compression.distill import IGNORE, pseudo_labels
-from litewhisper.compression.refine import RefineConfig, distillation_loss, objective_for, refine, trainable_parameters
+from litewhisper.compression.refine import (
+    RefineConfig,
+    distillation_loss,
+    objective_for,
+    pull_distance,
+    refine,
+    trainable_parameters,
+)
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear
 
@@ -86,47 +94,95 @@ def _svd_student(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     return student
 
 
+def _random_transcripts(n: int, seed: int = 2) -> list[torch.Tensor]:
+    """Stand-in transcripts: <|startoftranscript|>, 3-9 text tokens, <|endoftext|> (tiny.en's ids)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 10, (n,), generator=gen).tolist()
+    return [torch.tensor([50257, *torch.randint(0, 50000, (k,), generator=gen).tolist(), 50256]) for k in lengths]
+
+
 def test_decoder_objective_pseudo_labels_and_training(tiny_model):
-    """Decoder-aware refinement: the teacher's own greedy transcripts (prompt + text + end-of-text) are the
-    labels, the KL to the teacher is 0 for the teacher itself, and training lowers it for a student."""
+    """Decoder-aware refinement: the given transcripts (prompt + text + end-of-text) are the labels, the KL to
+    the teacher is 0 for the teacher itself, and training lowers it for a student."""
     teacher, _ = with_tokenizer(tiny_model)
     torch.manual_seed(2)
     features = torch.randn(6, 80, 3000)
-    labels = pseudo_labels(teacher, features, batch_size=4, max_new_tokens=12)
-    gen = teacher.generation_config
-    assert len(labels.tokens) == 6 and labels.states.shape[:2] == (6, teacher.config.max_source_positions)
-    for seq in labels.tokens:
-        assert seq[0] == gen.decoder_start_token_id and seq[-1] == gen.eos_token_id
-        assert 2 <= len(seq) <= 12 + 4  # prompt + at most max_new_tokens + end-of-text
+    transcripts = _random_transcripts(6)
+    labels = pseudo_labels(teacher, features, transcripts, batch_size=4)
+    assert labels.states.shape[:2] == (6, teacher.config.max_source_positions) and labels.eot == 50256
     inputs, targets, _ = labels.batch([0, 1])
     assert torch.equal(inputs[0, : len(labels.tokens[0]) - 1], labels.tokens[0][:-1])
+    assert torch.equal(targets[0, : len(labels.tokens[0]) - 1], labels.tokens[0][1:])
     assert (targets[0, len(labels.tokens[0]) - 1 :] == IGNORE).all()
+    with pytest.raises(LiteWhisperError, match="one per window"):
+        pseudo_labels(teacher, features, transcripts[:5])
 
-    config = RefineConfig(
-        objective="decoder",
-        max_steps=8,
-        lr=3e-2,
-        eval_every=4,
-        patience=5,
-        val_fraction=0.34,
-        ce_weight=0.5,
-        max_label_tokens=12,
-    )
+    config = RefineConfig(objective="decoder", max_steps=8, lr=3e-2, eval_every=4, patience=5, val_fraction=0.34)
+    config = dataclasses.replace(config, ce_weight=0.5)
     same = objective_for(
-        copy.deepcopy(teacher), teacher, features, RefineConfig(objective="decoder", ce_weight=0, max_label_tokens=12)
+        copy.deepcopy(teacher), teacher, features, RefineConfig(objective="decoder", ce_weight=0), transcripts
     )
     assert distillation_loss(same, [0, 1, 2]) == pytest.approx(0.0, abs=1e-5)  # KL(teacher ‖ teacher)
     student = _svd_student(teacher, rank=2)
     decoder_before = {k: v.clone() for k, v in student.model.decoder.state_dict().items()}
-    result = refine(student, teacher, features, config)
+    result = refine(student, teacher, features, config, transcripts)
     assert result.best_val < result.initial_val
     assert all(torch.equal(v, decoder_before[k]) for k, v in student.model.decoder.state_dict().items())
+    with pytest.raises(LiteWhisperError, match="transcripts"):
+        refine(_svd_student(teacher, rank=2), teacher, features, config)
+
+
+def test_pull_toward_the_initial_factors(tiny_model):
+    """The L2 pull: 0 at the start, 1 at zero factors, its gradient points back to the start; refinement with
+    it starts from the same loss as without (the penalty is 0 at step 1)."""
+    teacher, _ = with_tokenizer(tiny_model)
+    student = _svd_student(teacher, rank=2)
+    params = trainable_parameters(student.model.encoder)
+    start = {k: v.detach().clone() for k, v in params.items()}
+    assert float(pull_distance(params, start).detach()) == 0.0
+    assert float(pull_distance({k: torch.zeros_like(v) for k, v in start.items()}, start)) == pytest.approx(1.0)
+    moved = {k: (v + 0.1).requires_grad_() for k, v in start.items()}
+    pull_distance(moved, start).backward()
+    assert all((moved[k].grad > 0).all() for k in moved)  # descending the pull moves each factor back
+    torch.manual_seed(3)
+    features, transcripts = torch.randn(4, 80, 3000), _random_transcripts(4)
+    first = []
+    for pull in (0.0, 100.0):
+        config = RefineConfig(objective="decoder", max_steps=2, eval_every=2, val_fraction=0.25, pull=pull)
+        first.append(refine(_svd_student(teacher, rank=2), teacher, features, config, transcripts).train_losses[0])
+    assert first[0] == pytest.approx(first[1])
+    with pytest.raises(LiteWhisperError, match="pull"):
+        RefineConfig(pull=-1.0)
+
+
+@pytest.mark.real
+def test_window_transcripts_are_the_one_decoders(real_tiny_en):
+    """Pseudo-labels come from `transcribe` with its defaults: the token sequence holds the transcript's text
+    between timestamp tokens, after the English-only prompt."""
+    from helpers import SHARED_DATA, shared_manifest
+    from litewhisper.audio.load import load_audio
+    from litewhisper.compression.distill import window_transcripts
+    from litewhisper.decode.transcribe import transcribe
+
+    rows = shared_manifest(split="calib")[:2]
+    windows = [load_audio(SHARED_DATA / r["path"]) for r in rows]
+    tokens = window_transcripts(real_tiny_en, windows)
+    tokenizer = real_tiny_en.processor.tokenizer
+    first_stamp = tokenizer.convert_tokens_to_ids("<|0.00|>")
+    for seq, result in zip(tokens, transcribe(real_tiny_en, windows), strict=True):
+        ids = seq.tolist()
+        assert ids[0] == tokenizer.convert_tokens_to_ids("<|startoftranscript|>") and ids[-1] == 50256
+        assert first_stamp <= ids[1] and first_stamp <= ids[-2]  # segments open and close with timestamps
+        text = tokenizer.decode([t for t in ids if t < 50256], skip_special_tokens=True)
+        assert text.split() == result.text.split()
+    with pytest.raises(LiteWhisperError, match="whole Whisper model"):
+        window_transcripts(real_tiny_en.model, windows)
 
 
 def test_decoder_objective_needs_whole_model(setup):
     teacher, student, features = setup
     with pytest.raises(LiteWhisperError, match="whole Whisper model"):
-        refine(student, teacher, features, RefineConfig(objective="decoder"))
+        refine(student, teacher, features, RefineConfig(objective="decoder"), _random_transcripts(6))
     with pytest.raises(LiteWhisperError, match="objective"):
         RefineConfig(objective="logits")
 
@@ -150,8 +206,40 @@ def test_compress_flags_set_the_recipe():
 
     argv = ["compress", "tiny.en", "-o", "x", "--refine-steps", "100", "--refine-objective", "decoder"]
     argv += ["--refine-lr", "1e-5", "--refine-warmup", "0.1", "--refine-clip", "1.0", "--refine-windows", "66"]
-    refine_config = compress_policy(build_parser().parse_args(argv)).refine
+    refine_config = compress_policy(build_parser().parse_args(argv + ["--refine-pull", "0.5"])).refine
+    assert refine_config.pull == 0.5
     assert (refine_config.lr, refine_config.warmup, refine_config.max_grad_norm) == (1e-5, 0.1, 1.0)
     assert (refine_config.windows, refine_config.max_steps, refine_config.objective) == (66, 100, "decoder")
     plain = compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-steps", "5"]))
     assert plain.refine == RefineConfig(max_steps=5, objective="decoder")  # the former defaults otherwise
+
+
+def test_compress_recovers_on_the_one_decoders_transcripts(tiny_model, monkeypatch):
+    """compress with the decoder objective transcribes the refinement windows with the one decoder (the teacher
+    bundle: the original model and its processor), then trains the student's factors on those labels."""
+    import numpy as np
+
+    from litewhisper.compression import api
+    from litewhisper.compression.policy import SizeBudget
+    from litewhisper.models.load import WhisperBundle
+
+    model, processor = with_tokenizer(tiny_model)
+    bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
+    seen = {}
+
+    def fake_transcripts(teacher_bundle, windows, options=None):
+        seen.update(model=teacher_bundle.model, windows=len(windows))
+        return _random_transcripts(len(windows))
+
+    monkeypatch.setattr(api, "window_transcripts", fake_transcripts)
+    clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(4)]
+    refine_config = RefineConfig(objective="decoder", max_steps=2, eval_every=1, val_fraction=0.25, windows=3)
+    result = api.compress(bundle, clips, SizeBudget(0.95, sensitivity=False, multiple_of=4, refine=refine_config))
+    assert seen == {"model": model, "windows": 3}  # the original transcribes; the input model is untouched
+    assert "refine" in result.timings and result.model is not model
+    from litewhisper.compression.distill import window_transcripts
+
+    with pytest.raises(LiteWhisperError, match="WhisperBundle"):  # a bare model has no tokenizer to decode with
+        window_transcripts(model, clips)
+    with pytest.raises(LiteWhisperError, match="at most 30"):
+        window_transcripts(bundle, [np.zeros(16000 * 31, dtype=np.float32)])

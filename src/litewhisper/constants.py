@@ -16,6 +16,8 @@ __all__ = [
     "MAX_TARGET_POSITIONS",
     "DEFAULT_MAX_NEW_TOKENS",
     "FRAMES_PER_SECOND",
+    "TIMESTAMP_STEP_S",
+    "MAX_TIMESTAMP_STEPS",
     "TOKENS_PER_SECOND",
     "BUDGET_FLOOR_TOKENS",
     "WINDOW_POLICIES",
@@ -35,6 +37,8 @@ MULTILINGUAL_VOCAB_SIZE = 51865  # openai/whisper: multilingual iff n_vocab >= 5
 MAX_TARGET_POSITIONS = 448  # decoder context (tokens)
 DEFAULT_MAX_NEW_TOKENS = 224  # decoding limit per window (openai/whisper: n_ctx // 2)
 FRAMES_PER_SECOND = 100  # log-mel frames per second (hop 160 at 16 kHz): a window's seek is counted in these
+TIMESTAMP_STEP_S = 0.02  # timestamp tokens <|0.00|> ... <|30.00|> step by 20 ms
+MAX_TIMESTAMP_STEPS = 1500  # the last timestamp token, <|30.00|>
 
 # The per-window token budget (DecodeOptions.tokens_per_second): a window holding d seconds of the clip may emit at
 # most min(max_new_tokens, ceil(TOKENS_PER_SECOND * d) + BUDGET_FLOOR_TOKENS) new tokens. Measured on the 100

@@ -99,6 +99,12 @@ def add_budget_args(p) -> None:
     )
     p.add_argument("--refine-windows", type=int, default=48, help="with --refine-steps: calibration clips trained on")
     p.add_argument(
+        "--refine-pull",
+        type=float,
+        default=0.0,
+        help="with --refine-steps: weight of an L2 pull toward the initial factors (relative squared distance)",
+    )
+    p.add_argument(
         "--refine-objective",
         choices=("decoder", "encoder"),
         default="decoder",
@@ -146,6 +152,7 @@ def compress_policy(args):
             warmup=args.refine_warmup,
             max_grad_norm=args.refine_clip,
             windows=args.refine_windows,
+            pull=args.refine_pull,
         )
         if args.refine_steps
         else None

@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 import torch
 
 from litewhisper.compression.budget import plan_budget
-from litewhisper.compression.calibration import CalibrationConfig, calibrate, clip_features
+from litewhisper.compression.calibration import (
+    CalibrationConfig,
+    calibrate,
+    clip_features,
+    clip_windows,
+    window_features,
+)
+from litewhisper.compression.distill import window_transcripts
 from litewhisper.compression.factorize import apply_plan
 from litewhisper.compression.plan import RankPlan, plan_ranks
 from litewhisper.compression.policy import Policy, RankPolicy, SizeBudget
-from litewhisper.compression.refine import refine
+from litewhisper.compression.refine import RefineConfig, RefineResult, refine
 from litewhisper.compression.refit import refit_factors
 from litewhisper.compression.sensitivity import PROBE_WINDOWS, layer_sensitivities
 from litewhisper.compression.sequential import compress_sequential
@@ -27,7 +34,14 @@ from litewhisper.errors import CalibrationError, PlanError
 from litewhisper.models.cost import encoder_flops, encoder_params
 from litewhisper.models.linears import encoder_linears, find_encoder, unwrap_model
 
-__all__ = ["compress", "CompressionResult", "PeakMemory", "measured_calibration", "probe_sensitivities"]
+__all__ = [
+    "compress",
+    "recover",
+    "CompressionResult",
+    "PeakMemory",
+    "measured_calibration",
+    "probe_sensitivities",
+]
 
 log = logging.getLogger("litewhisper")
 
@@ -203,16 +217,19 @@ def _budget_student(
         source = bundle if teacher is model else teacher  # the bundle's feature extractor
         _timed(timings, "refit", refit_factors, student, source, audio, config, ridge=policy.refit)
     if policy.refine is not None:
-        _timed(
-            timings,
-            "refine",
-            refine,
-            student,
-            teacher,
-            clip_features(bundle, audio, max_windows=policy.refine.windows),
-            policy.refine,
-        )
+        _timed(timings, "refine", recover, bundle, student, teacher, audio, policy.refine)
     return student, plan, stats
+
+
+def recover(bundle, student, teacher, audio: Sequence, config: RefineConfig) -> RefineResult:
+    """Refine `student` toward `teacher` on `config.windows` clips of `audio`, one clip per window; the decoder
+    objective's labels are the teacher's transcripts from the one decoder (`bundle`'s processor)."""
+    windows = clip_windows(audio, config.windows)
+    transcripts = None
+    if config.objective == "decoder":
+        teacher_bundle = bundle if unwrap_model(bundle) is teacher else _replace_model(bundle, teacher)
+        transcripts = window_transcripts(teacher_bundle, windows)
+    return refine(student, teacher, window_features(bundle, windows), config, transcripts)
 
 
 def compress(

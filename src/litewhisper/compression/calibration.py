@@ -55,6 +55,8 @@ __all__ = [
     "moment_hooks",
     "feature_extractor",
     "position_mask",
+    "clip_windows",
+    "window_features",
     "clip_features",
 ]
 
@@ -382,15 +384,24 @@ def calibrate(
     return ActivationStats(stats, meta, factors=factors)  # factors: cheaper exact PCA of widening layers
 
 
-def clip_features(bundle_or_model, audio: Sequence, max_windows: int = 48, seed: int = 0) -> torch.Tensor:
-    """(N, n_mels, 3000) log-mel windows of up to `max_windows` clips drawn at random (`seed`), one clip per
-    window (as the model sees clips in real use): the inputs of sensitivity probes and refinement."""
+def clip_windows(audio: Sequence, max_windows: int = 48, seed: int = 0) -> list[np.ndarray]:
+    """16 kHz samples of up to `max_windows` clips drawn at random (`seed`), one clip per window (as the model
+    sees clips in real use; a clip longer than 30 s gives its first window)."""
     clips = list(audio)
     clips = random.Random(seed).sample(clips, min(max_windows, len(clips)))
-    windows = [w.samples for w in iter_windows(clips, "clip")][:max_windows]
+    return [w.samples for w in iter_windows(clips, "clip")][:max_windows]
+
+
+def window_features(bundle_or_model, windows: Sequence[np.ndarray]) -> torch.Tensor:
+    """(N, n_mels, 3000) log-mel windows of 16 kHz `windows`, on the encoder's device and dtype."""
     encoder = find_encoder(bundle_or_model)
     extractor = feature_extractor(bundle_or_model, encoder)
     param = next(encoder.parameters())
-    return extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(
+    return extractor(list(windows), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features.to(
         param.device, param.dtype
     )
+
+
+def clip_features(bundle_or_model, audio: Sequence, max_windows: int = 48, seed: int = 0) -> torch.Tensor:
+    """`window_features` of `clip_windows`: the inputs of sensitivity probes and refinement."""
+    return window_features(bundle_or_model, clip_windows(audio, max_windows, seed))

@@ -1,7 +1,8 @@
 """Decoder-aware distillation targets: what the decoder does, not what the encoder states are.
 
-As distil-whisper does it: the original (teacher) model transcribes unlabeled calibration windows (greedy, with
-timestamps, as `transcribe` decodes); the compressed (student) model is then teacher-forced on those
+As distil-whisper does it: the original (teacher) model transcribes unlabeled calibration windows with the one
+decoder (`transcribe` and its defaults: timestamps, temperature fallback), so training sees what users get; the
+compressed (student) model is then teacher-forced on those
 pseudo-labels and trained to match the teacher's next-token distributions (KL divergence) plus the cross-entropy
 of the pseudo-labels. The decoder is never compressed, so both models share its weights and the only way the
 student can lower the loss is through its encoder states, i.e. through the cross-attention the decoder reads.
@@ -9,15 +10,20 @@ student can lower the loss is through its encoder states, i.e. through the cross
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS, MULTILINGUAL_VOCAB_SIZE
+from litewhisper.constants import MAX_TIMESTAMP_STEPS, SAMPLE_RATE, TIMESTAMP_STEP_S, WINDOW_S
+from litewhisper.decode.options import DecodeOptions
+from litewhisper.decode.results import Transcription
 from litewhisper.errors import LiteWhisperError
-from litewhisper.progress import progress_bar, quiet_transformers
+from litewhisper.models.linears import unwrap_model
 
-__all__ = ["PseudoLabels", "pseudo_labels", "decoder_loss"]
+__all__ = ["PseudoLabels", "transcript_tokens", "window_transcripts", "pseudo_labels", "decoder_loss"]
 
 IGNORE = -100  # label of padding positions
 
@@ -43,58 +49,65 @@ class PseudoLabels:
         return inputs, labels, self.states[idx]
 
 
-def _prompts(teacher: nn.Module, features: torch.Tensor) -> list[list[int]]:
-    """Decoder prompt per window: <|sot|> (English-only) or <|sot|><|lang|><|transcribe|> with the language
-    the teacher detects."""
-    gen = teacher.generation_config
-    sot = gen.decoder_start_token_id
-    if teacher.config.vocab_size < MULTILINGUAL_VOCAB_SIZE or not getattr(gen, "lang_to_id", None):
-        return [[sot] for _ in range(len(features))]
-    with torch.no_grad(), quiet_transformers():
-        langs = teacher.detect_language(input_features=features).view(-1).tolist()  # language token ids
-    return [[sot, lang, gen.task_to_id["transcribe"]] for lang in langs]
+def _prompt(tokenizer, multilingual: bool, language: str | None) -> list[int]:
+    """Decoder prompt with timestamps, as the one decoder runs it: <|startoftranscript|> (English-only) or
+    <|startoftranscript|><|lang|><|transcribe|> with the transcript's language."""
+    names = ["<|startoftranscript|>"] + ([f"<|{language or 'en'}|>", "<|transcribe|>"] if multilingual else [])
+    return [tokenizer.convert_tokens_to_ids(n) for n in names]
 
 
-def _language_codes(teacher: nn.Module, prompts: list[list[int]]) -> list[str] | None:
-    id_to_code = {i: tok[2:-2] for tok, i in (getattr(teacher.generation_config, "lang_to_id", None) or {}).items()}
-    return [id_to_code[p[1]] for p in prompts] if len(prompts[0]) > 1 else None
+def _timestamp(tokenizer, seconds: float) -> int:
+    """The timestamp token nearest `seconds` (Whisper's 20-ms steps, <|0.00|> … <|30.00|>)."""
+    first = tokenizer.convert_tokens_to_ids("<|0.00|>")
+    return first + min(MAX_TIMESTAMP_STEPS, max(0, round(seconds / TIMESTAMP_STEP_S)))
+
+
+def transcript_tokens(bundle, transcription: Transcription, max_tokens: int) -> torch.Tensor:
+    """One window's transcript as decoder tokens: prompt, then <|start|> text <|end|> per segment, then
+    end-of-text; at most `max_tokens` tokens (the decoder's positions), truncated at a segment's end."""
+    tokenizer = bundle.processor.tokenizer
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    ids = _prompt(tokenizer, bundle.is_multilingual, transcription.language)
+    for seg in transcription.segments:
+        text = tokenizer.encode(" " + seg.text.strip(), add_special_tokens=False)
+        piece = [_timestamp(tokenizer, seg.start), *text, _timestamp(tokenizer, seg.end)]
+        if len(ids) + len(piece) + 1 > max_tokens:
+            break
+        ids += piece
+    return torch.tensor(ids + [eot], dtype=torch.long)
+
+
+def window_transcripts(bundle, windows: Sequence[np.ndarray], options: DecodeOptions | None = None) -> list:
+    """The one decoder's transcripts (`transcribe` with its defaults unless `options`) of 16 kHz windows of at
+    most 30 s each, as decoder token sequences (`transcript_tokens`): the labels of decoder-aware refinement."""
+    if not hasattr(bundle, "processor") or not hasattr(unwrap_model(bundle), "proj_out"):
+        raise LiteWhisperError(
+            "decoder-aware refinement needs the whole Whisper model with its processor (a WhisperBundle from "
+            f"load_model), got {type(bundle).__name__}"
+        )
+    if any(w.size > WINDOW_S * SAMPLE_RATE for w in windows):
+        raise LiteWhisperError(f"pseudo-labels are per window: give windows of at most {WINDOW_S} s")
+    from litewhisper.decode.transcribe import transcribe
+
+    max_tokens = unwrap_model(bundle).config.max_target_positions
+    return [transcript_tokens(bundle, t, max_tokens) for t in transcribe(bundle, list(windows), options)]
 
 
 @torch.no_grad()
-def pseudo_labels(
-    teacher: nn.Module, features: torch.Tensor, batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-) -> PseudoLabels:
-    """The teacher's greedy transcripts (with timestamps) of `features` (N, n_mels, 3000) as PseudoLabels."""
-    if not hasattr(teacher, "generate") or not hasattr(teacher, "proj_out"):
+def pseudo_labels(teacher: nn.Module, features: torch.Tensor, tokens: list[torch.Tensor], batch_size: int = 8):
+    """PseudoLabels of windows `features` (N, n_mels, frames) with their transcripts `tokens` (one per window,
+    from `window_transcripts`); the teacher's encoder states are computed here, once."""
+    if len(tokens) != len(features):
+        raise LiteWhisperError(f"got {len(tokens)} transcripts for {len(features)} windows: give one per window")
+    if not hasattr(teacher, "proj_out"):
         raise LiteWhisperError(
             "decoder-aware refinement needs the whole Whisper model (encoder and decoder), "
             f"got {type(teacher).__name__}"
         )
     teacher.eval()
-    eot = teacher.generation_config.eos_token_id
-    tokens, states = [], []
-    bar = progress_bar(total=len(features), desc="pseudo-labels", unit="window", leave=False)
-    for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size]  # (B, n_mels, 3000)
-        prompts = _prompts(teacher, chunk)
-        codes = _language_codes(teacher, prompts)
-        with quiet_transformers():
-            out = teacher.generate(
-                chunk,
-                return_timestamps=True,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                language=codes,
-                task="transcribe" if codes else None,
-            )
-        for prompt, row in zip(prompts, out.tolist(), strict=True):
-            text = [t for t in row if t != eot]  # generate pads with end-of-text and drops the prompt
-            tokens.append(torch.tensor(prompt + text + [eot], dtype=torch.long))
-        states.append(teacher.get_encoder()(chunk).last_hidden_state)
-        bar.update(len(chunk))
-    bar.close()
-    return PseudoLabels(tokens, torch.cat(states), eot)
+    encoder = teacher.get_encoder()
+    states = [encoder(features[i : i + batch_size]).last_hidden_state for i in range(0, len(features), batch_size)]
+    return PseudoLabels(list(tokens), torch.cat(states), int(tokens[0][-1]))
 
 
 def _logits(model: nn.Module, inputs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

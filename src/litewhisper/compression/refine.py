@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from litewhisper.compression.distill import decoder_loss, pseudo_labels
-from litewhisper.constants import DEFAULT_MAX_NEW_TOKENS
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, find_encoder
 from litewhisper.progress import progress_bar
@@ -34,6 +33,7 @@ __all__ = [
     "relative_mse",
     "objective_for",
     "distillation_loss",
+    "pull_distance",
     "refine",
 ]
 
@@ -60,9 +60,9 @@ class RefineConfig:
     objective: str = "encoder"  # "encoder": final-state MSE; "decoder": next-token KL on pseudo-labels (+ CE)
     ce_weight: float = 1.0  # decoder objective: weight of the pseudo-labels' cross-entropy beside the KL
     windows: int = 48  # calibration clips used (one clip per window)
-    max_label_tokens: int = DEFAULT_MAX_NEW_TOKENS  # decoder objective: token limit of the pseudo-labels
     warmup: float = 0.0  # fraction of max_steps with a linear learning-rate warm-up (recipes: ~0.1)
     max_grad_norm: float | None = None  # gradient clipping (recipes: 1.0); None: none
+    pull: float = 0.0  # weight of the L2 pull toward the initial factors: Σ‖p − p₀‖² / Σ‖p₀‖² (0: none)
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -82,10 +82,9 @@ class RefineConfig:
             raise LiteWhisperError(
                 f"warmup must be in [0, 1) and max_grad_norm > 0 or None, got {self.warmup}, {self.max_grad_norm}"
             )
-        if self.ce_weight < 0 or self.windows < 2 or self.max_label_tokens < 1:
+        if self.ce_weight < 0 or self.windows < 2 or self.pull < 0:
             raise LiteWhisperError(
-                f"ce_weight must be ≥ 0, windows ≥ 2 and max_label_tokens ≥ 1, got "
-                f"{self.ce_weight}, {self.windows}, {self.max_label_tokens}"
+                f"ce_weight must be ≥ 0, windows ≥ 2 and pull ≥ 0, got {self.ce_weight}, {self.windows}, {self.pull}"
             )
 
 
@@ -161,18 +160,31 @@ class _EncoderObjective:
 class _DecoderObjective:
     """Next-token KL (+ cross-entropy) on the teacher's transcripts of the windows (`distill.py`)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig):
+    def __init__(self, student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig, labels):
         self.student, self.teacher, self.features, self.ce_weight = student, teacher, features, config.ce_weight
-        self.labels = pseudo_labels(teacher, features, max_new_tokens=config.max_label_tokens)
+        if labels is None:
+            raise LiteWhisperError(
+                "the decoder objective needs the original model's transcripts of the windows "
+                "(distill.window_transcripts): pass transcripts=..."
+            )
+        self.labels = pseudo_labels(teacher, features, labels)
 
     def loss(self, idx: list[int]) -> torch.Tensor:
         return decoder_loss(self.student, self.teacher, self.labels, self.features, idx, self.ce_weight)
 
 
-def objective_for(student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig):
-    """The loss `config.objective` names, with its targets computed once from the teacher."""
-    kind = _DecoderObjective if config.objective == "decoder" else _EncoderObjective
-    return kind(student, teacher, features, config)
+def objective_for(
+    student: nn.Module,
+    teacher: nn.Module,
+    features: torch.Tensor,
+    config: RefineConfig,
+    transcripts: list[torch.Tensor] | None = None,
+):
+    """The loss `config.objective` names, with its targets computed once from the teacher (the decoder
+    objective's labels: `transcripts`, one token sequence per window)."""
+    if config.objective == "decoder":
+        return _DecoderObjective(student, teacher, features, config, transcripts)
+    return _EncoderObjective(student, teacher, features, config)
 
 
 def distillation_loss(objective, idx: list[int]) -> float:
@@ -190,18 +202,24 @@ def _split(n: int, config: RefineConfig) -> tuple[list[int], list[int]]:
 
 
 def refine(
-    student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig = RefineConfig()
+    student: nn.Module,
+    teacher: nn.Module,
+    features: torch.Tensor,
+    config: RefineConfig = RefineConfig(),
+    transcripts: list[torch.Tensor] | None = None,
 ) -> RefineResult:
     """Distil `teacher` (the original model) into `student` (the compressed one) in place.
 
     student, teacher: whole Whisper models (the "decoder" objective needs them) or, for the "encoder" objective,
     their encoders. features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
+    transcripts: the decoder objective's labels, the original's transcript of each window as decoder tokens
+    (`distill.window_transcripts`).
     """
     start = time.monotonic()
     train_idx, val_idx = _split(len(features), config)
     teacher.eval(), student.eval()  # no dropout: the student is trained deterministically
     params = trainable_parameters(find_encoder(student), config.trainable)
-    objective = objective_for(student, teacher, features, config)
+    objective = objective_for(student, teacher, features, config, transcripts)
     frozen = [p for p in student.parameters() if all(p is not q for q in params.values())]
     saved_grad = {id(p): p.requires_grad for p in student.parameters()}
     for p in frozen:
@@ -225,6 +243,12 @@ def refine(
     return result
 
 
+def pull_distance(params: dict[str, nn.Parameter], initial: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ‖p − p₀‖² / Σ‖p₀‖²: how far the factors moved from where refinement started (0 there, 1 at zero)."""
+    moved = sum(((p - initial[k]) ** 2).sum() for k, p in params.items())
+    return moved / sum((p0**2).sum() for p0 in initial.values()).clamp_min(1e-12)
+
+
 def _lr_factor(step: int, config: RefineConfig) -> float:
     """Linear warm-up over the first `warmup` of the steps, then cosine decay over the step budget."""
     warm = round(config.warmup * config.max_steps)
@@ -245,7 +269,7 @@ def _train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, config=config))
     gen = torch.Generator().manual_seed(config.seed)
     best_val = initial_val = distillation_loss(objective, val_idx)
-    best_state = {k: p.detach().clone() for k, p in params.items()}
+    best_state = initial = {k: p.detach().clone() for k, p in params.items()}
     best_step, bad, train_losses, val_losses = 0, 0, [], [initial_val]
     bar = progress_bar(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
     step = 0
@@ -253,6 +277,8 @@ def _train(
         pick = torch.randint(len(train_idx), (config.batch_size,), generator=gen).tolist()
         idx = [train_idx[i] for i in pick]
         loss = objective.loss(idx)
+        if config.pull:
+            loss = loss + config.pull * pull_distance(params, initial)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.max_grad_norm is not None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from litewhisper.constants import MAX_TARGET_POSITIONS, MULTILINGUAL_VOCAB_SIZE
+from litewhisper.constants import MAX_TARGET_POSITIONS, MULTILINGUAL_VOCAB_SIZE, TIMESTAMP_STEP_S
 from litewhisper.errors import ModelSourceError
 
 __all__ = [
@@ -74,7 +74,9 @@ def build_tokenizer(tokenizer_json: str | os.PathLike, vocab_size: int | None = 
         count = NUM_TIMESTAMP_TOKENS if vocab_size is None else min(NUM_TIMESTAMP_TOKENS, vocab_size - len(tok))
         tok.add_tokens(
             [
-                AddedToken("<|%.2f|>" % (i * 0.02), lstrip=False, rstrip=False, normalized=False, special=False)
+                AddedToken(
+                    "<|%.2f|>" % (i * TIMESTAMP_STEP_S), lstrip=False, rstrip=False, normalized=False, special=False
+                )
                 for i in range(max(count, 0))
             ]
         )
