@@ -243,3 +243,25 @@ def test_compress_recovers_on_the_one_decoders_transcripts(tiny_model, monkeypat
         window_transcripts(model, clips)
     with pytest.raises(LiteWhisperError, match="at most 30"):
         window_transcripts(bundle, [np.zeros(16000 * 31, dtype=np.float32)])
+
+
+def test_refine_audio_sources(tmp_path):
+    """--refine-audio: the calibration clips, built-in synthetic clips and a folder, in that order; bad values
+    say what was expected."""
+    import numpy as np
+    import soundfile as sf
+
+    from litewhisper.cli import build_parser
+    from litewhisper.cli.compress import _refine_audio, compress_policy
+
+    sf.write(tmp_path / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    base = ["compress", "tiny.en", "-o", "x", "--refine-steps", "5", "--refine-audio"]
+    args = build_parser().parse_args(base + ["calibration", "synthetic:2", str(tmp_path)])
+    clips = _refine_audio(args, ["c1", "c2"])
+    assert clips[:2] == ["c1", "c2"] and len(clips) == 5 and str(clips[4].path).endswith("a.wav")
+    assert all(isinstance(c, np.ndarray) and c.ndim == 1 for c in clips[2:4])
+    assert _refine_audio(build_parser().parse_args(base[:-1]), ["c1"]) is None  # default: the calibration audio
+    with pytest.raises(LiteWhisperError, match="synthetic:N"):
+        _refine_audio(build_parser().parse_args(base + ["synthetic:many"]), [])
+    with pytest.raises(LiteWhisperError, match="give --refine-steps"):
+        compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-audio", "calibration"]))

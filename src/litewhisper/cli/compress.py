@@ -97,7 +97,15 @@ def add_budget_args(p) -> None:
     p.add_argument(
         "--refine-clip", type=float, default=None, help="with --refine-steps: gradient-norm clipping (e.g. 1.0)"
     )
-    p.add_argument("--refine-windows", type=int, default=48, help="with --refine-steps: calibration clips trained on")
+    p.add_argument("--refine-windows", type=int, default=48, help="with --refine-steps: windows drawn (one clip each)")
+    p.add_argument(
+        "--refine-audio",
+        nargs="+",
+        metavar="SOURCE",
+        default=None,
+        help="with --refine-steps: unlabeled audio to draw the windows from: DIR|MANIFEST (read with --split), "
+        "'calibration' (the --calibration audio, the default) and/or 'synthetic:N' (N built-in eSpeak clips)",
+    )
     p.add_argument(
         "--refine-pull",
         type=float,
@@ -144,6 +152,8 @@ def compress_policy(args):
 
     if args.refine_steps < 0:
         raise LiteWhisperError(f"--refine-steps must be ≥ 0, got {args.refine_steps}")
+    if args.refine_audio and not args.refine_steps:
+        raise LiteWhisperError("--refine-audio chooses what refinement trains on: give --refine-steps N too")
     refine = (
         RefineConfig(
             max_steps=args.refine_steps,
@@ -188,6 +198,29 @@ def _calibration_audio(args):
     return builtin_calibration_audio()
 
 
+def _refine_audio(args, calibration_audio) -> list | None:
+    """The clips refinement draws its windows from (--refine-audio; None: the calibration audio)."""
+    if not args.refine_audio:
+        return None
+    from litewhisper.audio.datasets import discover_audio
+    from litewhisper.audio.synth import builtin_calibration_audio
+    from litewhisper.errors import LiteWhisperError
+
+    clips: list = []
+    for source in args.refine_audio:
+        if source == "calibration":
+            clips += list(calibration_audio)
+        elif source.startswith("synthetic:"):
+            count = source.partition(":")[2]
+            if not count.isdigit() or int(count) < 1:
+                raise LiteWhisperError(f"--refine-audio {source}: expected synthetic:N with N ≥ 1, e.g. synthetic:200")
+            clips += builtin_calibration_audio(int(count))
+        else:
+            clips += discover_audio(source, split=args.split)
+    log.info("refinement draws its windows from %d clips (%s)", len(clips), ", ".join(args.refine_audio))
+    return clips
+
+
 def _size_line(source, output: Path) -> str:
     """`weights on disk: SOURCE MB (source) -> OUTPUT MB (dtype) (xRATIO)`; empty if nothing was written."""
     import json
@@ -224,7 +257,9 @@ def run(args) -> int:
     needs_audio = stats is None or (budget and policy.needs_audio)
     audio = _calibration_audio(args) if needs_audio else None
     log.info("stages: %s, save", ", ".join(_stages(policy, stats)))
-    result = compress(load_bundle(args, dtype="float32"), audio, policy, stats=stats, config=config)
+    refine_audio = _refine_audio(args, audio or []) if budget and policy.refine is not None else None
+    bundle = load_bundle(args, dtype="float32")
+    result = compress(bundle, audio, policy, stats=stats, config=config, refine_audio=refine_audio)
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())

@@ -202,9 +202,10 @@ def _budget_student(
     weights: dict[str, float] | None,
     inplace: bool,
     timings: dict[str, float],
+    refine_audio: Sequence | None = None,
 ):
     """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refit,
-    refine."""
+    refine (on `refine_audio`, else the calibration audio)."""
     needs_teacher = policy.refine is not None or policy.refit is not None
     teacher = copy.deepcopy(model) if inplace and needs_teacher else model
     plan = _timed(timings, "plan", plan_budget, stats, policy, encoder_params(model), weights)
@@ -217,7 +218,8 @@ def _budget_student(
         source = bundle if teacher is model else teacher  # the bundle's feature extractor
         _timed(timings, "refit", refit_factors, student, source, audio, config, ridge=policy.refit)
     if policy.refine is not None:
-        _timed(timings, "refine", recover, bundle, student, teacher, audio, policy.refine)
+        recovery_audio = audio if refine_audio is None else refine_audio
+        _timed(timings, "refine", recover, bundle, student, teacher, recovery_audio, policy.refine)
     return student, plan, stats
 
 
@@ -241,6 +243,7 @@ def compress(
     config: CalibrationConfig | None = None,
     sensitivities: dict[str, float] | None = None,
     inplace: bool = False,
+    refine_audio: Sequence | None = None,
 ) -> CompressionResult:
     """Compress the encoder of `bundle` (a WhisperBundle or a Whisper model) with LiteASR.
 
@@ -249,8 +252,9 @@ def compress(
     calibration pass, e.g. for a θ sweep; a SizeBudget with sensitivity, sequential fitting or refinement still
     reads the audio. sensitivities: the layer weights of an earlier budget run on the same statistics and audio
     (`CompressionResult.sensitivities`), so a sweep over sizes probes once. config: how to calibrate (default:
-    one clip per window for RankPolicy, SizeBudget.windows for a budget). The input model is left untouched
-    unless `inplace`.
+    one clip per window for RankPolicy, SizeBudget.windows for a budget). refine_audio: the unlabeled clips a
+    budget's refinement draws its windows from (default: the calibration audio). The input model is left
+    untouched unless `inplace`.
     """
     model = unwrap_model(bundle)
     config = _calibration_config(policy, config)
@@ -274,7 +278,9 @@ def compress(
                 timings, "sensitivity", probe_sensitivities, bundle, stats, audio, policy.multiple_of
             )
         weights = sensitivities if policy.sensitivity else None
-        target, plan, stats = _budget_student(bundle, model, audio, stats, policy, config, weights, inplace, timings)
+        target, plan, stats = _budget_student(
+            bundle, model, audio, stats, policy, config, weights, inplace, timings, refine_audio
+        )
     else:
         plan = _timed(timings, "plan", plan_ranks, stats, policy)
         target = _factorized(model, stats, plan, inplace, timings)
