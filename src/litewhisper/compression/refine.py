@@ -97,6 +97,7 @@ class RefineResult:
     seconds: float
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)  # one per validation, the first at step 0
+    moved: float = 0.0  # pull_distance of the kept (best) factors from the initial ones
 
 
 def trainable_parameters(encoder: nn.Module, trainable: str = "lowrank") -> dict[str, nn.Parameter]:
@@ -232,13 +233,14 @@ def refine(
         for p in student.parameters():
             p.requires_grad_(saved_grad[id(p)])
     log.info(
-        "refinement (%s): validation loss %.4g -> %.4g (best at step %d of %d, %.0f s)",
+        "refinement (%s): validation loss %.4g -> %.4g (best at step %d of %d, %.0f s; factors moved %.2g)",
         config.objective,
         result.initial_val,
         result.best_val,
         result.best_step,
         result.steps,
         result.seconds,
+        result.moved,
     )
     return result
 
@@ -303,4 +305,6 @@ def _train(
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(best_state[k])
-    return RefineResult(initial_val, best_val, best_step, step, time.monotonic() - start, train_losses, val_losses)
+        moved = float(pull_distance(params, initial))
+    seconds = time.monotonic() - start
+    return RefineResult(initial_val, best_val, best_step, step, seconds, train_losses, val_losses, moved)
