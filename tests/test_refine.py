@@ -265,3 +265,45 @@ def test_refine_audio_sources(tmp_path):
         _refine_audio(build_parser().parse_args(base + ["synthetic:many"]), [])
     with pytest.raises(LiteWhisperError, match="give --refine-steps"):
         compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-audio", "calibration"]))
+
+
+def test_recovery_estimate_scales_timed_step(tiny_model, monkeypatch):
+    """plan's minutes: one decode and one training step timed here, scaled by labels, steps and validations;
+    the model's gradients and requires_grad flags are left as they were."""
+    from litewhisper.compression import distill
+    from litewhisper.compression.refine import estimate_recovery
+    from litewhisper.models.load import WhisperBundle
+
+    model, processor = with_tokenizer(tiny_model)
+    bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
+    monkeypatch.setattr(distill, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    config = RefineConfig(objective="decoder", max_steps=100, batch_size=2, eval_every=10, val_fraction=0.1)
+    est = estimate_recovery(bundle, config, windows=50)
+    assert est.decode_s > 0 and est.step_s > 0
+    expected = 50 * (est.decode_s + est.step_s / 3) + 200 * est.step_s + 11 * 5 * est.step_s / 3
+    assert est.minutes == pytest.approx(expected / 60)
+    assert "100 steps of 2 windows" in est.describe(config, 50)
+    assert all(p.grad is None and p.requires_grad == flags[k] for k, p in model.named_parameters())
+
+
+def test_cli_plan_says_what_recovery_costs(tiny_model, tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    import litewhisper.cli.compress as cli_compress
+    from litewhisper.cli import main
+    from litewhisper.compression import distill
+    from litewhisper.models.load import WhisperBundle
+
+    model, processor = with_tokenizer(tiny_model)
+    bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32), 16000)
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: bundle)
+    monkeypatch.setattr(distill, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    flags = ["--calibration", str(tmp_path), "--target-size", "0.95", "--multiple-of", "4", "--no-sensitivity"]
+    flags += ["--refine-steps", "40", "--refine-objective", "decoder", "--refine-windows", "10", "--quiet"]
+    assert main(["plan", "random", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "refinement: about" in out and "(3 windows transcribed" in out  # 10 asked, 3 clips given

@@ -130,6 +130,19 @@ def int8_time(plan, threads: int) -> str:
     return f"int8 time ({layer_timing.runtime_key(threads)}; layer 0 stays fp32): {cost.describe()}"
 
 
+def recovery_line(args, policy, stats) -> str:
+    """One line: what the refinement `--refine-steps` asks for will cost here, in minutes (timed on one clip)."""
+    from litewhisper.cli import compress as cli_compress
+    from litewhisper.compression.refine import estimate_recovery
+
+    model = args.source if not _is_stats(args.source) else (args.model or stats.metadata.get("model"))
+    bundle = cli_compress.load_bundle(argparse.Namespace(model=model, device=args.device), dtype="float32")
+    calibration = cli_compress._calibration_audio(args)
+    clips = cli_compress._refine_audio(args, calibration) or calibration
+    windows = min(policy.refine.windows, len(clips))
+    return estimate_recovery(bundle, policy.refine, windows).describe(policy.refine, windows)
+
+
 def run(args) -> int:
     from litewhisper.cli.compress import compress_policy
     from litewhisper.export.quantize import Int8Options
@@ -144,6 +157,8 @@ def run(args) -> int:
     print(plan.table())
     if args.int8_time:
         print(int8_time(plan, args.timing_threads))
+    if getattr(policy, "refine", None) is not None and policy.refine.objective == "decoder":
+        print(recovery_line(args, policy, stats))
     if args.json:
         plan.save(args.json)
         print(f"wrote {args.json}")

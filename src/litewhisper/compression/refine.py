@@ -35,6 +35,8 @@ __all__ = [
     "distillation_loss",
     "pull_distance",
     "refine",
+    "RecoveryEstimate",
+    "estimate_recovery",
 ]
 
 log = logging.getLogger("litewhisper")
@@ -308,3 +310,54 @@ def _train(
         moved = float(pull_distance(params, initial))
     seconds = time.monotonic() - start
     return RefineResult(initial_val, best_val, best_step, step, seconds, train_losses, val_losses, moved)
+
+
+@dataclass(frozen=True)
+class RecoveryEstimate:
+    """What refinement will cost on this machine, from one window decoded and one training step timed here."""
+
+    decode_s: float  # one window transcribed by the one decoder (the labels)
+    step_s: float  # one window's forward + backward of the decoder objective
+    minutes: float
+
+    def describe(self, config: RefineConfig, windows: int) -> str:
+        return (
+            f"refinement: about {self.minutes:.0f} min here ({windows} windows transcribed at {self.decode_s:.1f} s, "
+            f"{config.max_steps} steps of {config.batch_size} windows at {self.step_s:.1f} s per window, "
+            "validations included)"
+        )
+
+
+def estimate_recovery(bundle, config: RefineConfig, windows: int) -> RecoveryEstimate:
+    """Time one built-in synthetic clip's transcription and one decoder-objective training step on it with the
+    bundle's model, and scale by the labels, steps and validations `config` asks for on `windows` windows."""
+    from litewhisper.audio.synth import builtin_calibration_audio
+    from litewhisper.compression.calibration import window_features
+    from litewhisper.compression.distill import window_transcripts
+
+    model = bundle.model
+    clip = builtin_calibration_audio(1)
+    start = time.perf_counter()
+    tokens = window_transcripts(bundle, clip)
+    decode_s = time.perf_counter() - start
+    features = window_features(bundle, clip)
+    labels = pseudo_labels(model, features, tokens)
+    params = list(find_encoder(model).parameters())
+    saved = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for _ in range(2):  # the second is timed (the first allocates)
+            start = time.perf_counter()
+            decoder_loss(model, model, labels, features, [0], config.ce_weight).backward()
+            step_s = time.perf_counter() - start
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, flag in zip(params, saved, strict=True):
+            p.requires_grad_(flag)
+    validations = config.max_steps // config.eval_every + 1
+    forward_s = step_s / 3  # no backward
+    n_val = max(1, round(windows * config.val_fraction))
+    seconds = windows * (decode_s + forward_s) + config.max_steps * config.batch_size * step_s
+    seconds += validations * n_val * forward_s
+    return RecoveryEstimate(decode_s, step_s, seconds / 60)
