@@ -66,9 +66,9 @@ def recipe_audio(spec: str, fit: list) -> list:
     return clips
 
 
-def cache_transcripts(api) -> None:
+def cache_transcripts(recovery) -> None:
     """Recipes refine on the same windows: transcribe each set of windows once."""
-    original, cache = api.window_transcripts, {}
+    original, cache = recovery.window_transcripts, {}
 
     def cached(bundle, windows, options=None):
         key = hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
@@ -76,7 +76,7 @@ def cache_transcripts(api) -> None:
             cache[key] = original(bundle, windows, options)
         return cache[key]
 
-    api.window_transcripts = cached
+    recovery.window_transcripts = cached
 
 
 def main() -> None:
@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--save", type=Path, default=None)
     args = p.parse_args()
 
-    from litewhisper.compression import api
+    from litewhisper.compression import api, recovery
     from litewhisper.compression.policy import SizeBudget
     from litewhisper.compression.refine import RefineConfig
     from litewhisper.evaluation.proxy import proxy_kl, teacher_reference
@@ -101,7 +101,7 @@ def main() -> None:
     recipes = [parse_recipe(s) for s in args.recipe]
     bundle = load_model(args.model)
     fit, held = split_calib(args.data, args.hold_every)
-    cache_transcripts(api)
+    cache_transcripts(recovery)
     start = time.perf_counter()
     compressed = api.compress(bundle, fit, SizeBudget(args.size))
     print(f"compressed on {len(fit)} clips in {time.perf_counter() - start:.0f} s: {compressed.summary()}")
@@ -125,7 +125,7 @@ def main() -> None:
             eval_every=10,
             patience=1000,  # keep the best state seen, but run every step
         )
-        result = api.recover(bundle, student.model, bundle.model, recipe_audio(recipe["audio"], fit), config)
+        result = recovery.recover(bundle, student.model, bundle.model, recipe_audio(recipe["audio"], fit), config)
         kl = proxy_kl(reference, student).kl
         line = dict(recipe=name, size=args.size, proxy=kl, baseline=rows[0][2], **recipe)
         line.update({k: v for k, v in asdict(result).items() if k != "train_losses"})

@@ -2,6 +2,7 @@ import copy
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +154,8 @@ def test_pull_toward_the_initial_factors(tiny_model):
     assert first[0] == pytest.approx(first[1])
     with pytest.raises(LiteWhisperError, match="pull"):
         RefineConfig(pull=-1.0)
+    with pytest.raises(LiteWhisperError, match="max_minutes"):
+        RefineConfig(max_minutes=-1.0)
 
 
 @pytest.mark.real
@@ -206,8 +209,9 @@ def test_compress_flags_set_the_recipe():
 
     argv = ["compress", "tiny.en", "-o", "x", "--refine-steps", "100", "--refine-objective", "decoder"]
     argv += ["--refine-lr", "1e-5", "--refine-warmup", "0.1", "--refine-clip", "1.0", "--refine-windows", "66"]
-    refine_config = compress_policy(build_parser().parse_args(argv + ["--refine-pull", "0.5"])).refine
-    assert refine_config.pull == 0.5
+    argv += ["--refine-pull", "0.5", "--refine-minutes", "20"]
+    refine_config = compress_policy(build_parser().parse_args(argv)).refine
+    assert (refine_config.pull, refine_config.max_minutes) == (0.5, 20.0)
     assert (refine_config.lr, refine_config.warmup, refine_config.max_grad_norm) == (1e-5, 0.1, 1.0)
     assert (refine_config.windows, refine_config.max_steps, refine_config.objective) == (66, 100, "decoder")
     plain = compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-steps", "5"]))
@@ -219,7 +223,7 @@ def test_compress_recovers_on_the_one_decoders_transcripts(tiny_model, monkeypat
     bundle: the original model and its processor), then trains the student's factors on those labels."""
     import numpy as np
 
-    from litewhisper.compression import api
+    from litewhisper.compression import api, recovery
     from litewhisper.compression.policy import SizeBudget
     from litewhisper.models.load import WhisperBundle
 
@@ -231,7 +235,7 @@ def test_compress_recovers_on_the_one_decoders_transcripts(tiny_model, monkeypat
         seen.update(model=teacher_bundle.model, windows=len(windows))
         return _random_transcripts(len(windows))
 
-    monkeypatch.setattr(api, "window_transcripts", fake_transcripts)
+    monkeypatch.setattr(recovery, "window_transcripts", fake_transcripts)
     clips = [np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32) for i in range(4)]
     refine_config = RefineConfig(objective="decoder", max_steps=2, eval_every=1, val_fraction=0.25, windows=3)
     result = api.compress(bundle, clips, SizeBudget(0.95, sensitivity=False, multiple_of=4, refine=refine_config))
@@ -270,13 +274,13 @@ def test_refine_audio_sources(tmp_path):
 def test_recovery_estimate_scales_timed_step(tiny_model, monkeypatch):
     """plan's minutes: one decode and one training step timed here, scaled by labels, steps and validations;
     the model's gradients and requires_grad flags are left as they were."""
-    from litewhisper.compression import distill
-    from litewhisper.compression.refine import estimate_recovery
+    from litewhisper.compression import recovery
+    from litewhisper.compression.recovery import estimate_recovery
     from litewhisper.models.load import WhisperBundle
 
     model, processor = with_tokenizer(tiny_model)
     bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
-    monkeypatch.setattr(distill, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     config = RefineConfig(objective="decoder", max_steps=100, batch_size=2, eval_every=10, val_fraction=0.1)
     est = estimate_recovery(bundle, config, windows=50)
@@ -293,7 +297,7 @@ def test_cli_plan_says_what_recovery_costs(tiny_model, tmp_path, monkeypatch, ca
 
     import litewhisper.cli.compress as cli_compress
     from litewhisper.cli import main
-    from litewhisper.compression import distill
+    from litewhisper.compression import recovery
     from litewhisper.models.load import WhisperBundle
 
     model, processor = with_tokenizer(tiny_model)
@@ -301,9 +305,78 @@ def test_cli_plan_says_what_recovery_costs(tiny_model, tmp_path, monkeypatch, ca
     for i in range(3):
         sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32), 16000)
     monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: bundle)
-    monkeypatch.setattr(distill, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
     flags = ["--calibration", str(tmp_path), "--target-size", "0.95", "--multiple-of", "4", "--no-sensitivity"]
     flags += ["--refine-steps", "40", "--refine-objective", "decoder", "--refine-windows", "10", "--quiet"]
     assert main(["plan", "random", *flags]) == 0
     out = capsys.readouterr().out
     assert "refinement: about" in out and "(3 windows transcribed" in out  # 10 asked, 3 clips given
+
+
+def test_interrupted_refinement_resumes_where_it_stopped(tiny_model, tmp_path, monkeypatch):
+    """A run stopped by its time limit leaves its state; the same run started again continues from there and
+    ends exactly where an uninterrupted run ends. recover() keeps the labels beside it (transcribed once)."""
+    from litewhisper.compression import recovery
+
+    teacher, processor = with_tokenizer(tiny_model)
+    torch.manual_seed(4)
+    features, transcripts = torch.randn(5, 80, 3000), _random_transcripts(5)
+    config = RefineConfig(objective="decoder", max_steps=8, lr=3e-2, eval_every=4, patience=5, val_fraction=0.2)
+    whole = _svd_student(teacher, rank=2)
+    expected = refine(whole, teacher, features, config, transcripts)
+    state = tmp_path / "state.pt"
+    parted = _svd_student(teacher, rank=2)
+    first = refine(parted, teacher, features, dataclasses.replace(config, max_minutes=0.0), transcripts, state)
+    assert first.steps == 4 and state.is_file()
+    second = refine(parted, teacher, features, config, transcripts, state)
+    assert second.steps == 8 and second.train_losses == pytest.approx(expected.train_losses)
+    parted_state = parted.model.encoder.state_dict()
+    for k, a in whole.model.encoder.state_dict().items():
+        assert torch.allclose(a, parted_state[k], atol=1e-6), k
+    other = dataclasses.replace(config, lr=1e-3)  # other settings: the saved state is not used
+    assert refine(_svd_student(teacher, rank=2), teacher, features, other, transcripts, state).train_losses[0] == (
+        pytest.approx(expected.train_losses[0])
+    )
+
+    from litewhisper.models.load import WhisperBundle
+
+    calls = []
+    monkeypatch.setattr(
+        recovery, "window_transcripts", lambda b, w, o=None: calls.append(1) or _random_transcripts(len(w))
+    )
+    bundle = WhisperBundle(model=teacher, processor=processor, name="tiny-random", path=None)
+    clips = [np.random.default_rng(i).standard_normal(16000 * 2).astype(np.float32) for i in range(3)]
+    short = dataclasses.replace(config, max_steps=2, eval_every=1, val_fraction=0.34, windows=3)
+    for _ in range(2):
+        recovery.recover(bundle, _svd_student(teacher, rank=2), teacher, clips, short, tmp_path / "run")
+    assert len(calls) == 1 and (tmp_path / "run" / recovery.LABELS_FILE).is_file()
+
+
+def test_cli_compress_keeps_recovery_state_until_saved(tiny_model, tmp_path, monkeypatch):
+    import soundfile as sf
+
+    import litewhisper.cli.compress as cli_compress
+    from litewhisper.cli import main
+    from litewhisper.compression import api, recovery
+    from litewhisper.models.load import WhisperBundle
+
+    model, processor = with_tokenizer(tiny_model)
+    bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
+    for i in range(3):
+        sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32), 16000)
+    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: bundle)
+    monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    dirs = []
+
+    def recording(*args):
+        dirs.append(args[-1])
+        result = recovery.recover(*args)
+        assert (args[-1] / recovery.STATE_FILE).is_file() and (args[-1] / recovery.LABELS_FILE).is_file()
+        return result
+
+    monkeypatch.setattr(api, "recover", recording)
+    out = tmp_path / "out"
+    flags = ["--calibration", str(tmp_path), "--target-size", "0.95", "--multiple-of", "4", "--no-sensitivity"]
+    flags += ["--refine-steps", "2", "--refine-objective", "decoder", "--refine-windows", "3", "--quiet"]
+    assert main(["compress", "random", "-o", str(out), *flags]) == 0
+    assert dirs == [tmp_path / "out.recovery"] and (out / "config.json").is_file() and not dirs[0].exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -85,7 +86,14 @@ def add_budget_args(p) -> None:
         "--refine-steps",
         type=int,
         default=0,
-        help="budget: steps of distillation of the low-rank factors from the original model (0: none)",
+        help="budget: steps of distillation of the low-rank factors from the original model (0: none); labels "
+        "and training state are kept in OUTPUT.recovery/ so an interrupted run resumes (removed once saved)",
+    )
+    p.add_argument(
+        "--refine-minutes",
+        type=float,
+        default=None,
+        help="with --refine-steps: stop refining after this many minutes (the best state so far is kept)",
     )
     p.add_argument("--refine-lr", type=float, default=1e-4, help="with --refine-steps: peak learning rate")
     p.add_argument(
@@ -163,6 +171,7 @@ def compress_policy(args):
             max_grad_norm=args.refine_clip,
             windows=args.refine_windows,
             pull=args.refine_pull,
+            max_minutes=args.refine_minutes,
         )
         if args.refine_steps
         else None
@@ -257,14 +266,20 @@ def run(args) -> int:
     needs_audio = stats is None or (budget and policy.needs_audio)
     audio = _calibration_audio(args) if needs_audio else None
     log.info("stages: %s, save", ", ".join(_stages(policy, stats)))
-    refine_audio = _refine_audio(args, audio or []) if budget and policy.refine is not None else None
+    refining = budget and policy.refine is not None
+    refine_audio = _refine_audio(args, audio or []) if refining else None
+    recovery_dir = Path(f"{args.output}.recovery") if refining else None
     bundle = load_bundle(args, dtype="float32")
-    result = compress(bundle, audio, policy, stats=stats, config=config, refine_audio=refine_audio)
+    result = compress(
+        bundle, audio, policy, stats=stats, config=config, refine_audio=refine_audio, recovery_dir=recovery_dir
+    )
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())
     saving = time.perf_counter()
     save_checkpoint(result.bundle, args.output, overwrite=args.overwrite, dtype=args.dtype)
+    if recovery_dir is not None:
+        shutil.rmtree(recovery_dir, ignore_errors=True)
     log.info("save: %.1f s; %.1f s in all", time.perf_counter() - saving, time.perf_counter() - started)
     print(f"{args.model} -> {args.output}: {result.summary()}")
     print(_size_line(getattr(result.bundle, "path", None), args.output))

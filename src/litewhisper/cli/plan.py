@@ -133,7 +133,7 @@ def int8_time(plan, threads: int) -> str:
 def recovery_line(args, policy, stats) -> str:
     """One line: what the refinement `--refine-steps` asks for will cost here, in minutes (timed on one clip)."""
     from litewhisper.cli import compress as cli_compress
-    from litewhisper.compression.refine import estimate_recovery
+    from litewhisper.compression.recovery import estimate_recovery
 
     model = args.source if not _is_stats(args.source) else (args.model or stats.metadata.get("model"))
     bundle = cli_compress.load_bundle(argparse.Namespace(model=model, device=args.device), dtype="float32")

@@ -4,39 +4,31 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from litewhisper.compression.budget import plan_budget
-from litewhisper.compression.calibration import (
-    CalibrationConfig,
-    calibrate,
-    clip_features,
-    clip_windows,
-    window_features,
-)
-from litewhisper.compression.distill import window_transcripts
+from litewhisper.compression.calibration import CalibrationConfig, calibrate, clip_features
 from litewhisper.compression.factorize import apply_plan
 from litewhisper.compression.plan import RankPlan, plan_ranks
 from litewhisper.compression.policy import Policy, RankPolicy, SizeBudget
-from litewhisper.compression.refine import RefineConfig, RefineResult, refine
+from litewhisper.compression.recovery import recover
 from litewhisper.compression.refit import refit_factors
 from litewhisper.compression.sensitivity import PROBE_WINDOWS, layer_sensitivities
 from litewhisper.compression.sequential import compress_sequential
 from litewhisper.compression.stats import ActivationStats
 from litewhisper.errors import CalibrationError, PlanError
 from litewhisper.models.cost import encoder_flops, encoder_params
-from litewhisper.models.linears import encoder_linears, find_encoder, unwrap_model
+from litewhisper.models.linears import encoder_linears, find_encoder, replace_model, unwrap_model
 
 __all__ = [
     "compress",
-    "recover",
     "CompressionResult",
     "PeakMemory",
     "measured_calibration",
@@ -126,17 +118,6 @@ class CompressionResult:
         )
 
 
-def _replace_model(bundle, model):
-    """A bundle holding `model` (frozen dataclass bundles are copied), or the model itself."""
-    if isinstance(bundle, torch.nn.Module):
-        return model
-    if dataclasses.is_dataclass(bundle):
-        return dataclasses.replace(bundle, model=model)
-    new = copy.copy(bundle)
-    new.model = model
-    return new
-
-
 def measured_calibration(
     bundle, audio: Sequence, config: CalibrationConfig, timings: dict[str, float], memory: dict[str, int]
 ) -> ActivationStats:
@@ -203,6 +184,7 @@ def _budget_student(
     inplace: bool,
     timings: dict[str, float],
     refine_audio: Sequence | None = None,
+    recovery_dir=None,
 ):
     """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refit,
     refine (on `refine_audio`, else the calibration audio)."""
@@ -219,19 +201,8 @@ def _budget_student(
         _timed(timings, "refit", refit_factors, student, source, audio, config, ridge=policy.refit)
     if policy.refine is not None:
         recovery_audio = audio if refine_audio is None else refine_audio
-        _timed(timings, "refine", recover, bundle, student, teacher, recovery_audio, policy.refine)
+        _timed(timings, "refine", recover, bundle, student, teacher, recovery_audio, policy.refine, recovery_dir)
     return student, plan, stats
-
-
-def recover(bundle, student, teacher, audio: Sequence, config: RefineConfig) -> RefineResult:
-    """Refine `student` toward `teacher` on `config.windows` clips of `audio`, one clip per window; the decoder
-    objective's labels are the teacher's transcripts from the one decoder (`bundle`'s processor)."""
-    windows = clip_windows(audio, config.windows)
-    transcripts = None
-    if config.objective == "decoder":
-        teacher_bundle = bundle if unwrap_model(bundle) is teacher else _replace_model(bundle, teacher)
-        transcripts = window_transcripts(teacher_bundle, windows)
-    return refine(student, teacher, window_features(bundle, windows), config, transcripts)
 
 
 def compress(
@@ -244,6 +215,7 @@ def compress(
     sensitivities: dict[str, float] | None = None,
     inplace: bool = False,
     refine_audio: Sequence | None = None,
+    recovery_dir: str | Path | None = None,
 ) -> CompressionResult:
     """Compress the encoder of `bundle` (a WhisperBundle or a Whisper model) with LiteASR.
 
@@ -253,7 +225,8 @@ def compress(
     reads the audio. sensitivities: the layer weights of an earlier budget run on the same statistics and audio
     (`CompressionResult.sensitivities`), so a sweep over sizes probes once. config: how to calibrate (default:
     one clip per window for RankPolicy, SizeBudget.windows for a budget). refine_audio: the unlabeled clips a
-    budget's refinement draws its windows from (default: the calibration audio). The input model is left
+    budget's refinement draws its windows from (default: the calibration audio); recovery_dir: where it keeps
+    its labels and training state, so an interrupted run resumes (`recovery.recover`). The input model is left
     untouched unless `inplace`.
     """
     model = unwrap_model(bundle)
@@ -279,13 +252,13 @@ def compress(
             )
         weights = sensitivities if policy.sensitivity else None
         target, plan, stats = _budget_student(
-            bundle, model, audio, stats, policy, config, weights, inplace, timings, refine_audio
+            bundle, model, audio, stats, policy, config, weights, inplace, timings, refine_audio, recovery_dir
         )
     else:
         plan = _timed(timings, "plan", plan_ranks, stats, policy)
         target = _factorized(model, stats, plan, inplace, timings)
     result = CompressionResult(
-        bundle if target is model else _replace_model(bundle, target),
+        bundle if target is model else replace_model(bundle, target),
         plan,
         stats,
         timings,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from litewhisper.atomic import atomic_file
 from litewhisper.compression.distill import decoder_loss, pseudo_labels
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, find_encoder
@@ -35,8 +37,6 @@ __all__ = [
     "distillation_loss",
     "pull_distance",
     "refine",
-    "RecoveryEstimate",
-    "estimate_recovery",
 ]
 
 log = logging.getLogger("litewhisper")
@@ -84,6 +84,8 @@ class RefineConfig:
             raise LiteWhisperError(
                 f"warmup must be in [0, 1) and max_grad_norm > 0 or None, got {self.warmup}, {self.max_grad_norm}"
             )
+        if self.max_minutes is not None and self.max_minutes < 0:
+            raise LiteWhisperError(f"max_minutes must be ≥ 0 or None, got {self.max_minutes}")
         if self.ce_weight < 0 or self.windows < 2 or self.pull < 0:
             raise LiteWhisperError(
                 f"ce_weight must be ≥ 0, windows ≥ 2 and pull ≥ 0, got {self.ce_weight}, {self.windows}, {self.pull}"
@@ -210,13 +212,15 @@ def refine(
     features: torch.Tensor,
     config: RefineConfig = RefineConfig(),
     transcripts: list[torch.Tensor] | None = None,
+    state_file: str | Path | None = None,
 ) -> RefineResult:
     """Distil `teacher` (the original model) into `student` (the compressed one) in place.
 
     student, teacher: whole Whisper models (the "decoder" objective needs them) or, for the "encoder" objective,
     their encoders. features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
     transcripts: the decoder objective's labels, the original's transcript of each window as decoder tokens
-    (`distill.window_transcripts`).
+    (`distill.window_transcripts`). state_file: the training state is saved there at every validation, and a
+    run given the file of an interrupted run with the same settings resumes where it stopped.
     """
     start = time.monotonic()
     train_idx, val_idx = _split(len(features), config)
@@ -230,7 +234,7 @@ def refine(
     for p in params.values():
         p.requires_grad_(True)
     try:
-        result = _train(objective, train_idx, val_idx, params, config, start)
+        result = _train(objective, train_idx, val_idx, params, config, start, state_file)
     finally:
         for p in student.parameters():
             p.requires_grad_(saved_grad[id(p)])
@@ -261,6 +265,86 @@ def _lr_factor(step: int, config: RefineConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, config.max_steps) / config.max_steps))
 
 
+@dataclass
+class _TrainState:
+    """Everything the training loop changes, so a run can stop and resume (`state_file`)."""
+
+    initial: dict[str, torch.Tensor]  # the factors refinement started from (the pull's anchor)
+    best: dict[str, torch.Tensor]
+    initial_val: float
+    best_val: float
+    best_step: int = 0
+    bad: int = 0  # validations since the best one
+    step: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+
+
+def _settings(config: RefineConfig) -> dict:
+    """What a resumed run must share with the interrupted one (a new time limit is fine)."""
+    return {k: v for k, v in asdict(config).items() if k != "max_minutes"}
+
+
+def _save_state(path: Path, state: _TrainState, params, optimizer, schedule, gen, config: RefineConfig) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(
+            {
+                "config": _settings(config),
+                "state": asdict(state),
+                "params": {k: p.detach() for k, p in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "generator": gen.get_state(),
+            },
+            tmp,
+        )
+
+
+def _resume(path: Path | None, params, optimizer, schedule, gen, config: RefineConfig) -> _TrainState | None:
+    """The state saved in `path` by a run with the same settings and factors (restored into params, optimizer,
+    schedule and sampler), or None."""
+    if path is None or not Path(path).is_file():
+        return None
+    saved = torch.load(path, weights_only=True)
+    shapes = {k: tuple(p.shape) for k, p in params.items()}
+    if saved["config"] != _settings(config) or {k: tuple(v.shape) for k, v in saved["params"].items()} != shapes:
+        log.warning("%s was written by a refinement with other settings or factors: starting over", path)
+        return None
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(saved["params"][k])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    gen.set_state(saved["generator"])
+    state = _TrainState(**saved["state"])
+    log.info("refinement resumes at step %d of %d from %s", state.step, config.max_steps, path)
+    return state
+
+
+def _step(objective, idx: list[int], params, optimizer, schedule, state: _TrainState, config: RefineConfig) -> None:
+    """One optimizer step on windows `idx` (+ the pull toward the initial factors)."""
+    loss = objective.loss(idx)
+    if config.pull:
+        loss = loss + config.pull * pull_distance(params, state.initial)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    state.train_losses.append(float(loss.detach()))
+
+
+def _validate(objective, val_idx: list[int], params, state: _TrainState) -> None:
+    val = distillation_loss(objective, val_idx)
+    state.val_losses.append(val)
+    if val < state.best_val:
+        state.best_val, state.best_step, state.bad = val, state.step, 0
+        state.best = {k: p.detach().clone() for k, p in params.items()}
+    else:
+        state.bad += 1
+
+
 def _train(
     objective,
     train_idx: list[int],
@@ -268,96 +352,35 @@ def _train(
     params: dict[str, nn.Parameter],
     config: RefineConfig,
     start: float,
+    state_file: Path | None = None,
 ) -> RefineResult:
     optimizer = torch.optim.Adam(params.values(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_lr_factor, config=config))
     gen = torch.Generator().manual_seed(config.seed)
-    best_val = initial_val = distillation_loss(objective, val_idx)
-    best_state = initial = {k: p.detach().clone() for k, p in params.items()}
-    best_step, bad, train_losses, val_losses = 0, 0, [], [initial_val]
-    bar = progress_bar(range(1, config.max_steps + 1), desc="refine", unit="step", leave=False)
-    step = 0
-    for step in bar:
+    state = _resume(state_file, params, optimizer, schedule, gen, config)
+    if state is None:
+        initial_val = distillation_loss(objective, val_idx)
+        initial = {k: p.detach().clone() for k, p in params.items()}
+        state = _TrainState(initial, initial, initial_val, initial_val, val_losses=[initial_val])
+    bar = progress_bar(total=config.max_steps, initial=state.step, desc="refine", unit="step", leave=False)
+    while state.step < config.max_steps and state.bad < config.patience:
         pick = torch.randint(len(train_idx), (config.batch_size,), generator=gen).tolist()
-        idx = [train_idx[i] for i in pick]
-        loss = objective.loss(idx)
-        if config.pull:
-            loss = loss + config.pull * pull_distance(params, initial)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params.values(), config.max_grad_norm)
-        optimizer.step()
-        schedule.step()
-        train_losses.append(float(loss.detach()))
-        if step % config.eval_every and step != config.max_steps:
+        state.step += 1
+        _step(objective, [train_idx[i] for i in pick], params, optimizer, schedule, state, config)
+        bar.update(1)
+        if state.step % config.eval_every and state.step != config.max_steps:
             continue
-        val = distillation_loss(objective, val_idx)
-        val_losses.append(val)
-        bar.set_postfix(train=f"{train_losses[-1]:.4f}", val=f"{val:.4f}", best=f"{best_val:.4f}")
-        if val < best_val:
-            best_val, best_step, bad = val, step, 0
-            best_state = {k: p.detach().clone() for k, p in params.items()}
-        else:
-            bad += 1
-        out_of_time = config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes
-        if bad >= config.patience or out_of_time:
+        _validate(objective, val_idx, params, state)
+        bar.set_postfix(train=f"{state.train_losses[-1]:.4f}", val=f"{state.val_losses[-1]:.4f}")
+        if state_file is not None:
+            _save_state(Path(state_file), state, params, optimizer, schedule, gen, config)
+        if config.max_minutes is not None and time.monotonic() - start > 60 * config.max_minutes:
             break
     bar.close()
     with torch.no_grad():
         for k, p in params.items():
-            p.copy_(best_state[k])
-        moved = float(pull_distance(params, initial))
+            p.copy_(state.best[k])
+        moved = float(pull_distance(params, state.initial))
     seconds = time.monotonic() - start
-    return RefineResult(initial_val, best_val, best_step, step, seconds, train_losses, val_losses, moved)
-
-
-@dataclass(frozen=True)
-class RecoveryEstimate:
-    """What refinement will cost on this machine, from one window decoded and one training step timed here."""
-
-    decode_s: float  # one window transcribed by the one decoder (the labels)
-    step_s: float  # one window's forward + backward of the decoder objective
-    minutes: float
-
-    def describe(self, config: RefineConfig, windows: int) -> str:
-        return (
-            f"refinement: about {self.minutes:.0f} min here ({windows} windows transcribed at {self.decode_s:.1f} s, "
-            f"{config.max_steps} steps of {config.batch_size} windows at {self.step_s:.1f} s per window, "
-            "validations included)"
-        )
-
-
-def estimate_recovery(bundle, config: RefineConfig, windows: int) -> RecoveryEstimate:
-    """Time one built-in synthetic clip's transcription and one decoder-objective training step on it with the
-    bundle's model, and scale by the labels, steps and validations `config` asks for on `windows` windows."""
-    from litewhisper.audio.synth import builtin_calibration_audio
-    from litewhisper.compression.calibration import window_features
-    from litewhisper.compression.distill import window_transcripts
-
-    model = bundle.model
-    clip = builtin_calibration_audio(1)
-    start = time.perf_counter()
-    tokens = window_transcripts(bundle, clip)
-    decode_s = time.perf_counter() - start
-    features = window_features(bundle, clip)
-    labels = pseudo_labels(model, features, tokens)
-    params = list(find_encoder(model).parameters())
-    saved = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
-        for _ in range(2):  # the second is timed (the first allocates)
-            start = time.perf_counter()
-            decoder_loss(model, model, labels, features, [0], config.ce_weight).backward()
-            step_s = time.perf_counter() - start
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, flag in zip(params, saved, strict=True):
-            p.requires_grad_(flag)
-    validations = config.max_steps // config.eval_every + 1
-    forward_s = step_s / 3  # no backward
-    n_val = max(1, round(windows * config.val_fraction))
-    seconds = windows * (decode_s + forward_s) + config.max_steps * config.batch_size * step_s
-    seconds += validations * n_val * forward_s
-    return RecoveryEstimate(decode_s, step_s, seconds / 60)
+    s = state
+    return RefineResult(s.initial_val, s.best_val, s.best_step, s.step, seconds, s.train_losses, s.val_losses, moved)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 
 from torch import nn
@@ -17,6 +19,7 @@ __all__ = [
     "MLP_LAYERS",
     "SHARED_INPUT",
     "unwrap_model",
+    "replace_model",
     "find_encoder",
     "encoder_linears",
     "short_name",
@@ -38,6 +41,17 @@ def unwrap_model(bundle_or_model) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise LiteWhisperError(f"expected a WhisperBundle or a torch Whisper model, got {type(bundle_or_model)}")
     return model
+
+
+def replace_model(bundle, model):
+    """A bundle holding `model` (frozen dataclass bundles are copied), or the model itself."""
+    if isinstance(bundle, nn.Module):
+        return model
+    if dataclasses.is_dataclass(bundle):
+        return dataclasses.replace(bundle, model=model)
+    new = copy.copy(bundle)
+    new.model = model
+    return new
 
 
 def find_encoder(bundle_or_model) -> nn.Module:
