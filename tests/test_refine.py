@@ -291,12 +291,12 @@ def test_recovery_estimate_scales_timed_step(tiny_model, monkeypatch):
     assert all(p.grad is None and p.requires_grad == flags[k] for k, p in model.named_parameters())
 
 
-def test_cli_plan_says_what_recovery_costs(tiny_model, tmp_path, monkeypatch, capsys):
-    import numpy as np
+@pytest.fixture
+def cli_random_bundle(tiny_model, tmp_path, monkeypatch):
+    """The CLI loads a tiny random bundle for any model name; 3 noise clips in tmp_path; labels are random."""
     import soundfile as sf
 
     import litewhisper.cli.compress as cli_compress
-    from litewhisper.cli import main
     from litewhisper.compression import recovery
     from litewhisper.models.load import WhisperBundle
 
@@ -306,6 +306,12 @@ def test_cli_plan_says_what_recovery_costs(tiny_model, tmp_path, monkeypatch, ca
         sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32), 16000)
     monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: bundle)
     monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
+    return bundle
+
+
+def test_cli_plan_says_what_recovery_costs(cli_random_bundle, tmp_path, capsys):
+    from litewhisper.cli import main
+
     flags = ["--calibration", str(tmp_path), "--target-size", "0.95", "--multiple-of", "4", "--no-sensitivity"]
     flags += ["--refine-steps", "40", "--refine-objective", "decoder", "--refine-windows", "10", "--quiet"]
     assert main(["plan", "random", *flags]) == 0
@@ -352,20 +358,10 @@ def test_interrupted_refinement_resumes_where_it_stopped(tiny_model, tmp_path, m
     assert len(calls) == 1 and (tmp_path / "run" / recovery.LABELS_FILE).is_file()
 
 
-def test_cli_compress_keeps_recovery_state_until_saved(tiny_model, tmp_path, monkeypatch):
-    import soundfile as sf
-
-    import litewhisper.cli.compress as cli_compress
+def test_cli_compress_keeps_recovery_state_until_saved(cli_random_bundle, tmp_path, monkeypatch):
     from litewhisper.cli import main
     from litewhisper.compression import api, recovery
-    from litewhisper.models.load import WhisperBundle
 
-    model, processor = with_tokenizer(tiny_model)
-    bundle = WhisperBundle(model=model, processor=processor, name="tiny-random", path=None)
-    for i in range(3):
-        sf.write(tmp_path / f"{i}.wav", np.random.default_rng(i).standard_normal(16000 * 3).astype(np.float32), 16000)
-    monkeypatch.setattr(cli_compress, "load_bundle", lambda args, dtype=None: bundle)
-    monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
     dirs = []
 
     def recording(*args):
