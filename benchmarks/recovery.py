@@ -106,8 +106,10 @@ def main() -> None:
     compressed = api.compress(bundle, fit, SizeBudget(args.size))
     print(f"compressed on {len(fit)} clips in {time.perf_counter() - start:.0f} s: {compressed.summary()}")
     reference = teacher_reference(bundle, held)
-    rows = [("none", {}, proxy_kl(reference, compressed.bundle).kl, None)]
-    print(f"proxy on {len(held)} held-out calib clips; no recovery: {rows[0][2]:.4f}")
+    baseline = proxy_kl(reference, compressed.bundle).kl
+    print(f"proxy on {len(held)} held-out calib clips; no recovery: {baseline:.4f}")
+    if args.save and not (args.save / "none").is_dir():
+        save_checkpoint(compressed.bundle, args.save / "none", overwrite=True)
     for name, recipe in recipes:
         if name in done:
             continue
@@ -127,7 +129,7 @@ def main() -> None:
         )
         result = recovery.recover(bundle, student.model, bundle.model, recipe_audio(recipe["audio"], fit), config)
         kl = proxy_kl(reference, student).kl
-        line = dict(recipe=name, size=args.size, proxy=kl, baseline=rows[0][2], **recipe)
+        line = dict(recipe=name, size=args.size, proxy=kl, baseline=baseline, **recipe)
         line.update({k: v for k, v in asdict(result).items() if k != "train_losses"})
         with args.out.open("a") as f:
             f.write(json.dumps(line) + "\n")
