@@ -209,9 +209,9 @@ def test_compress_flags_set_the_recipe():
 
     argv = ["compress", "tiny.en", "-o", "x", "--refine-steps", "100", "--refine-objective", "decoder"]
     argv += ["--refine-lr", "1e-5", "--refine-warmup", "0.1", "--refine-clip", "1.0", "--refine-windows", "66"]
-    argv += ["--refine-pull", "0.5", "--refine-minutes", "20"]
+    argv += ["--refine-pull", "0.5", "--refine-minutes", "20", "--refine-window", "both"]
     refine_config = compress_policy(build_parser().parse_args(argv)).refine
-    assert (refine_config.pull, refine_config.max_minutes) == (0.5, 20.0)
+    assert (refine_config.pull, refine_config.max_minutes, refine_config.student_window) == (0.5, 20.0, "both")
     assert (refine_config.lr, refine_config.warmup, refine_config.max_grad_norm) == (1e-5, 0.1, 1.0)
     assert (refine_config.windows, refine_config.max_steps, refine_config.objective) == (66, 100, "decoder")
     plain = compress_policy(build_parser().parse_args(["compress", "tiny.en", "-o", "x", "--refine-steps", "5"]))
@@ -376,3 +376,32 @@ def test_cli_compress_keeps_recovery_state_until_saved(cli_random_bundle, tmp_pa
     flags += ["--refine-steps", "2", "--refine-objective", "decoder", "--refine-windows", "3", "--quiet"]
     assert main(["compress", "random", "-o", str(out), *flags]) == 0
     assert dirs == [tmp_path / "out.recovery"] and (out / "config.json").is_file() and not dirs[0].exists()
+
+
+def test_short_window_student_learns_from_the_full_window_teacher(tiny_model):
+    """student_window='auto': the student's encoder reads max(seconds + 2, 10) s of frames, the teacher full
+    windows; the teacher as its own student is then no longer at KL 0 and training lowers that loss; 'both' is
+    the mean of the two."""
+    teacher, _ = with_tokenizer(tiny_model)
+    torch.manual_seed(5)
+    features, transcripts, seconds = torch.randn(4, 80, 3000), _random_transcripts(4), [3.0, 4.5, 9.0, 20.0]
+    kl = dict(objective="decoder", ce_weight=0.0)
+    losses = {}
+    for mode in ("full", "auto", "both"):
+        config = RefineConfig(student_window=mode, **kl)
+        objective = objective_for(copy.deepcopy(teacher), teacher, features, config, transcripts, seconds)
+        losses[mode] = distillation_loss(objective, [0, 1, 2, 3])
+    assert losses["full"] == pytest.approx(0.0, abs=1e-5) and losses["auto"] > 1e-6
+    assert losses["both"] == pytest.approx(losses["auto"] / 2, rel=1e-4)
+    config = RefineConfig(student_window="auto", trainable="encoder", max_steps=6, lr=1e-2, eval_every=3, **kl)
+    student = copy.deepcopy(teacher)
+    result = refine(
+        student, teacher, features, dataclasses.replace(config, val_fraction=0.25), transcripts, None, seconds
+    )
+    assert result.best_val < result.initial_val
+    with pytest.raises(LiteWhisperError, match="seconds of audio"):
+        objective_for(student, teacher, features, config, transcripts)
+    with pytest.raises(LiteWhisperError, match="student_window"):
+        RefineConfig(student_window="half")
+    with pytest.raises(LiteWhisperError, match="decoder objective"):
+        RefineConfig(student_window="auto", objective="encoder")

@@ -115,6 +115,14 @@ def add_budget_args(p) -> None:
         "'calibration' (the --calibration audio, the default) and/or 'synthetic:N' (N built-in eSpeak clips)",
     )
     p.add_argument(
+        "--refine-window",
+        choices=("full", "auto", "both"),
+        default="full",
+        help="with --refine-steps (decoder objective): the student encodes whole 30-s windows (full), the short "
+        "windows `--window auto` decodes with (auto: floor 10 s, margin 2 s), or both; the original always reads "
+        "full windows",
+    )
+    p.add_argument(
         "--refine-pull",
         type=float,
         default=0.0,
@@ -171,6 +179,7 @@ def compress_policy(args):
             max_grad_norm=args.refine_clip,
             windows=args.refine_windows,
             pull=args.refine_pull,
+            student_window=args.refine_window,
             max_minutes=args.refine_minutes,
         )
         if args.refine_steps

@@ -21,6 +21,7 @@ from litewhisper.constants import MAX_TIMESTAMP_STEPS, SAMPLE_RATE, TIMESTAMP_ST
 from litewhisper.decode.options import DecodeOptions
 from litewhisper.decode.results import Transcription
 from litewhisper.errors import LiteWhisperError
+from litewhisper.models.encoder_window import encoder_window
 from litewhisper.models.linears import unwrap_model
 
 __all__ = ["PseudoLabels", "transcript_tokens", "window_transcripts", "pseudo_labels", "decoder_loss"]
@@ -116,6 +117,16 @@ def _logits(model: nn.Module, inputs: torch.Tensor, states: torch.Tensor) -> tor
     return model.proj_out(hidden)
 
 
+def _encoded(model: nn.Module, features: torch.Tensor, frames: int | None) -> torch.Tensor:
+    """(B, P, d_model) encoder states of `features`, reading only the first `frames` mel frames when given (the
+    `--window auto` encoder: positions [:frames/2])."""
+    if frames is None or frames >= features.shape[-1]:
+        return model.get_encoder()(features).last_hidden_state
+    with encoder_window(model) as window:
+        window.frames = frames
+        return model.get_encoder()(features).last_hidden_state
+
+
 def decoder_loss(
     student: nn.Module,
     teacher: nn.Module,
@@ -123,13 +134,24 @@ def decoder_loss(
     features: torch.Tensor,
     idx: list[int],
     ce_weight: float,
+    frames: list[int] | None = None,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) of the next-token distributions over pseudo-label positions
-    + ce_weight × cross-entropy of the pseudo-labels; gradients reach the student's encoder only."""
+    + ce_weight × cross-entropy of the pseudo-labels; gradients reach the student's encoder only.
+
+    frames: mel frames the student's encoder reads per window (index as `features`; None: the whole window), so
+    a student encoding short windows learns to decode as the teacher does on full ones."""
     inputs, targets, teacher_states = labels.batch(idx)
     mask = targets != IGNORE  # (B, T)
-    student_states = student.get_encoder()(features[idx]).last_hidden_state  # (B, P, d_model)
-    log_p_student = F.log_softmax(_logits(student, inputs, student_states).float(), dim=-1)[mask]  # (M, vocab)
+    if frames is None:
+        logits = _logits(student, inputs, _encoded(student, features[idx], None))  # (B, T, vocab)
+    else:
+        rows = [
+            _logits(student, inputs[r : r + 1], _encoded(student, features[i : i + 1], frames[i]))
+            for r, i in enumerate(idx)
+        ]
+        logits = torch.cat(rows)
+    log_p_student = F.log_softmax(logits.float(), dim=-1)[mask]  # (M, vocab)
     with torch.no_grad():
         log_p_teacher = F.log_softmax(_logits(teacher, inputs, teacher_states).float(), dim=-1)[mask]
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")

@@ -17,6 +17,7 @@ from litewhisper.atomic import atomic_file
 from litewhisper.compression.calibration import clip_windows, window_features
 from litewhisper.compression.distill import decoder_loss, pseudo_labels, window_transcripts
 from litewhisper.compression.refine import RefineConfig, RefineResult, refine
+from litewhisper.constants import SAMPLE_RATE
 from litewhisper.models.linears import find_encoder, replace_model, unwrap_model
 
 __all__ = ["recover", "RecoveryEstimate", "estimate_recovery", "LABELS_FILE", "STATE_FILE"]
@@ -56,7 +57,8 @@ def recover(
         teacher_bundle = bundle if unwrap_model(bundle) is teacher else replace_model(bundle, teacher)
         transcripts = _labels(teacher_bundle, windows, state_dir)
     state_file = None if state_dir is None else Path(state_dir) / STATE_FILE
-    return refine(student, teacher, window_features(bundle, windows), config, transcripts, state_file)
+    seconds = [w.size / SAMPLE_RATE for w in windows]
+    return refine(student, teacher, window_features(bundle, windows), config, transcripts, state_file, seconds)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from torch import nn
 
 from litewhisper.atomic import atomic_file
 from litewhisper.compression.distill import decoder_loss, pseudo_labels
+from litewhisper.constants import WINDOW_FLOOR_S, WINDOW_MARGIN_S, encoder_window_frames
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, find_encoder
 from litewhisper.progress import progress_bar
@@ -43,6 +44,7 @@ log = logging.getLogger("litewhisper")
 
 TRAINABLE = ("lowrank", "encoder")
 OBJECTIVES = ("encoder", "decoder")
+STUDENT_WINDOWS = ("full", "auto", "both")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class RefineConfig:
     warmup: float = 0.0  # fraction of max_steps with a linear learning-rate warm-up (recipes: ~0.1)
     max_grad_norm: float | None = None  # gradient clipping (recipes: 1.0); None: none
     pull: float = 0.0  # weight of the L2 pull toward the initial factors: Σ‖p − p₀‖² / Σ‖p₀‖² (0: none)
+    # decoder objective: the student's encoder reads whole 30-s windows ("full"), the frames `--window auto`
+    # gives each window ("auto", max(seconds + margin, floor)), or both (the loss is their mean); the teacher
+    # always reads full windows
+    student_window: str = "full"
+    window_floor: float = WINDOW_FLOOR_S
+    window_margin: float = WINDOW_MARGIN_S
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -84,6 +92,13 @@ class RefineConfig:
             raise LiteWhisperError(
                 f"warmup must be in [0, 1) and max_grad_norm > 0 or None, got {self.warmup}, {self.max_grad_norm}"
             )
+        if self.student_window not in STUDENT_WINDOWS or self.window_floor < 0 or self.window_margin < 0:
+            raise LiteWhisperError(
+                f"student_window must be one of {STUDENT_WINDOWS} and window floor/margin ≥ 0, got "
+                f"{self.student_window!r}, {self.window_floor}, {self.window_margin}"
+            )
+        if self.student_window != "full" and self.objective != "decoder":
+            raise LiteWhisperError("student_window 'auto' / 'both' needs the decoder objective")
         if self.max_minutes is not None and self.max_minutes < 0:
             raise LiteWhisperError(f"max_minutes must be ≥ 0 or None, got {self.max_minutes}")
         if self.ce_weight < 0 or self.windows < 2 or self.pull < 0:
@@ -165,7 +180,7 @@ class _EncoderObjective:
 class _DecoderObjective:
     """Next-token KL (+ cross-entropy) on the teacher's transcripts of the windows (`distill.py`)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, features: torch.Tensor, config: RefineConfig, labels):
+    def __init__(self, student, teacher, features: torch.Tensor, config: RefineConfig, labels, seconds=None):
         self.student, self.teacher, self.features, self.ce_weight = student, teacher, features, config.ce_weight
         if labels is None:
             raise LiteWhisperError(
@@ -173,9 +188,22 @@ class _DecoderObjective:
                 "(distill.window_transcripts): pass transcripts=..."
             )
         self.labels = pseudo_labels(teacher, features, labels)
+        self.frames: list[list[int] | None] = [None]  # per mode: the student's mel frames per window
+        if config.student_window != "full":
+            if seconds is None or len(seconds) != len(features):
+                raise LiteWhisperError(
+                    f"student_window={config.student_window!r} needs the seconds of audio in each window: pass "
+                    "seconds=[...] (one per window)"
+                )
+            short = [encoder_window_frames(s, config.window_floor, config.window_margin) for s in seconds]
+            self.frames = [short] if config.student_window == "auto" else [None, short]
 
     def loss(self, idx: list[int]) -> torch.Tensor:
-        return decoder_loss(self.student, self.teacher, self.labels, self.features, idx, self.ce_weight)
+        losses = [
+            decoder_loss(self.student, self.teacher, self.labels, self.features, idx, self.ce_weight, frames)
+            for frames in self.frames
+        ]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
 def objective_for(
@@ -184,11 +212,13 @@ def objective_for(
     features: torch.Tensor,
     config: RefineConfig,
     transcripts: list[torch.Tensor] | None = None,
+    seconds: list[float] | None = None,
 ):
     """The loss `config.objective` names, with its targets computed once from the teacher (the decoder
-    objective's labels: `transcripts`, one token sequence per window)."""
+    objective's labels: `transcripts`, one token sequence per window; `seconds` of audio per window for a
+    short-window student)."""
     if config.objective == "decoder":
-        return _DecoderObjective(student, teacher, features, config, transcripts)
+        return _DecoderObjective(student, teacher, features, config, transcripts, seconds)
     return _EncoderObjective(student, teacher, features, config)
 
 
@@ -213,6 +243,7 @@ def refine(
     config: RefineConfig = RefineConfig(),
     transcripts: list[torch.Tensor] | None = None,
     state_file: str | Path | None = None,
+    seconds: list[float] | None = None,
 ) -> RefineResult:
     """Distil `teacher` (the original model) into `student` (the compressed one) in place.
 
@@ -220,13 +251,14 @@ def refine(
     their encoders. features: (N, n_mels, frames) log-mel windows of calibration audio, the encoder's input.
     transcripts: the decoder objective's labels, the original's transcript of each window as decoder tokens
     (`distill.window_transcripts`). state_file: the training state is saved there at every validation, and a
-    run given the file of an interrupted run with the same settings resumes where it stopped.
+    run given the file of an interrupted run with the same settings resumes where it stopped. seconds: audio
+    per window, for `config.student_window` 'auto' / 'both'.
     """
     start = time.monotonic()
     train_idx, val_idx = _split(len(features), config)
     teacher.eval(), student.eval()  # no dropout: the student is trained deterministically
     params = trainable_parameters(find_encoder(student), config.trainable)
-    objective = objective_for(student, teacher, features, config, transcripts)
+    objective = objective_for(student, teacher, features, config, transcripts, seconds)
     frozen = [p for p in student.parameters() if all(p is not q for q in params.values())]
     saved_grad = {id(p): p.requires_grad for p in student.parameters()}
     for p in frozen:
