@@ -204,6 +204,9 @@ def run(args) -> list[dict]:
         eval_every=args.refine_eval_every,
         patience=3,
         windows=args.refine_windows,
+        warmup=args.refine_warmup,
+        max_grad_norm=args.refine_clip,
+        pull=args.refine_pull,
     )
     stats = {w: cached_stats(bundle, calib, w, args.out / f"stats-{w}.safetensors") for w in ("clip", "pack")}
     proxy = (
@@ -378,8 +381,11 @@ def main(argv=None) -> int:
     p.add_argument("--proxy-clips", type=int, default=24, help="dev clips for the proxy metric")
     p.add_argument("--min-kept", type=float, default=0.0, help="budget: floor on each layer's kept variance")
     p.add_argument("--table-only", action="store_true", help="only render OUT/results.json (table + plot)")
-    p.add_argument("--refine-steps", type=int, default=60)
-    p.add_argument("--refine-lr", type=float, default=1e-4)
+    p.add_argument("--refine-steps", type=int, default=100)
+    p.add_argument("--refine-lr", type=float, default=1e-5, help="the recovery recipe of README, Results")
+    p.add_argument("--refine-warmup", type=float, default=0.1)
+    p.add_argument("--refine-clip", type=float, default=1.0)
+    p.add_argument("--refine-pull", type=float, default=0.0)
     p.add_argument("--refine-windows", type=int, default=100, help="calibration clips the refinement trains on")
     p.add_argument("--refine-eval-every", type=int, default=10)
     args = p.parse_args(argv)
