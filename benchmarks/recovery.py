@@ -10,7 +10,7 @@ each student as a lite-whisper checkpoint for a later `dev` check.
     PYTHONPATH=src python benchmarks/recovery.py tiny.en --size 0.7 --out runs/recovery-tiny.jsonl \\
         --recipe base-100:steps=100 --recipe synth-200:steps=200,windows=266,audio=synthetic:200
 
-A recipe is NAME:key=value,... with keys steps, lr, warmup, clip, windows, pull, ce, batch, audio (audio: '+'-
+A recipe is NAME:key=value,... with keys steps, lr, warmup, clip, windows, pull, ce, hidden, batch, audio (audio: '+'-
 joined sources: fit (the fit clips, default), synthetic:N, or a folder/manifest); unset keys take the recipe
 `compress` documents (lr 1e-5, warm-up 0.1, clipping 1.0, decoder objective).
 """
@@ -26,7 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(steps=100, lr=1e-5, warmup=0.1, clip=1.0, windows=100, pull=0.0, ce=1.0, batch=2, audio="fit")
+DEFAULTS = dict(
+    steps=100, lr=1e-5, warmup=0.1, clip=1.0, windows=100, pull=0.0, ce=1.0, hidden=0.0, batch=2, audio="fit"
+)
 
 
 def parse_recipe(spec: str) -> tuple[str, dict]:
@@ -123,6 +125,7 @@ def main() -> None:
             windows=recipe["windows"],
             pull=recipe["pull"],
             ce_weight=recipe["ce"],
+            hidden_weight=recipe["hidden"],
             batch_size=recipe["batch"],
             eval_every=10,
             patience=1000,  # keep the best state seen, but run every step

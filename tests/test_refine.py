@@ -209,8 +209,9 @@ def test_compress_flags_set_the_recipe():
 
     argv = ["compress", "tiny.en", "-o", "x", "--refine-steps", "100", "--refine-objective", "decoder"]
     argv += ["--refine-lr", "1e-5", "--refine-warmup", "0.1", "--refine-clip", "1.0", "--refine-windows", "66"]
-    argv += ["--refine-pull", "0.5", "--refine-minutes", "20", "--refine-window", "both"]
+    argv += ["--refine-pull", "0.5", "--refine-minutes", "20", "--refine-window", "both", "--refine-hidden", "2"]
     refine_config = compress_policy(build_parser().parse_args(argv)).refine
+    assert refine_config.hidden_weight == 2.0
     assert (refine_config.pull, refine_config.max_minutes, refine_config.student_window) == (0.5, 20.0, "both")
     assert (refine_config.lr, refine_config.warmup, refine_config.max_grad_norm) == (1e-5, 0.1, 1.0)
     assert (refine_config.windows, refine_config.max_steps, refine_config.objective) == (66, 100, "decoder")
@@ -405,3 +406,20 @@ def test_short_window_student_learns_from_the_full_window_teacher(tiny_model):
         RefineConfig(student_window="half")
     with pytest.raises(LiteWhisperError, match="decoder objective"):
         RefineConfig(student_window="auto", objective="encoder")
+
+
+def test_decoder_hidden_state_term(tiny_model):
+    """hidden_weight adds the decoder layers' relative MSE (ACFT): 0 for the teacher itself, > 0 for a student,
+    and exactly hidden_weight × that error on top of the KL."""
+    teacher, _ = with_tokenizer(tiny_model)
+    torch.manual_seed(6)
+    features, transcripts = torch.randn(3, 80, 3000), _random_transcripts(3)
+    student = _svd_student(teacher, rank=2)
+
+    def loss(model, weight):
+        config = RefineConfig(objective="decoder", hidden_weight=weight, ce_weight=0.0)
+        return distillation_loss(objective_for(model, teacher, features, config, transcripts), [0, 1, 2])
+
+    assert loss(copy.deepcopy(teacher), 5.0) == pytest.approx(0.0, abs=1e-5)
+    plain, with_hidden, doubled = loss(student, 0.0), loss(student, 1.0), loss(student, 2.0)
+    assert with_hidden > plain and doubled - plain == pytest.approx(2 * (with_hidden - plain), rel=1e-4)

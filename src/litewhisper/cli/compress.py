@@ -123,6 +123,13 @@ def add_budget_args(p) -> None:
         "full windows",
     )
     p.add_argument(
+        "--refine-hidden",
+        type=float,
+        default=0.0,
+        help="with --refine-steps (decoder objective): weight of the decoder layers' relative squared error "
+        "against the original's (ACFT's objective) beside the next-token KL + cross-entropy",
+    )
+    p.add_argument(
         "--refine-pull",
         type=float,
         default=0.0,
@@ -180,6 +187,7 @@ def compress_policy(args):
             windows=args.refine_windows,
             pull=args.refine_pull,
             student_window=args.refine_window,
+            hidden_weight=args.refine_hidden,
             max_minutes=args.refine_minutes,
         )
         if args.refine_steps

@@ -24,7 +24,7 @@ from litewhisper.errors import LiteWhisperError
 from litewhisper.models.encoder_window import encoder_window
 from litewhisper.models.linears import unwrap_model
 
-__all__ = ["PseudoLabels", "transcript_tokens", "window_transcripts", "pseudo_labels", "decoder_loss"]
+__all__ = ["PseudoLabels", "transcript_tokens", "window_transcripts", "pseudo_labels", "decoder_loss", "relative_mse"]
 
 IGNORE = -100  # label of padding positions
 
@@ -111,10 +111,16 @@ def pseudo_labels(teacher: nn.Module, features: torch.Tensor, tokens: list[torch
     return PseudoLabels(list(tokens), torch.cat(states), int(tokens[0][-1]))
 
 
-def _logits(model: nn.Module, inputs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """(B, T, vocab) next-token logits of `model`'s decoder reading encoder `states`."""
-    hidden = model.get_decoder()(input_ids=inputs, encoder_hidden_states=states).last_hidden_state
-    return model.proj_out(hidden)
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the teacher's mean square (0 = identical states)."""
+    return ((student - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12)
+
+
+def _decoded(model: nn.Module, inputs: torch.Tensor, states: torch.Tensor) -> list[torch.Tensor]:
+    """[each decoder layer's output (B, T, d_model)..., next-token logits (B, T, vocab)] of `model`'s decoder
+    reading encoder `states`."""
+    out = model.get_decoder()(input_ids=inputs, encoder_hidden_states=states, output_hidden_states=True)
+    return [*out.hidden_states[1:-1], out.last_hidden_state, model.proj_out(out.last_hidden_state)]
 
 
 def _encoded(model: nn.Module, features: torch.Tensor, frames: int | None) -> torch.Tensor:
@@ -135,26 +141,36 @@ def decoder_loss(
     idx: list[int],
     ce_weight: float,
     frames: list[int] | None = None,
+    hidden_weight: float = 0.0,
 ) -> torch.Tensor:
     """KL(teacher ‖ student) of the next-token distributions over pseudo-label positions
-    + ce_weight × cross-entropy of the pseudo-labels; gradients reach the student's encoder only.
+    + ce_weight × cross-entropy of the pseudo-labels
+    + hidden_weight × the decoder layers' outputs' mean relative squared error (ACFT's objective);
+    gradients reach the student's encoder only.
 
     frames: mel frames the student's encoder reads per window (index as `features`; None: the whole window), so
     a student encoding short windows learns to decode as the teacher does on full ones."""
     inputs, targets, teacher_states = labels.batch(idx)
     mask = targets != IGNORE  # (B, T)
     if frames is None:
-        logits = _logits(student, inputs, _encoded(student, features[idx], None))  # (B, T, vocab)
+        student_out = _decoded(student, inputs, _encoded(student, features[idx], None))
     else:
         rows = [
-            _logits(student, inputs[r : r + 1], _encoded(student, features[i : i + 1], frames[i]))
+            _decoded(student, inputs[r : r + 1], _encoded(student, features[i : i + 1], frames[i]))
             for r, i in enumerate(idx)
         ]
-        logits = torch.cat(rows)
-    log_p_student = F.log_softmax(logits.float(), dim=-1)[mask]  # (M, vocab)
+        student_out = [torch.cat(parts) for parts in zip(*rows, strict=True)]
     with torch.no_grad():
-        log_p_teacher = F.log_softmax(_logits(teacher, inputs, teacher_states).float(), dim=-1)[mask]
-    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
-    if ce_weight == 0:
-        return kl
-    return kl + ce_weight * F.nll_loss(log_p_student, targets[mask])
+        teacher_out = _decoded(teacher, inputs, teacher_states)
+    log_p_student = F.log_softmax(student_out[-1].float(), dim=-1)[mask]  # (M, vocab)
+    log_p_teacher = F.log_softmax(teacher_out[-1].float(), dim=-1)[mask]
+    loss = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    if ce_weight:
+        loss = loss + ce_weight * F.nll_loss(log_p_student, targets[mask])
+    if hidden_weight:
+        errors = [
+            ((s[mask] - t[mask]) ** 2).mean() / (t[mask] ** 2).mean()
+            for s, t in zip(student_out[:-1], teacher_out[:-1], strict=True)
+        ]
+        loss = loss + hidden_weight * torch.stack(errors).mean()
+    return loss

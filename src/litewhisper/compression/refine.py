@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from litewhisper.atomic import atomic_file
-from litewhisper.compression.distill import decoder_loss, pseudo_labels
+from litewhisper.compression.distill import decoder_loss, pseudo_labels, relative_mse
 from litewhisper.constants import WINDOW_FLOOR_S, WINDOW_MARGIN_S, encoder_window_frames
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.linears import LowRankLinear, find_encoder
@@ -57,7 +57,7 @@ class RefineConfig:
     val_fraction: float = 0.15  # held-out windows for early stopping
     eval_every: int = 20  # steps between validations
     patience: int = 3  # validations without improvement before stopping
-    hidden_weight: float = 0.0  # weight of the intermediate layers' loss (0: final states only)
+    hidden_weight: float = 0.0  # encoder: intermediate layers' MSE weight; decoder: decoder layers' (ACFT's)
     trainable: str = "lowrank"  # "lowrank": only factors; "encoder": every encoder parameter
     max_minutes: float | None = None
     seed: int = 0
@@ -145,11 +145,6 @@ def _states(encoder: nn.Module, features: torch.Tensor, hidden: bool) -> list[to
     return list(out.hidden_states[1:-1]) + [out.last_hidden_state]  # skip the embeddings (never compressed)
 
 
-def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error relative to the teacher's mean square (0 = identical states)."""
-    return ((student - teacher) ** 2).mean() / (teacher**2).mean().clamp_min(1e-12)
-
-
 def _loss(student: list[torch.Tensor], teacher: list[torch.Tensor], hidden_weight: float) -> torch.Tensor:
     """Final-state relative MSE (+ hidden_weight × mean of the intermediate ones)."""
     rel = [relative_mse(s, t) for s, t in zip(student, teacher, strict=True)]
@@ -181,7 +176,7 @@ class _DecoderObjective:
     """Next-token KL (+ cross-entropy) on the teacher's transcripts of the windows (`distill.py`)."""
 
     def __init__(self, student, teacher, features: torch.Tensor, config: RefineConfig, labels, seconds=None):
-        self.student, self.teacher, self.features, self.ce_weight = student, teacher, features, config.ce_weight
+        self.student, self.teacher, self.features, self.config = student, teacher, features, config
         if labels is None:
             raise LiteWhisperError(
                 "the decoder objective needs the original model's transcripts of the windows "
@@ -199,9 +194,10 @@ class _DecoderObjective:
             self.frames = [short] if config.student_window == "auto" else [None, short]
 
     def loss(self, idx: list[int]) -> torch.Tensor:
+        c = self.config
         losses = [
-            decoder_loss(self.student, self.teacher, self.labels, self.features, idx, self.ce_weight, frames)
-            for frames in self.frames
+            decoder_loss(self.student, self.teacher, self.labels, self.features, idx, c.ce_weight, f, c.hidden_weight)
+            for f in self.frames
         ]
         return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
