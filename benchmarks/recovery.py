@@ -72,10 +72,10 @@ def cache_transcripts(recovery) -> None:
     """Recipes refine on the same windows: transcribe each set of windows once."""
     original, cache = recovery.window_transcripts, {}
 
-    def cached(bundle, windows, options=None):
+    def cached(bundle, windows, transcriber):
         key = hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
         if key not in cache:
-            cache[key] = original(bundle, windows, options)
+            cache[key] = original(bundle, windows, transcriber)
         return cache[key]
 
     recovery.window_transcripts = cached
@@ -95,6 +95,7 @@ def main() -> None:
     from litewhisper.compression import api, recovery
     from litewhisper.compression.policy import SizeBudget
     from litewhisper.compression.refine import RefineConfig
+    from litewhisper.decode.transcribe import transcribe
     from litewhisper.evaluation.proxy import proxy_kl, teacher_reference
     from litewhisper.models.checkpoint import save_checkpoint
     from litewhisper.models.load import load_model
@@ -130,7 +131,8 @@ def main() -> None:
             eval_every=10,
             patience=1000,  # keep the best state seen, but run every step
         )
-        result = recovery.recover(bundle, student.model, bundle.model, recipe_audio(recipe["audio"], fit), config)
+        audio = recipe_audio(recipe["audio"], fit)
+        result = recovery.recover(bundle, student.model, bundle.model, audio, config, transcriber=transcribe)
         kl = proxy_kl(reference, student).kl
         line = dict(recipe=name, size=args.size, proxy=kl, baseline=baseline, **recipe)
         line.update({k: v for k, v in asdict(result).items() if k != "train_losses"})

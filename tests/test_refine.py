@@ -169,7 +169,7 @@ def test_window_transcripts_are_the_one_decoders(real_tiny_en):
 
     rows = shared_manifest(split="calib")[:2]
     windows = [load_audio(SHARED_DATA / r["path"]) for r in rows]
-    tokens = window_transcripts(real_tiny_en, windows)
+    tokens = window_transcripts(real_tiny_en, windows, transcribe)
     tokenizer = real_tiny_en.processor.tokenizer
     first_stamp = tokenizer.convert_tokens_to_ids("<|0.00|>")
     for seq, result in zip(tokens, transcribe(real_tiny_en, windows), strict=True):
@@ -179,7 +179,7 @@ def test_window_transcripts_are_the_one_decoders(real_tiny_en):
         text = tokenizer.decode([t for t in ids if t < 50256], skip_special_tokens=True)
         assert text.split() == result.text.split()
     with pytest.raises(LiteWhisperError, match="whole Whisper model"):
-        window_transcripts(real_tiny_en.model, windows)
+        window_transcripts(real_tiny_en.model, windows, transcribe)
 
 
 def test_decoder_objective_needs_whole_model(setup):
@@ -244,10 +244,13 @@ def test_compress_recovers_on_the_one_decoders_transcripts(tiny_model, monkeypat
     assert "refine" in result.timings and result.model is not model
     from litewhisper.compression.distill import window_transcripts
 
+    nothing = lambda b, w: []  # noqa: E731
     with pytest.raises(LiteWhisperError, match="WhisperBundle"):  # a bare model has no tokenizer to decode with
-        window_transcripts(model, clips)
+        window_transcripts(model, clips, nothing)
     with pytest.raises(LiteWhisperError, match="at most 30"):
-        window_transcripts(bundle, [np.zeros(16000 * 31, dtype=np.float32)])
+        window_transcripts(bundle, [np.zeros(16000 * 31, dtype=np.float32)], nothing)
+    with pytest.raises(LiteWhisperError, match="transcriber=litewhisper.transcribe"):  # decoding comes from above
+        window_transcripts(bundle, clips, None)
 
 
 def test_refine_audio_sources(tmp_path):
@@ -284,7 +287,7 @@ def test_recovery_estimate_scales_timed_step(tiny_model, monkeypatch):
     monkeypatch.setattr(recovery, "window_transcripts", lambda b, w, options=None: _random_transcripts(len(w)))
     flags = {k: p.requires_grad for k, p in model.named_parameters()}
     config = RefineConfig(objective="decoder", max_steps=100, batch_size=2, eval_every=10, val_fraction=0.1)
-    est = estimate_recovery(bundle, config, windows=50)
+    est = estimate_recovery(bundle, config, 50, None)  # labels faked: no transcriber needed
     assert est.decode_s > 0 and est.step_s > 0
     expected = 50 * (est.decode_s + est.step_s / 3) + 200 * est.step_s + 11 * 5 * est.step_s / 3
     assert est.minutes == pytest.approx(expected / 60)
@@ -362,13 +365,16 @@ def test_interrupted_refinement_resumes_where_it_stopped(tiny_model, tmp_path, m
 def test_cli_compress_keeps_recovery_state_until_saved(cli_random_bundle, tmp_path, monkeypatch):
     from litewhisper.cli import main
     from litewhisper.compression import api, recovery
+    from litewhisper.decode.transcribe import transcribe
 
     dirs = []
 
     def recording(*args):
-        dirs.append(args[-1])
+        *_, state_dir, transcriber = args
+        assert transcriber is transcribe  # the CLI hands compress the one decoder
+        dirs.append(state_dir)
         result = recovery.recover(*args)
-        assert (args[-1] / recovery.STATE_FILE).is_file() and (args[-1] / recovery.LABELS_FILE).is_file()
+        assert (state_dir / recovery.STATE_FILE).is_file() and (state_dir / recovery.LABELS_FILE).is_file()
         return result
 
     monkeypatch.setattr(api, "recover", recording)

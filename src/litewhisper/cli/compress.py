@@ -287,9 +287,10 @@ def run(args) -> int:
     refine_audio = _refine_audio(args, audio or []) if refining else None
     recovery_dir = Path(f"{args.output}.recovery") if refining else None
     bundle = load_bundle(args, dtype="float32")
-    result = compress(
-        bundle, audio, policy, stats=stats, config=config, refine_audio=refine_audio, recovery_dir=recovery_dir
-    )
+    from litewhisper.decode.transcribe import transcribe
+
+    extra = dict(refine_audio=refine_audio, recovery_dir=recovery_dir, transcriber=transcribe)
+    result = compress(bundle, audio, policy, stats=stats, config=config, **extra)
     if args.save_stats:
         result.stats.save(args.save_stats)
     print(result.plan.table())

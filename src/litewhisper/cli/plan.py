@@ -140,7 +140,9 @@ def recovery_line(args, policy, stats) -> str:
     calibration = cli_compress._calibration_audio(args)
     clips = cli_compress._refine_audio(args, calibration) or calibration
     windows = min(policy.refine.windows, len(clips))
-    return estimate_recovery(bundle, policy.refine, windows).describe(policy.refine, windows)
+    from litewhisper.decode.transcribe import transcribe
+
+    return estimate_recovery(bundle, policy.refine, windows, transcribe).describe(policy.refine, windows)
 
 
 def run(args) -> int:

@@ -183,11 +183,10 @@ def _budget_student(
     weights: dict[str, float] | None,
     inplace: bool,
     timings: dict[str, float],
-    refine_audio: Sequence | None = None,
-    recovery_dir=None,
+    recovery: dict,
 ):
     """(student model, plan, statistics) for a size budget: allocate, factorize (or fit sequentially), refit,
-    refine (on `refine_audio`, else the calibration audio)."""
+    refine (`recovery`: compress's refine_audio, recovery_dir and transcriber)."""
     needs_teacher = policy.refine is not None or policy.refit is not None
     teacher = copy.deepcopy(model) if inplace and needs_teacher else model
     plan = _timed(timings, "plan", plan_budget, stats, policy, encoder_params(model), weights)
@@ -200,8 +199,9 @@ def _budget_student(
         source = bundle if teacher is model else teacher  # the bundle's feature extractor
         _timed(timings, "refit", refit_factors, student, source, audio, config, ridge=policy.refit)
     if policy.refine is not None:
-        recovery_audio = audio if refine_audio is None else refine_audio
-        _timed(timings, "refine", recover, bundle, student, teacher, recovery_audio, policy.refine, recovery_dir)
+        clips = audio if recovery["refine_audio"] is None else recovery["refine_audio"]
+        state_dir, transcriber = recovery["recovery_dir"], recovery["transcriber"]
+        _timed(timings, "refine", recover, bundle, student, teacher, clips, policy.refine, state_dir, transcriber)
     return student, plan, stats
 
 
@@ -216,6 +216,7 @@ def compress(
     inplace: bool = False,
     refine_audio: Sequence | None = None,
     recovery_dir: str | Path | None = None,
+    transcriber=None,
 ) -> CompressionResult:
     """Compress the encoder of `bundle` (a WhisperBundle or a Whisper model) with LiteASR.
 
@@ -226,8 +227,9 @@ def compress(
     (`CompressionResult.sensitivities`), so a sweep over sizes probes once. config: how to calibrate (default:
     one clip per window for RankPolicy, SizeBudget.windows for a budget). refine_audio: the unlabeled clips a
     budget's refinement draws its windows from (default: the calibration audio); recovery_dir: where it keeps
-    its labels and training state, so an interrupted run resumes (`recovery.recover`). The input model is left
-    untouched unless `inplace`.
+    its labels and training state, so an interrupted run resumes (`recovery.recover`); transcriber: the one
+    decoder (`litewhisper.transcribe`), which labels the windows of decoder-aware refinement. The input model is
+    left untouched unless `inplace`.
     """
     model = unwrap_model(bundle)
     config = _calibration_config(policy, config)
@@ -245,6 +247,7 @@ def compress(
         stats = measured_calibration(bundle, audio, config, timings, memory)
     stats.check_matches(encoder_linears(find_encoder(model)))
     stats.check_enough_frames()  # before the probes and the plan: fail in seconds, not minutes
+    recovery = dict(refine_audio=refine_audio, recovery_dir=recovery_dir, transcriber=transcriber)
     if isinstance(policy, SizeBudget):
         if policy.sensitivity and sensitivities is None:
             sensitivities = _timed(
@@ -252,7 +255,7 @@ def compress(
             )
         weights = sensitivities if policy.sensitivity else None
         target, plan, stats = _budget_student(
-            bundle, model, audio, stats, policy, config, weights, inplace, timings, refine_audio, recovery_dir
+            bundle, model, audio, stats, policy, config, weights, inplace, timings, recovery
         )
     else:
         plan = _timed(timings, "plan", plan_ranks, stats, policy)

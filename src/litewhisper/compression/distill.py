@@ -10,7 +10,8 @@ student can lower the loss is through its encoder states, i.e. through the cross
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,13 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from litewhisper.constants import MAX_TIMESTAMP_STEPS, SAMPLE_RATE, TIMESTAMP_STEP_S, WINDOW_S
-from litewhisper.decode.options import DecodeOptions
-from litewhisper.decode.results import Transcription
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.encoder_window import encoder_window
 from litewhisper.models.linears import unwrap_model
 
-__all__ = ["PseudoLabels", "transcript_tokens", "window_transcripts", "pseudo_labels", "decoder_loss", "relative_mse"]
+__all__ = [
+    "PseudoLabels",
+    "transcript_tokens",
+    "window_transcripts",
+    "Transcriber",
+    "pseudo_labels",
+    "decoder_loss",
+    "relative_mse",
+]
 
 IGNORE = -100  # label of padding positions
 
@@ -63,9 +70,10 @@ def _timestamp(tokenizer, seconds: float) -> int:
     return first + min(MAX_TIMESTAMP_STEPS, max(0, round(seconds / TIMESTAMP_STEP_S)))
 
 
-def transcript_tokens(bundle, transcription: Transcription, max_tokens: int) -> torch.Tensor:
-    """One window's transcript as decoder tokens: prompt, then <|start|> text <|end|> per segment, then
-    end-of-text; at most `max_tokens` tokens (the decoder's positions), truncated at a segment's end."""
+def transcript_tokens(bundle, transcription, max_tokens: int) -> torch.Tensor:
+    """One window's transcript (a `Transcription`: `language`, `segments` with start, end, text) as decoder
+    tokens: prompt, then <|start|> text <|end|> per segment, then end-of-text; at most `max_tokens` tokens (the
+    decoder's positions), truncated at a segment's end."""
     tokenizer = bundle.processor.tokenizer
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     ids = _prompt(tokenizer, bundle.is_multilingual, transcription.language)
@@ -78,9 +86,18 @@ def transcript_tokens(bundle, transcription: Transcription, max_tokens: int) -> 
     return torch.tensor(ids + [eot], dtype=torch.long)
 
 
-def window_transcripts(bundle, windows: Sequence[np.ndarray], options: DecodeOptions | None = None) -> list:
-    """The one decoder's transcripts (`transcribe` with its defaults unless `options`) of 16 kHz windows of at
-    most 30 s each, as decoder token sequences (`transcript_tokens`): the labels of decoder-aware refinement."""
+Transcriber = Callable[[Any, list[np.ndarray]], Sequence[Any]]  # (bundle, windows) -> Transcriptions
+
+
+def window_transcripts(bundle, windows: Sequence[np.ndarray], transcriber: Transcriber | None) -> list[torch.Tensor]:
+    """The transcripts of 16 kHz windows of at most 30 s each by `transcriber` — the one decoder,
+    `litewhisper.transcribe` with its defaults (passed in: decoding is a later stage than compression) — as
+    decoder token sequences (`transcript_tokens`): the labels of decoder-aware refinement."""
+    if transcriber is None:
+        raise LiteWhisperError(
+            "decoder-aware refinement labels its windows with the one decoder: pass transcriber=litewhisper.transcribe "
+            "(compress(..., transcriber=transcribe); the CLI does this)"
+        )
     if not hasattr(bundle, "processor") or not hasattr(unwrap_model(bundle), "proj_out"):
         raise LiteWhisperError(
             "decoder-aware refinement needs the whole Whisper model with its processor (a WhisperBundle from "
@@ -88,10 +105,8 @@ def window_transcripts(bundle, windows: Sequence[np.ndarray], options: DecodeOpt
         )
     if any(w.size > WINDOW_S * SAMPLE_RATE for w in windows):
         raise LiteWhisperError(f"pseudo-labels are per window: give windows of at most {WINDOW_S} s")
-    from litewhisper.decode.transcribe import transcribe
-
     max_tokens = unwrap_model(bundle).config.max_target_positions
-    return [transcript_tokens(bundle, t, max_tokens) for t in transcribe(bundle, list(windows), options)]
+    return [transcript_tokens(bundle, t, max_tokens) for t in transcriber(bundle, list(windows))]
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 
 from litewhisper.atomic import atomic_file
 from litewhisper.compression.calibration import clip_windows, window_features
-from litewhisper.compression.distill import decoder_loss, pseudo_labels, window_transcripts
+from litewhisper.compression.distill import Transcriber, decoder_loss, pseudo_labels, window_transcripts
 from litewhisper.compression.refine import RefineConfig, RefineResult, refine
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.models.linears import find_encoder, replace_model, unwrap_model
@@ -28,7 +28,7 @@ LABELS_FILE = "labels.pt"  # the original's transcripts of the windows, in a rec
 STATE_FILE = "refine-state.pt"  # the training state
 
 
-def _labels(bundle, windows: list, state_dir: Path | None) -> list[torch.Tensor]:
+def _labels(bundle, windows: list, state_dir: Path | None, transcriber: Transcriber | None) -> list[torch.Tensor]:
     """The teacher bundle's transcripts of `windows`, read from / written to `state_dir` when given."""
     key = hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
     path = None if state_dir is None else Path(state_dir) / LABELS_FILE
@@ -37,7 +37,7 @@ def _labels(bundle, windows: list, state_dir: Path | None) -> list[torch.Tensor]
         if saved["windows"] == key:
             log.info("refinement labels read from %s", path)
             return saved["tokens"]
-    tokens = window_transcripts(bundle, windows)
+    tokens = window_transcripts(bundle, windows, transcriber)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
@@ -46,16 +46,23 @@ def _labels(bundle, windows: list, state_dir: Path | None) -> list[torch.Tensor]
 
 
 def recover(
-    bundle, student, teacher, audio: Sequence, config: RefineConfig, state_dir: str | Path | None = None
+    bundle,
+    student,
+    teacher,
+    audio: Sequence,
+    config: RefineConfig,
+    state_dir: str | Path | None = None,
+    transcriber: Transcriber | None = None,
 ) -> RefineResult:
     """Refine `student` toward `teacher` on `config.windows` clips of `audio`, one clip per window; the decoder
-    objective's labels are the teacher's transcripts from the one decoder (`bundle`'s processor). state_dir:
-    labels and training state are kept there, so an interrupted run resumes (the caller removes it when done)."""
+    objective's labels are the teacher's transcripts by `transcriber` (the one decoder: `litewhisper.transcribe`)
+    with `bundle`'s processor. state_dir: labels and training state are kept there, so an interrupted run
+    resumes (the caller removes it when done)."""
     windows = clip_windows(audio, config.windows)
     transcripts = None
     if config.objective == "decoder":
         teacher_bundle = bundle if unwrap_model(bundle) is teacher else replace_model(bundle, teacher)
-        transcripts = _labels(teacher_bundle, windows, state_dir)
+        transcripts = _labels(teacher_bundle, windows, state_dir, transcriber)
     state_file = None if state_dir is None else Path(state_dir) / STATE_FILE
     seconds = [w.size / SAMPLE_RATE for w in windows]
     return refine(student, teacher, window_features(bundle, windows), config, transcripts, state_file, seconds)
@@ -77,7 +84,7 @@ class RecoveryEstimate:
         )
 
 
-def estimate_recovery(bundle, config: RefineConfig, windows: int) -> RecoveryEstimate:
+def estimate_recovery(bundle, config: RefineConfig, windows: int, transcriber: Transcriber) -> RecoveryEstimate:
     """Time one built-in synthetic clip's transcription and one decoder-objective training step on it with the
     bundle's model, and scale by the labels, steps and validations `config` asks for on `windows` windows."""
     from litewhisper.audio.synth import builtin_calibration_audio
@@ -85,7 +92,7 @@ def estimate_recovery(bundle, config: RefineConfig, windows: int) -> RecoveryEst
     model = bundle.model
     clip = builtin_calibration_audio(1)
     start = time.perf_counter()
-    tokens = window_transcripts(bundle, clip)
+    tokens = window_transcripts(bundle, clip, transcriber)
     decode_s = time.perf_counter() - start
     features = window_features(bundle, clip)
     labels = pseudo_labels(model, features, tokens)
