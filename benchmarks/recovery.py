@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -73,7 +72,7 @@ def cache_transcripts(recovery) -> None:
     original, cache = recovery.window_transcripts, {}
 
     def cached(bundle, windows, transcriber):
-        key = hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
+        key = recovery.windows_key(windows)
         if key not in cache:
             cache[key] = original(bundle, windows, transcriber)
         return cache[key]

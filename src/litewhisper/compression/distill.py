@@ -22,6 +22,7 @@ from litewhisper.constants import MAX_TIMESTAMP_STEPS, SAMPLE_RATE, TIMESTAMP_ST
 from litewhisper.errors import LiteWhisperError
 from litewhisper.models.encoder_window import encoder_window
 from litewhisper.models.linears import unwrap_model
+from litewhisper.models.processor import prompt_ids
 
 __all__ = [
     "PseudoLabels",
@@ -57,13 +58,6 @@ class PseudoLabels:
         return inputs, labels, self.states[idx]
 
 
-def _prompt(tokenizer, multilingual: bool, language: str | None) -> list[int]:
-    """Decoder prompt with timestamps, as the one decoder runs it: <|startoftranscript|> (English-only) or
-    <|startoftranscript|><|lang|><|transcribe|> with the transcript's language."""
-    names = ["<|startoftranscript|>"] + ([f"<|{language or 'en'}|>", "<|transcribe|>"] if multilingual else [])
-    return [tokenizer.convert_tokens_to_ids(n) for n in names]
-
-
 def _timestamp(tokenizer, seconds: float) -> int:
     """The timestamp token nearest `seconds` (Whisper's 20-ms steps, <|0.00|> … <|30.00|>)."""
     first = tokenizer.convert_tokens_to_ids("<|0.00|>")
@@ -76,7 +70,7 @@ def transcript_tokens(bundle, transcription, max_tokens: int) -> torch.Tensor:
     decoder's positions), truncated at a segment's end."""
     tokenizer = bundle.processor.tokenizer
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    ids = _prompt(tokenizer, bundle.is_multilingual, transcription.language)
+    ids = prompt_ids(tokenizer, bundle.is_multilingual, transcription.language or "en")
     for seg in transcription.segments:
         text = tokenizer.encode(" " + seg.text.strip(), add_special_tokens=False)
         piece = [_timestamp(tokenizer, seg.start), *text, _timestamp(tokenizer, seg.end)]

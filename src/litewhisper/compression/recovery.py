@@ -20,7 +20,7 @@ from litewhisper.compression.refine import RefineConfig, RefineResult, refine
 from litewhisper.constants import SAMPLE_RATE
 from litewhisper.models.linears import find_encoder, replace_model, unwrap_model
 
-__all__ = ["recover", "RecoveryEstimate", "estimate_recovery", "LABELS_FILE", "STATE_FILE"]
+__all__ = ["recover", "windows_key", "RecoveryEstimate", "estimate_recovery", "LABELS_FILE", "STATE_FILE"]
 
 log = logging.getLogger("litewhisper")
 
@@ -28,9 +28,14 @@ LABELS_FILE = "labels.pt"  # the original's transcripts of the windows, in a rec
 STATE_FILE = "refine-state.pt"  # the training state
 
 
+def windows_key(windows: Sequence) -> str:
+    """A digest of 16 kHz windows' samples: which windows a set of labels belongs to."""
+    return hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
+
+
 def _labels(bundle, windows: list, state_dir: Path | None, transcriber: Transcriber | None) -> list[torch.Tensor]:
     """The teacher bundle's transcripts of `windows`, read from / written to `state_dir` when given."""
-    key = hashlib.sha1(b"".join(w.tobytes() for w in windows)).hexdigest()
+    key = windows_key(windows)
     path = None if state_dir is None else Path(state_dir) / LABELS_FILE
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=True)

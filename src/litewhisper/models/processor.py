@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from litewhisper.constants import MAX_TARGET_POSITIONS, MULTILINGUAL_VOCAB_SIZE, TIMESTAMP_STEP_S
+from litewhisper.constants import MAX_TARGET_POSITIONS, MAX_TIMESTAMP_STEPS, MULTILINGUAL_VOCAB_SIZE, TIMESTAMP_STEP_S
 from litewhisper.errors import ModelSourceError
 
 __all__ = [
@@ -27,12 +27,13 @@ __all__ = [
     "generation_config_from_ct2",
     "build_processor",
     "english_prompt_ids",
+    "prompt_ids",
 ]
 
 logger = logging.getLogger("litewhisper")
 
 _LANG_TOKEN = re.compile(r"^<\|([a-z]{2,3})\|>$")
-NUM_TIMESTAMP_TOKENS = 1501  # <|0.00|> ... <|30.00|>
+NUM_TIMESTAMP_TOKENS = MAX_TIMESTAMP_STEPS + 1  # <|0.00|> ... <|30.00|>
 
 
 def _tokenizer_json(source: str | os.PathLike) -> Path:
@@ -172,8 +173,14 @@ def build_processor(
     return WhisperProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
 
-def english_prompt_ids(tokenizer, multilingual: bool) -> list[int]:
-    """The decoder prompt for English transcription without timestamps: <|startoftranscript|> [<|en|>
-    <|transcribe|>] <|notimestamps|> (English-only models take no language and task tokens)."""
-    tokens = ["<|startoftranscript|>", *(["<|en|>", "<|transcribe|>"] if multilingual else []), "<|notimestamps|>"]
+def prompt_ids(tokenizer, multilingual: bool, language: str = "en", timestamps: bool = True) -> list[int]:
+    """The decoder prompt for transcription: <|startoftranscript|> [<|language|> <|transcribe|>]
+    [<|notimestamps|>] (English-only models take no language and task tokens)."""
+    tokens = ["<|startoftranscript|>", *([f"<|{language}|>", "<|transcribe|>"] if multilingual else [])]
+    tokens += [] if timestamps else ["<|notimestamps|>"]
     return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
+
+
+def english_prompt_ids(tokenizer, multilingual: bool) -> list[int]:
+    """The decoder prompt for English transcription without timestamps (`prompt_ids`)."""
+    return prompt_ids(tokenizer, multilingual, "en", timestamps=False)
